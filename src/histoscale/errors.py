@@ -1,0 +1,40 @@
+"""One error family for everything histoscale refuses to do.
+
+Every message names the file (when there is one), what is wrong, and what to do about it.
+Backend exceptions are chained (``raise ... from err``) so the root cause stays inspectable.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "HistoscaleError",
+    "SlideError",
+    "MissingMppError",
+    "ModelError",
+    "ScaleSearchError",
+    "ConfigError",
+]
+
+
+class HistoscaleError(Exception):
+    """Base class: a problem with the user's input or environment, reported without a traceback by the CLI."""
+
+
+class SlideError(HistoscaleError):
+    """The slide cannot be opened or read as asked."""
+
+
+class MissingMppError(SlideError):
+    """Absolute units (um/px) were asked of a slide that declares no resolution."""
+
+
+class ModelError(HistoscaleError):
+    """The model cannot be loaded or split into features and a final linear layer."""
+
+
+class ScaleSearchError(HistoscaleError):
+    """The scale search cannot run with the given arguments or slide content."""
+
+
+class ConfigError(HistoscaleError):
+    """Arguments are inconsistent or out of range."""
