@@ -1,0 +1,106 @@
+"""Scorers and the per-point/per-slide aggregation, on hand-computed examples."""
+
+import numpy as np
+import pytest
+
+from histoscale.aggregate import analyse_curves, monotone_direction, vote, vote_is_decided
+from histoscale.errors import ConfigError
+from histoscale.scoring import SCORERS, hyperplane_distances, score_points
+
+# Two classes in a 2-D feature space: w_0 = (3, 4) (norm 5), w_1 = (0, 2) (norm 2); b = (1, -1).
+W = np.array([[3.0, 0.0], [4.0, 2.0]], dtype=np.float32)
+B = np.array([1.0, -1.0], dtype=np.float32)
+# One point seen at three scales.
+X = np.array([[[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]], dtype=np.float32)
+
+
+def test_paper_scorer_matches_hand_computation():
+    # X W = [[3, 0], [7, 2], [4, 2]]; divided by the norms (5, 2): [[0.6, 0], [1.4, 1], [0.8, 1]].
+    scores = score_points(X, W, B, "paper")
+    np.testing.assert_allclose(scores.matrix[0], [[0.6, 0.0], [1.4, 1.0], [0.8, 1.0]], rtol=1e-6)
+    np.testing.assert_allclose(scores.curve[0], [0.6, 1.4, 1.0], rtol=1e-6)
+    assert int(np.argmax(scores.curve[0])) == 1
+
+
+def test_bias_aware_distance_and_margin():
+    # (X W + b) / norms = [[4/5, -1/2], [8/5, 1/2], [5/5, 1/2]]
+    expected = np.array([[0.8, -0.5], [1.6, 0.5], [1.0, 0.5]])
+    np.testing.assert_allclose(score_points(X, W, B, "distance").matrix[0], expected, rtol=1e-6)
+    np.testing.assert_allclose(score_points(X, W, B, "distance").curve[0], [0.8, 1.6, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(score_points(X, W, B, "margin").curve[0], [1.3, 1.1, 0.5], rtol=1e-6)
+
+
+def test_distance_is_euclidean_distance_to_hyperplane():
+    rng = np.random.default_rng(0)
+    w, b, x = rng.normal(size=(5, 3)), rng.normal(size=3), rng.normal(size=5)
+    d = hyperplane_distances(x, w, b)
+    for c in range(3):
+        foot = x - d[c] * w[:, c] / np.linalg.norm(w[:, c])  # projection onto the hyperplane
+        assert abs(foot @ w[:, c] + b[c]) < 1e-9
+
+
+def test_probability_scorers():
+    logits = X[0] @ W + B
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    np.testing.assert_allclose(score_points(X, W, B, "softmax").curve[0], p.max(1), rtol=1e-5)
+    np.testing.assert_allclose(score_points(X, W, B, "entropy").curve[0], (p * np.log(p)).sum(1), rtol=1e-5)
+
+
+def test_activation_scorer_counts_interior_peaks_only():
+    # Channel 0 peaks at scale 1 (interior), channel 1 rises monotonically (dropped), channel 2 is constant.
+    feats = np.array([[[0.0, 5.0, 1.0], [3.0, 6.0, 1.0], [1.0, 7.0, 1.0]]])  # (1 point, 3 scales, 3 channels)
+    curve = score_points(feats, np.ones((3, 2)), np.zeros(2), "activation").curve[0]
+    np.testing.assert_array_equal(curve, [0, 1, 0])
+
+
+def test_all_scorers_broadcast_over_points():
+    rng = np.random.default_rng(1)
+    feats = rng.normal(size=(4, 6, 5)).astype(np.float32)
+    for name in SCORERS:
+        s = score_points(feats, rng.normal(size=(5, 3)), rng.normal(size=3), name)
+        assert s.curve.shape == (4, 6) and s.matrix.shape[:2] == (4, 6)
+
+
+def test_unknown_scorer_is_a_clear_error():
+    with pytest.raises(ConfigError, match="unknown scorer 'best'"):
+        score_points(X, W, B, "best")
+
+
+def test_curve_shapes_and_subgrid_estimate():
+    log2s = np.log2(0.5 * 2 ** (np.arange(-2, 3) / 4))
+    peak_at = log2s[2] + 0.1  # a parabola in log-scale peaking between grid values
+    curves = np.array([
+        -((log2s - peak_at) ** 2),  # interior peak
+        np.arange(5.0),  # rising to the coarse edge
+        -np.arange(5.0),  # falling to the fine edge
+        np.full(5, 3.0) + 1e-12 * np.arange(5),  # flat
+    ])
+    answers = analyse_curves(curves, log2s)
+    assert answers.shape.tolist() == ["peak", "rising", "falling", "flat"]
+    assert answers.informative.tolist() == [True, True, True, False]
+    assert answers.log2_estimate[0] == pytest.approx(peak_at, abs=1e-9)
+    assert answers.best_index.tolist()[:3] == [2, 4, 0]
+
+
+def test_vote_winner_estimate_interval_and_confidence():
+    log2s = np.arange(5) / 4.0
+    curves = np.zeros((20, 5))
+    curves[np.arange(20), [2] * 14 + [1] * 3 + [3] * 3] = 1.0  # 14 votes for scale 2
+    answers = analyse_curves(curves, log2s)
+    v = vote(answers, log2s, n_boot=200, seed=0)
+    assert v.winner == 2 and v.counts.tolist() == [0, 3, 14, 3, 0]
+    assert v.log2_interval[0] <= v.log2_estimate <= v.log2_interval[1]
+    assert v.confidence > 0.95 and v.n_informative == 20
+
+
+def test_vote_with_no_informative_point():
+    answers = analyse_curves(np.ones((3, 4)), np.arange(4.0))
+    assert vote(answers, np.arange(4.0)).winner == -1
+
+
+def test_vote_is_decided_and_monotone_direction():
+    assert vote_is_decided(np.array([10, 3, 0]), remaining=6)
+    assert not vote_is_decided(np.array([10, 3, 0]), remaining=7)
+    curves = np.tile(np.arange(5.0), (10, 1))
+    assert monotone_direction(analyse_curves(curves, np.arange(5.0))) == 1
+    assert monotone_direction(analyse_curves(-curves, np.arange(5.0))) == -1
