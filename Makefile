@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 $(BIN)/histoscale: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,dask]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,dask,keras]'
 	touch $@
 
 .PHONY: install demo test bench

@@ -82,7 +82,7 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     from histoscale.phantom import write_phantom
 
     info = write_phantom(args.out, mpp=args.mpp, size_px_wh=args.size, seed=args.seed, fmt=args.format)
-    print(f"wrote {info.path} ({args.size[0]}x{args.size[1]} px at {args.mpp} um/px, format {args.format})")
+    print(f"wrote {info.slide_path} ({args.size[0]}x{args.size[1]} px at {args.mpp} um/px, format {args.format})")
     return 0
 
 
@@ -128,7 +128,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"demo seed {seed}: rendering a {args.size[0]}x{args.size[1]} phantom at a hidden um/px, metadata stripped")
         info = write_phantom(folder / f"phantom-{seed}.tiff", mpp=true_mpp, size_px_wh=args.size, seed=seed, fmt="bare")
         args.seed = seed
-        result = _run_search(args, info.path, None)
+        result = _run_search(args, info.slide_path, None)
     print(result.summary())
     implied = result.check.implied_mpp
     steps = math.log2(implied / true_mpp) * 4 if implied else float("nan")

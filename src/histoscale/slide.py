@@ -687,11 +687,13 @@ def tissue_mask(
     min_object_um2: float = 5000.0,
     min_object_px: int | None = None,
     saturation_floor: int = 20,
+    saturation_cap: int = 40,
 ) -> TissueMask:
     """Tissue vs background from the thumbnail: Otsu threshold on HSV saturation (0..255).
 
     ``saturation_floor`` is a lower bound on the threshold, so a blank (all-white or grey) slide gives
-    an empty mask instead of Otsu-split noise. Objects and holes smaller than ``min_object_px`` mask
+    an empty mask instead of Otsu-split noise. ``saturation_cap`` is an upper bound: on a slide that is
+    all tissue, Otsu would split pale stroma from dense nuclei and call the stroma background. Objects and holes smaller than ``min_object_px`` mask
     px are removed; by default that is ``min_object_um2`` um^2 converted with the mask's um/px, or
     1e-4 of the mask area when the slide has no resolution.
     """
@@ -704,7 +706,7 @@ def tissue_mask(
     if int(sat.max()) <= saturation_floor:
         mask = np.zeros(sat.shape, bool)
     else:
-        thr = max(float(threshold_otsu(sat)), float(saturation_floor))
+        thr = min(max(float(threshold_otsu(sat)), float(saturation_floor)), float(saturation_cap))
         mask = sat > thr
     if min_object_px is None:
         if mask_mpp is not None:

@@ -1,0 +1,292 @@
+"""ONNX models split into features and final linear layer, run with ONNX Runtime.
+
+The node producing the logits (a ``Gemm``, or ``MatMul`` followed by ``Add``; behind an optional ``Softmax``) is
+located in the graph, W and b are read from its initializers, and its input tensor is added as an extra graph
+output, so one session run returns both the features (N, M) and the logits (N, C).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histoscale.errors import ModelError
+from histoscale.models import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Preprocessing,
+    SplitModel,
+    _check_split,
+    _class_names,
+    _probe,
+)
+
+__all__ = ["OnnxSplitModel", "load_onnx"]
+
+logger = logging.getLogger(__name__)
+
+_PASS_THROUGH = ("Identity", "Softmax", "LogSoftmax")
+
+
+class OnnxSplitModel(SplitModel):
+    """An ONNX Runtime session returning the head's input (features) and the logits in one run."""
+
+    def __init__(
+        self,
+        session: Any,
+        input_name: str,
+        nchw: bool,
+        fixed_batch: int | None,
+        outputs: tuple[str, str],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.session = session
+        self._input_name = input_name
+        self._nchw = nchw
+        self._fixed_batch = fixed_batch  # graphs exported with a static batch dimension
+        self._outputs = list(outputs)  # [features, logits]
+        scale, offset = self.preprocessing.scale_offset()
+        self._scale, self._offset = scale, offset
+
+    def _run_session(self, chunk: np.ndarray) -> list[np.ndarray]:
+        x = chunk.astype(np.float32) * self._scale - self._offset
+        if self._nchw:
+            x = x.transpose(0, 3, 1, 2)
+        x = np.ascontiguousarray(x)
+        n = len(x)
+        if self._fixed_batch is not None and n != self._fixed_batch:
+            parts = [self._run_fixed(x[i : i + self._fixed_batch]) for i in range(0, n, self._fixed_batch)]
+            out = [np.concatenate([p[k] for p in parts])[:n] for k in range(2)]
+        else:
+            out = [np.asarray(o, np.float32) for o in self.session.run(self._outputs, {self._input_name: x})]
+        return out
+
+    def _run_fixed(self, x: np.ndarray) -> list[np.ndarray]:
+        n = len(x)
+        if n < self._fixed_batch:  # type: ignore[operator]
+            x = np.concatenate([x, np.zeros((self._fixed_batch - n, *x.shape[1:]), x.dtype)])  # type: ignore[operator]
+        return [np.asarray(o, np.float32)[:n] for o in self.session.run(self._outputs, {self._input_name: x})]
+
+    def _features_chunk(self, chunk: np.ndarray) -> np.ndarray:
+        return self._run_session(chunk)[0]
+
+    def _forward_chunk(self, chunk: np.ndarray) -> np.ndarray:
+        return self._run_session(chunk)[1]
+
+
+def _constant(graph: Any, name: str, producers: dict[str, Any], inits: dict[str, Any]) -> np.ndarray | None:
+    """The value of tensor ``name`` when it is an initializer, a Constant, or Identity/Transpose of one."""
+    from onnx import numpy_helper
+
+    if name in inits:
+        return numpy_helper.to_array(inits[name]).astype(np.float32)
+    node = producers.get(name)
+    if node is None:
+        return None
+    if node.op_type == "Constant":
+        for attr in node.attribute:
+            if attr.name == "value":
+                return numpy_helper.to_array(attr.t).astype(np.float32)
+        return None
+    if node.op_type == "Identity":
+        return _constant(graph, node.input[0], producers, inits)
+    if node.op_type == "Transpose":
+        value = _constant(graph, node.input[0], producers, inits)
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        return None if value is None else np.transpose(value, perm)
+    return None
+
+
+def _locate_head(model: Any, where: str) -> tuple[str, str, np.ndarray, np.ndarray]:
+    """(features tensor, logits tensor, W (M, C), b (C,)) of the final linear layer of an ONNX graph."""
+    from onnx import helper
+
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    inits = {t.name: t for t in graph.initializer}
+    logits = graph.output[0].name
+    if len(graph.output) > 1:
+        logger.info("%s has %d outputs; using the first, %r, as the class scores", where, len(graph.output), logits)
+    node = producers.get(logits)
+    while node is not None and node.op_type in _PASS_THROUGH:
+        if node.op_type != "Identity":
+            logger.info(
+                "%s: the graph output passes through %s; forward_logits returns its input (the logits)",
+                where,
+                node.op_type,
+            )
+        logits = node.input[0]
+        node = producers.get(logits)
+    if node is None:
+        raise ModelError(f"{where}: no final linear layer found: the graph output {logits!r} is not computed by a node")
+
+    def fail(detail: str) -> ModelError:
+        return ModelError(
+            f"{where}: no final linear layer found: the logits come from a {node.op_type} node ({detail}); histoscale "
+            "needs a graph ending in Gemm or MatMul+Add with constant weights (optionally followed by Softmax); "
+            "re-export the classifier so that its last layer is linear"
+        )
+
+    if node.op_type == "Gemm":
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("transA", 0):
+            raise fail("transA=1")
+        B = _constant(graph, node.input[1], producers, inits)
+        if B is None:
+            raise fail("its weight is not a constant")
+        W = float(attrs.get("alpha", 1.0)) * (B.T if attrs.get("transB", 0) else B)
+        C = _constant(graph, node.input[2], producers, inits) if len(node.input) > 2 and node.input[2] else None
+        b = (
+            np.zeros(W.shape[1], np.float32)
+            if C is None
+            else float(attrs.get("beta", 1.0)) * np.broadcast_to(C, (1, W.shape[1])).reshape(-1)
+        )
+        return node.input[0], logits, W.astype(np.float32), np.asarray(b, np.float32)
+    b = None
+    if node.op_type == "Add":
+        for i in (0, 1):
+            other = producers.get(node.input[1 - i])
+            value = _constant(graph, node.input[i], producers, inits)
+            if value is not None and other is not None and other.op_type == "MatMul":
+                b, node = value, other
+                break
+        else:
+            raise fail("not a MatMul plus a constant bias")
+    if node.op_type == "MatMul":
+        W = _constant(graph, node.input[1], producers, inits)
+        if W is None or W.ndim != 2:
+            raise fail("its right operand is not a constant matrix")
+        b = np.zeros(W.shape[1], np.float32) if b is None else np.broadcast_to(b, (1, W.shape[1])).reshape(-1)
+        return node.input[0], logits, W.astype(np.float32), np.asarray(b, np.float32)
+    raise fail("not Gemm, MatMul or Add")
+
+
+def _input_layout(model: Any, where: str) -> tuple[str, bool, int | None, int | None]:
+    """(input name, is NCHW, static input side in px or None, static batch size or None)."""
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise ModelError(f"{where}: the graph has {len(inputs)} inputs; histoscale needs one image input")
+    inp = inputs[0]
+    if inp.type.tensor_type.elem_type != 1:  # FLOAT
+        raise ModelError(f"{where}: input {inp.name!r} is not float32; re-export the model with a float32 input")
+    dims: list[int | None] = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
+    if len(dims) != 4:
+        raise ModelError(
+            f"{where}: input {inp.name!r} has {len(dims)} dimensions; expected an image batch (N, C, H, W)"
+        )
+    if dims[1] in (1, 3):
+        nchw = True
+    elif dims[3] in (1, 3):
+        nchw = False
+    else:
+        nchw = True  # symbolic channels: the PyTorch convention
+    channels = dims[1] if nchw else dims[3]
+    if channels is not None and channels != 3:
+        raise ModelError(
+            f"{where}: input {inp.name!r} has {channels} channel(s) (shape {dims}), but histoscale feeds RGB patches "
+            "(3 channels); use a model trained on RGB"
+        )
+    h, w = (dims[2], dims[3]) if nchw else (dims[1], dims[2])
+    side = h if h is not None and h == w else None
+    return inp.name, nchw, side, dims[0]
+
+
+def load_onnx(
+    spec: Any,
+    *,
+    where: str,
+    name: str,
+    device: Any,
+    precision: str,
+    batch_size: int,
+    class_names: Sequence[str] | None,
+    mpp: float | None,
+    input_size: int | None,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+) -> OnnxSplitModel:
+    """Split an ONNX model (path or ``onnx.ModelProto``) and verify the split on a probe batch."""
+    import onnx
+    import onnxruntime as ort
+
+    if isinstance(spec, (str, os.PathLike)):
+        path = Path(spec)
+        if not path.is_file():
+            raise ModelError(f"model file {path} does not exist")
+        try:
+            model = onnx.load(str(path))
+            onnx.checker.check_model(model if model.ByteSize() < 2**31 - 1 else str(path))
+        except Exception as err:
+            raise ModelError(f"file {path} is not a valid ONNX model: {err}; re-export it") from err
+    else:
+        model = spec
+        try:
+            onnx.checker.check_model(model)
+        except Exception as err:
+            raise ModelError(f"{where}: not a valid ONNX model: {err}; re-export it") from err
+    input_name, nchw, side, fixed_batch = _input_layout(model, where)
+    feat_name, logits_name, W, b = _locate_head(model, where)
+    if input_size is None:
+        input_size = side or 224
+    elif side is not None and side != int(input_size):
+        raise ModelError(
+            f"{where}: input_size {input_size} px given but the ONNX input is fixed at {side} px; use {side}"
+        )
+
+    # Ask for the head's input (and the pre-softmax logits) as extra outputs of the same graph.
+    graph_outputs = {o.name for o in model.graph.output}
+    for tensor in (feat_name, logits_name):
+        if tensor not in graph_outputs:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3  # ORT warns about the extra outputs otherwise
+    providers = ["CPUExecutionProvider"]
+    if str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
+    except Exception as err:
+        raise ModelError(f"{where}: ONNX Runtime cannot run the model: {err}; re-export it (opset >= 13)") from err
+    if precision == "bf16":
+        logger.warning("%s: ONNX models run in fp32 (bf16 asked)", where)
+    pre = Preprocessing(
+        int(input_size),
+        tuple(mean or IMAGENET_MEAN),
+        tuple(std or IMAGENET_STD),  # type: ignore[arg-type]
+    )
+    split = OnnxSplitModel(
+        session,
+        input_name,
+        nchw,
+        fixed_batch,
+        (feat_name, logits_name),
+        name=name,
+        W=W,
+        b=b,
+        class_names=_class_names(class_names, W.shape[1], where),
+        preprocessing=pre,
+        mpp=mpp,
+        device="cuda" if providers[0].startswith("CUDA") else "cpu",
+        precision="fp32",
+        batch_size=batch_size,
+        source=where,
+    )
+    probe = _probe(pre.input_size)
+    try:
+        feats, out = split._run_session(probe)
+    except Exception as err:
+        raise ModelError(
+            f"{where}: model {name!r} failed on a probe batch of {pre.input_size} x {pre.input_size} px: {err}; set "
+            "input_size to the size the model was trained at"
+        ) from err
+    _check_split(name, where, feats, W, b, out)
+    logger.info("loaded ONNX %r from %s: M=%d, C=%d, %s", name, where, W.shape[0], W.shape[1], providers[0])
+    return split

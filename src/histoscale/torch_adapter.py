@@ -1,0 +1,390 @@
+"""PyTorch adapters: nn.Module (timm-style or arbitrary), TorchScript, state dict + factory, pickled checkpoints.
+
+The feature vector is taken from timm's ``forward_head(forward_features(x), pre_logits=True)`` when the model has
+it, otherwise captured with a forward pre-hook on the final ``nn.Linear`` (found automatically: the linear layer
+whose output is the model's output on a probe batch, last registered first, or named by ``head``).
+TorchScript modules take no hooks: compiled timm methods or a scripted ``nn.Sequential`` are used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pickle
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from histoscale.errors import ModelError
+from histoscale.models import (
+    Preprocessing,
+    SplitModel,
+    _check_split,
+    _class_names,
+    _probe,
+    _resolve_precision,
+)
+
+__all__ = ["TorchSplitModel", "build_torch", "load_torch_file"]
+
+logger = logging.getLogger(__name__)
+
+
+class TorchSplitModel(SplitModel):
+    """A torch module (or TorchScript module) with a feature function ``phi(x) -> (N, M)``."""
+
+    def __init__(self, module: nn.Module, phi: Callable[[torch.Tensor], torch.Tensor], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.module = module
+        self._phi = phi
+        self._torch_device = torch.device(self.device)
+        scale, offset = self.preprocessing.scale_offset()
+        self._scale = torch.from_numpy(scale).view(1, 3, 1, 1).to(self._torch_device)
+        self._offset = torch.from_numpy(offset).view(1, 3, 1, 1).to(self._torch_device)
+
+    def _to_input(self, chunk: np.ndarray) -> torch.Tensor:
+        # NHWC uint8 permuted to NCHW is already channels_last in memory: no copy before the first conv.
+        x = torch.from_numpy(chunk).to(self._torch_device, non_blocking=True).permute(0, 3, 1, 2)
+        return x.float().mul_(self._scale).sub_(self._offset)
+
+    def _call(self, fn: Callable[[torch.Tensor], torch.Tensor], chunk: np.ndarray) -> np.ndarray:
+        with (
+            torch.inference_mode(),
+            torch.autocast(self._torch_device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"),
+        ):
+            out = fn(self._to_input(chunk))
+        return out.float().cpu().numpy()
+
+    def _features_chunk(self, chunk: np.ndarray) -> np.ndarray:
+        return self._call(self._phi, chunk)
+
+    def _forward_chunk(self, chunk: np.ndarray) -> np.ndarray:
+        return self._call(self.module, chunk)
+
+
+def _linear_like(module: Any) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(weight (C, M), bias (C,) or None) of a linear-like module, else None."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
+        return None
+    bias = getattr(module, "bias", None)
+    return weight, bias if isinstance(bias, torch.Tensor) else None
+
+
+def _wb(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+    W = weight.detach().float().cpu().numpy().T.copy()
+    b = np.zeros(W.shape[1], np.float32) if bias is None else bias.detach().float().cpu().numpy().reshape(-1)
+    return W, b
+
+
+def _check_rgb(module: nn.Module, where: str) -> None:
+    """Refuse models whose first convolution does not take 3 channels (histoscale feeds RGB)."""
+    for name, sub in module.named_modules():
+        if isinstance(sub, nn.Conv2d):
+            if sub.in_channels != 3:
+                raise ModelError(
+                    f"{where}: the first convolution {name!r} expects {sub.in_channels} input channel(s), but "
+                    "histoscale feeds RGB patches (3 channels); use a model trained on RGB or wrap it to convert "
+                    "RGB input"
+                )
+            return
+        if isinstance(sub, torch.jit.ScriptModule):
+            for pname, p in sub.named_parameters():
+                if p.ndim == 4:
+                    if p.shape[1] == 1:
+                        raise ModelError(
+                            f"{where}: the first convolution weight {pname!r} expects 1 input channel, but histoscale "
+                            "feeds RGB patches (3 channels); use a model trained on RGB"
+                        )
+                    return
+            return
+
+
+def build_torch(
+    module: nn.Module,
+    *,
+    where: str,
+    name: str,
+    head: str | None,
+    pre: Preprocessing,
+    device: torch.device,
+    precision: str,
+    batch_size: int,
+    class_names: Sequence[str] | None,
+    mpp: float | None,
+    input_size_from: str,
+) -> TorchSplitModel:
+    """Split a torch module (eval mode and moved to ``device`` in place) and verify the split on a probe batch."""
+    _check_rgb(module, where)
+    scripted = isinstance(module, torch.jit.ScriptModule)
+    module.eval()
+    module.to(device)
+    if not scripted and device.type != "mps":
+        module.to(memory_format=torch.channels_last)  # faster convolutions with oneDNN / cuDNN
+    common = dict(
+        name=name, preprocessing=pre, mpp=mpp, device=str(device), precision="fp32", batch_size=batch_size, source=where
+    )
+    probe = _probe(pre.input_size)
+    runner = TorchSplitModel(module, lambda x: x, W=np.zeros((1, 1)), b=np.zeros(1), class_names=["_"], **common)
+    try:
+        out = runner._forward_chunk(probe)
+    except Exception as err:
+        raise ModelError(
+            f"{where}: model {name!r} failed on a probe batch of {pre.input_size} x {pre.input_size} px RGB patches "
+            f"(input size from {input_size_from}): {type(err).__name__}: {err}; set input_size to the size the model "
+            "was trained at"
+        ) from err
+    if isinstance(out, tuple) or out.ndim != 2:
+        raise ModelError(f"{where}: model {name!r} returns shape {tuple(out.shape)}, expected (N, C) class scores")
+    n_out = out.shape[1]
+
+    phi, head_mod = _find_split(module, where, name, head, n_out, runner, probe, out, scripted)
+    W, b = _wb(*_linear_like(head_mod))  # type: ignore[misc]
+    names = _class_names(class_names, W.shape[1], where)
+    model = TorchSplitModel(module, phi, W=W, b=b, class_names=names, **common)
+    model.precision = _resolve_precision(precision, device)
+    logger.info("loaded %r from %s: M=%d, C=%d, %s %s", name, where, W.shape[0], W.shape[1], device, model.precision)
+    return model
+
+
+def _find_split(
+    module: nn.Module,
+    where: str,
+    name: str,
+    head: str | None,
+    n_out: int,
+    runner: TorchSplitModel,
+    probe: np.ndarray,
+    out: np.ndarray,
+    scripted: bool,
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], Any]:
+    """The feature function and the head module, verified against the probe output ``out``."""
+
+    def verified(phi: Callable[[torch.Tensor], torch.Tensor], head_mod: Any) -> bool:
+        feats = runner._call(phi, probe)
+        _check_split(name, where, feats, *_wb(*_linear_like(head_mod)), out)  # type: ignore[misc]
+        return True
+
+    # 1. timm's split, when present and no head was named: forward_head(forward_features(x), pre_logits=True).
+    if head is None and all(hasattr(module, a) for a in ("forward_features", "forward_head", "get_classifier")):
+        head_mod = module.get_classifier()
+        lin = _linear_like(head_mod)
+        if lin is not None and lin[0].shape[0] == n_out:
+
+            def phi_timm(x: torch.Tensor) -> torch.Tensor:
+                return module.forward_head(module.forward_features(x), pre_logits=True)
+
+            try:
+                verified(phi_timm, head_mod)
+                return phi_timm, head_mod
+            except ModelError as err:
+                logger.info("timm-style split of %r not usable (%s); looking for the head by hooks", name, err)
+            except Exception as err:  # a forward_head without pre_logits etc.
+                logger.info("timm-style split of %r failed (%s); looking for the head by hooks", name, err)
+
+    # 2. The named head, or every linear module whose width matches the output.
+    if head is not None:
+        try:
+            head_mod = module.get_submodule(head)
+        except AttributeError as err:
+            names = [n for n, m in module.named_modules() if _linear_like(m) is not None]
+            raise ModelError(f"{where}: model {name!r} has no submodule {head!r}; linear layers: {names}") from err
+        if _linear_like(head_mod) is None:
+            raise ModelError(f"{where}: head {head!r} of {name!r} is a {type(head_mod).__name__}, not a linear layer")
+        candidates = [(head, head_mod)]
+    else:
+        candidates = [
+            (n, m)
+            for n, m in module.named_modules()
+            if (lin := _linear_like(m)) is not None and lin[0].shape[0] == n_out
+        ]
+    if not candidates:
+        raise ModelError(
+            f"{where}: no final linear layer found in {name!r}: no nn.Linear with {n_out} outputs (the model's output "
+            "width); histoscale needs a classifier ending in one linear layer on pooled features (pass head=... to "
+            "name it)"
+        )
+    if scripted:
+        return _scripted_split(module, where, name, candidates, verified)
+
+    # Forward pre-hooks capture the head's input whatever precedes it (flatten, dropout, custom code).
+    captured: dict[str, torch.Tensor] = {}
+    handles = [
+        m.register_forward_pre_hook(lambda _m, args, n=n: captured.__setitem__(n, args[0])) for n, m in candidates
+    ]
+    try:
+        runner._call(module, probe)
+    finally:
+        for h in handles:
+            h.remove()
+    errors: list[str] = []
+    # Prefer the last registered candidate, as the final head usually is.
+    for n, m in reversed(candidates):
+        if n not in captured:
+            errors.append(f"{where}: linear layer {n!r} of {name!r} is never called by its forward()")
+            continue
+        try:
+            _check_split(name, where, captured[n].float().cpu().numpy(), *_wb(*_linear_like(m)), out)  # type: ignore[misc]
+        except ModelError as err:
+            errors.append(str(err))
+            continue
+        return _hook_phi(module, m), m
+    if len(errors) == 1:
+        raise ModelError(errors[0])
+    raise ModelError(f"{where}: none of the linear layers of {name!r} produces its output: " + "; ".join(errors))
+
+
+def _hook_phi(module: nn.Module, head_mod: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    def phi(x: torch.Tensor) -> torch.Tensor:
+        captured: list[torch.Tensor] = []
+        handle = head_mod.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+        try:
+            module(x)
+        finally:
+            handle.remove()
+        return captured[-1]  # the last call, should the head be shared
+
+    return phi
+
+
+def _scripted_split(
+    module: nn.Module, where: str, name: str, candidates: list[tuple[str, Any]], verified: Callable[..., bool]
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], Any]:
+    """TorchScript modules take no hooks: use compiled timm methods or run a scripted Sequential child by child."""
+    head_name, head_mod = candidates[-1]
+    if hasattr(module, "forward_features") and hasattr(module, "forward_head"):
+
+        def phi_timm(x: torch.Tensor) -> torch.Tensor:
+            return module.forward_head(module.forward_features(x), pre_logits=True)
+
+        try:
+            verified(phi_timm, head_mod)
+            return phi_timm, head_mod
+        except Exception as err:
+            logger.info("scripted timm-style split of %r failed: %s", name, err)
+    children = list(module.named_children())
+    if getattr(module, "original_name", "") == "Sequential" and head_name in [n for n, _ in children]:
+        idx = [n for n, _ in children].index(head_name)
+        body = [c for _, c in children[:idx]]
+
+        def phi_seq(x: torch.Tensor) -> torch.Tensor:
+            for child in body:
+                x = child(x)
+            return x
+
+        verified(phi_seq, head_mod)
+        return phi_seq, head_mod
+    raise ModelError(
+        f"{where}: cannot split the TorchScript model {name!r}: TorchScript takes no hooks and it has neither "
+        "forward_features/forward_head methods nor a Sequential layout; export it to ONNX "
+        "(torch.onnx.export) or load the state dict with factory='module:callable'"
+    )
+
+
+def _resolve_factory(factory: str | Callable[..., nn.Module], where: str) -> Callable[..., nn.Module]:
+    if callable(factory):
+        return factory
+    mod_name, sep, attr = str(factory).partition(":")
+    if not sep or not mod_name or not attr:
+        raise ModelError(
+            f"{where}: factory {factory!r} must read 'module:callable', e.g. 'histoscale.architectures:SmallCNN'"
+        )
+    try:
+        obj: Any = importlib.import_module(mod_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as err:
+        raise ModelError(f"{where}: cannot import factory {factory!r}: {err}") from err
+    return obj
+
+
+def _is_torchscript(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any("/code/" in n or n.endswith("constants.pkl") for n in zf.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
+    """The state dict inside a checkpoint dict (common wrapper keys, 'module.' prefixes), else None."""
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model_state_dict", "model", "state_dict_ema"):
+            if isinstance(obj.get(key), Mapping):
+                return _unwrap_state_dict(obj[key])
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            sd = dict(obj)
+            if all(k.startswith("module.") for k in sd):  # saved from DataParallel
+                sd = {k[len("module.") :]: v for k, v in sd.items()}
+            return sd
+    return None
+
+
+def load_torch_file(
+    path: Path,
+    *,
+    fmt: str | None,
+    factory: str | Callable[..., nn.Module] | None,
+    factory_kwargs: Mapping[str, Any],
+    allow_pickle: bool,
+) -> nn.Module:
+    """A module from a TorchScript, state dict (+ factory), safetensors or pickled checkpoint file."""
+    where = str(path)
+    if not path.is_file():
+        raise ModelError(f"model file {path} does not exist")
+    if fmt == "torchscript" or (fmt is None and _is_torchscript(path)):
+        try:
+            return torch.jit.load(str(path), map_location="cpu")
+        except Exception as err:
+            raise ModelError(
+                f"file {path} is not a valid TorchScript model: {err}; re-export it (torch.jit.script/save)"
+            ) from err
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as err:
+            raise ModelError(
+                f"{where}: reading .safetensors needs the safetensors package: pip install safetensors"
+            ) from err
+        obj: Any = load_file(str(path))
+    else:
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            if not allow_pickle:
+                raise ModelError(
+                    f"{where} is a pickled checkpoint that can only be loaded by running code stored in the file "
+                    "(a security risk with files you did not create). Prefer a state dict with "
+                    "factory='module:callable', TorchScript or ONNX; if you trust the file, pass allow_pickle=True "
+                    "(--allow-pickle)"
+                ) from err
+            logger.warning("loading %s with pickle (allow_pickle=True): this runs code stored in the file", path)
+            try:
+                obj = torch.load(str(path), map_location="cpu", weights_only=False)
+            except Exception as err2:
+                raise ModelError(f"file {path} could not be unpickled: {err2}; re-save it") from err2
+        except Exception as err:
+            raise ModelError(
+                f"file {path} is not a valid PyTorch file (truncated or corrupt?): {err}; re-save it"
+            ) from err
+    if isinstance(obj, nn.Module):
+        return obj
+    state_dict = _unwrap_state_dict(obj)
+    if state_dict is None:
+        raise ModelError(f"{where} holds a {type(obj).__name__}, neither a module nor a state dict of tensors")
+    if factory is None:
+        raise ModelError(
+            f"{where} is a state dict (weights only): pass factory='module:callable' (or a card with 'factory') that "
+            "builds the architecture, e.g. factory='histoscale.architectures:SmallCNN'"
+        )
+    module = _resolve_factory(factory, where)(**dict(factory_kwargs))
+    try:
+        module.load_state_dict(state_dict, strict=True)
+    except RuntimeError as err:
+        raise ModelError(f"{where}: weights do not fit the architecture built by {factory!r}: {err}") from err
+    return module
