@@ -67,6 +67,19 @@ def _figure_bytes(fig: Any) -> bytes:
     return buf.getvalue()
 
 
+_SCORE_LABELS = {"paper": "projection x.w/||w|| (bias ignored)", "softmax": "probability", "entropy": "probability"}
+
+
+def _log_axis(ax: Any, scales: np.ndarray) -> None:
+    """Log axis ticked at the grid's own values: the reader sees the candidate scales, not powers of ten."""
+    from matplotlib.ticker import NullLocator
+
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_locator(NullLocator())
+    step = max(1, len(scales) // 5)
+    ax.set_xticks(scales[::step], [f"{s:.3g}" for s in scales[::step]], fontsize=7)
+
+
 def _unit_label(result: ScaleResult) -> str:
     return "um/px" if result.units == "um/px" else "downsample from level 0"
 
@@ -92,10 +105,10 @@ def plot_curves(result: ScaleResult, *, max_points: int = 5) -> bytes:
         for c, name in enumerate(result.class_names):
             ax.plot(result.scales, result.class_scores[i, :, c], marker="o", ms=3, label=name)
         ax.axvline(result.scales[result.point_answers.best_index[i]], color="k", ls=":", lw=1)
-        ax.set_xscale("log")
+        _log_axis(ax, result.scales)
         ax.set_title(f"point {i}: {result.class_names[classes[i]]}, {result.point_answers.shape[i]}", fontsize=9)
         ax.set_xlabel(_unit_label(result), fontsize=8)
-    axes[0][0].set_ylabel(f"class score ({result.scorer})", fontsize=8)
+    axes[0][0].set_ylabel(_SCORE_LABELS.get(result.scorer, "signed distance (x.w+b)/||w||"), fontsize=8)
     axes[0][-1].legend(fontsize=7)
     return _figure_bytes(fig)
 

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from histoscale.aggregate import PointAnswers, Vote, analyse_curves, vote, vote_is_decided
-from histoscale.errors import ConfigError, ScaleSearchError
+from histoscale.errors import ConfigError, MissingMppError, ScaleSearchError
 from histoscale.patches import iter_multiscale, read_multiscale
 from histoscale.sampling import SamplingMode, sample_points
 from histoscale.scoring import SCORERS, score_points
@@ -236,7 +236,8 @@ def find_scale(
 
     ``slide``: an open :class:`Slide` or a path (``mpp`` overrides its declared um/px). ``model``: a loaded
     split model, anything :func:`histoscale.load_model` accepts, or None for the bundled reference model.
-    Units: um/px when the slide's resolution is known and ``relative`` is False; otherwise level-0 downsample.
+    Units: um/px when the slide's resolution is known and ``relative`` is False; otherwise level-0 downsample
+    (explicit ``scales`` on a slide without resolution need ``relative=True``: they are never silently reread).
     The default grid is 9 scales of ratio 2^(1/4) around the model's training um/px (0.5 um/px if unknown), or
     around downsample 1 in relative units.
     """
@@ -267,6 +268,13 @@ def _search(
     batch_points: int, prefetch: int, progress: bool,
 ) -> ScaleResult:
     units: Units = "um/px" if (slide.mpp is not None and not relative) else "downsample"
+    if units == "downsample" and not relative and scales is not None and scales != "paper":
+        # Explicit numbers are um/px unless the caller said otherwise: reading them as downsamples would be
+        # a silent wrong answer.
+        raise MissingMppError(
+            f"{slide.path} has no um/px metadata, so the scales {scales!r} cannot be read as um/px: pass the "
+            "slide's resolution (--mpp / mpp=...), or search in downsample units (--relative / relative=True)"
+        )
     model_mpp = getattr(model, "mpp", None)
     center = (model_mpp or 0.5) if units == "um/px" else 1.0
     grid = make_grid(scales, center=center, units=units)
