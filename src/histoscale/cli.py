@@ -69,12 +69,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     from histoscale.slide import open_slide, slide_info
 
     with open_slide(args.slide, mpp=args.mpp) as slide:
-        info = slide_info(slide)
+        info = slide_info(slide, tissue=True)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
     for key, value in info.items():
-        print(f"{key:>18}: {value}")
+        if key == "levels":
+            for level in value:
+                print(f"{'level ' + str(level['level']):>18}: {level['width']}x{level['height']} px, "
+                      f"downsample {level['downsample']:.4g}")
+        else:
+            print(f"{key:>18}: {value}")
     return 0
 
 
@@ -87,12 +92,15 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def _run_search(args: argparse.Namespace, slide_path: str | Path, mpp: float | None) -> "object":
-    from histoscale.report import write_search_report
+    from histoscale.report import check_writable, write_search_report
     from histoscale.search import find_scale
     from histoscale.slide import open_slide
 
-    model = _load_model(args)
+    # cheap checks first: an unusable --out folder or slide fails before the model loads and the search runs
+    if args.out:
+        check_writable(args.out)
     with open_slide(slide_path, mpp=mpp) as slide:
+        model = _load_model(args)
         result = find_scale(
             slide, model, points=args.points, scales=args.scales, seed=args.seed, scorer=args.scorer,
             sampling=args.sampling, relative=args.relative, early_stop=args.early_stop, widen=args.widen,

@@ -219,7 +219,9 @@ def load_onnx(
     if isinstance(spec, (str, os.PathLike)):
         path = Path(spec)
         if not path.is_file():
-            raise ModelError(f"model file {path} does not exist")
+            raise ModelError(f"model file {path} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
+        if path.stat().st_size == 0:
+            raise ModelError(f"model file {path} is empty (0 bytes): an interrupted export or copy? re-export it")
         try:
             model = onnx.load(str(path))
             onnx.checker.check_model(model if model.ByteSize() < 2**31 - 1 else str(path))

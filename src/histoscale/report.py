@@ -21,7 +21,7 @@ import numpy as np
 from histoscale.errors import HistoscaleError
 from histoscale.search import ScaleResult, _finite
 
-__all__ = ["atomic_write", "versions", "write_search_report"]
+__all__ = ["atomic_write", "check_writable", "versions", "write_search_report"]
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
@@ -42,7 +42,28 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
         raise HistoscaleError(f"cannot write {path}: {err.strerror or err} (disk full or read-only?)") from err
+    except BaseException:  # interrupted or a bug: still leave no temporary file behind
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
+
+
+def check_writable(out_dir: str | os.PathLike[str]) -> Path:
+    """Create ``out_dir`` if needed and prove a file can be written there, before any long computation.
+
+    Raises HistoscaleError naming the folder (e.g. a path under a regular file, a read-only or full disk).
+    """
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out, prefix=".histoscale-write-test.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        raise HistoscaleError(
+            f"cannot write to the output folder {out}: {err.strerror or err}; choose a writable --out folder"
+        ) from err
+    return out
 
 
 def versions() -> dict[str, str]:

@@ -279,7 +279,8 @@ def _search(
     center = (model_mpp or 0.5) if units == "um/px" else 1.0
     grid = make_grid(scales, center=center, units=units)
     out_px = int(model.input_size)
-    level0_per_unit = 1.0 / slide.mpp if units == "um/px" else 1.0  # grid value -> level-0 px per output px
+    # grid value -> level-0 px per output px; downsample_for refuses contradictory x/y um/px (suggests --mpp)
+    level0_per_unit = slide.downsample_for(1.0) if units == "um/px" else 1.0
 
     def downsamples(values: np.ndarray) -> np.ndarray:
         return values * level0_per_unit

@@ -52,6 +52,8 @@ ANISOTROPY_TOLERANCE = 0.10
 MAX_PLAUSIBLE_TAG_MPP = 25.0
 _LEVEL_MATCH_RTOL = 1e-3
 _STRIP_BYTES = 64 * 2**20  # bounded memory when reading whole levels (thumbnails)
+_MAX_LEVEL_SIDE = 2**24  # px (16.7 M: 4 m at 0.25 um/px); larger level sides come from a damaged header
+_MAX_TILE_SIDE = 8192  # px; larger TIFF tiles are taken for a damaged directory (scanners write 240..1024)
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -379,6 +381,11 @@ def _check_tiff_complete(path: Path) -> None:
 
     tlog = logging.getLogger("tifffile")
     tlog.addFilter(capture)
+    # the filter only sees records the logger lets through: make sure a quiet application logging config
+    # (root level ERROR) does not switch this check off
+    old_level = tlog.level
+    if tlog.getEffectiveLevel() > logging.WARNING:
+        tlog.setLevel(logging.WARNING)
     try:
         with tifffile.TiffFile(path) as tf:
             npages = 0
@@ -389,6 +396,20 @@ def _check_tiff_complete(path: Path) -> None:
                 offsets = getattr(page, "dataoffsets", ())
                 counts = getattr(page, "databytecounts", ())
                 ends = [o + c for o, c in zip(offsets, counts) if c]
+                tile_wh = (int(getattr(page, "tilewidth", 0) or 0), int(getattr(page, "tilelength", 0) or 0))
+                if page.is_tiled and not all(0 < t <= _MAX_TILE_SIDE for t in tile_wh):
+                    # OpenSlide allocates whole tiles and aborts the process (glib) when that fails
+                    raise SlideError(
+                        f"{path} is a damaged TIFF file: page {npages - 1} declares {tile_wh[0]}x{tile_wh[1]} px "
+                        f"tiles (whole-slide tiles are at most {_MAX_TILE_SIDE} px); re-export or re-copy the file"
+                    )
+                chunks = math.prod(getattr(page, "chunked", ()) or (0,))
+                if page.shape and math.prod(page.shape) and len(offsets) < chunks:
+                    # a damaged directory (tags with invalid types are dropped by tifffile with a log record)
+                    raise SlideError(
+                        f"{path} is a damaged TIFF file: page {npages - 1} ({page.shape}) needs {chunks} strips or "
+                        f"tiles but its directory lists {len(offsets)} data offsets; re-export or re-copy the file"
+                    )
                 if ends and max(ends) > size:
                     raise SlideError(
                         f"{path} is truncated: page {npages - 1} needs data up to byte {max(ends)} but the "
@@ -401,6 +422,7 @@ def _check_tiff_complete(path: Path) -> None:
         raise SlideError(f"{path} is a damaged TIFF file: {err}") from err
     finally:
         tlog.removeFilter(capture)
+        tlog.setLevel(old_level)
     if any("offset" in m for m in problems):
         raise SlideError(
             f"{path} is truncated or damaged: its directory chain points past the end of the file "
@@ -481,10 +503,27 @@ def open_slide(path: PathLike, mpp: float | None = None, *, backend: str | None 
             "tiffslide reads (.svs, .tif, .ndpi, .mrxs, OME-TIFF, ...) or a PNG/JPEG/TIFF image"
         ) from last_err
 
+    _check_geometry(p, impl)
     resolution = impl.resolution
     if mpp is not None:
         resolution = Resolution(float(mpp), float(mpp), "override")
     return Slide(p, impl, resolution)
+
+
+def _check_geometry(path: Path, impl: _Backend) -> None:
+    """Refuse (closing the backend) level sizes or downsamples no real slide has: a damaged header would
+    otherwise make reads loop or allocate without bound."""
+    dims, downs = impl.level_dimensions, impl.level_downsamples
+    ok = bool(dims) and len(dims) == len(downs)
+    ok = ok and all(1 <= w <= _MAX_LEVEL_SIDE and 1 <= h <= _MAX_LEVEL_SIDE for w, h in dims)
+    ok = ok and all(math.isfinite(d) and 0 < d <= _MAX_LEVEL_SIDE for d in downs)
+    if not ok:
+        impl.close()
+        shown = ", ".join(f"{w}x{h}" if len(str(w)) + len(str(h)) < 24 else "(huge)" for w, h in dims[:4])
+        raise SlideError(
+            f"slide {path} declares impossible level sizes [{shown}] or downsamples (sides must be 1..{_MAX_LEVEL_SIDE} "
+            "px): its header is damaged; re-export or re-copy the file"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -537,15 +576,25 @@ class Slide:
 
         Raises:
             MissingMppError: the slide has no resolution (and none was passed to :func:`open_slide`).
+            SlideError: the slide declares anisotropic pixels (x and y um/px differ by more than
+                ``ANISOTROPY_TOLERANCE``) and no override was given: one number cannot convert both axes.
         """
         if _positive_float(mpp) is None:
             raise ConfigError(f"mpp must be a positive number of um/px, got {mpp!r}")
-        if self.resolution is None:
+        res = self.resolution
+        if res is None:
             raise MissingMppError(
                 f"slide {self.path} has no um/px metadata: pass --mpp (Python: open_slide(path, mpp=...)) "
-                "or use relative downsample units"
+                "or use relative downsample units (--relative; Python: relative=True)"
             )
-        return float(mpp) / self.resolution.mpp
+        if res.is_anisotropic and res.source != "override":
+            raise SlideError(
+                f"slide {self.path} declares contradictory pixel sizes: {res.mpp_x:.4g} um/px along x but "
+                f"{res.mpp_y:.4g} um/px along y ({res.source}); absolute units would be wrong along one axis. "
+                "Pass the true resolution with --mpp (classify: --slide-mpp; Python: open_slide(path, mpp=...)) "
+                "or use relative downsample units (search --relative; Python: relative=True)"
+            )
+        return float(mpp) / res.mpp
 
     def best_level(self, downsample: float) -> int:
         """Index of the coarsest level that is still at least as fine as ``downsample`` (level-0 px per

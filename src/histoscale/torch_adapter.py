@@ -336,7 +336,9 @@ def load_torch_file(
     """A module from a TorchScript, state dict (+ factory), safetensors or pickled checkpoint file."""
     where = str(path)
     if not path.is_file():
-        raise ModelError(f"model file {path} does not exist")
+        raise ModelError(f"model file {path} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
+    if path.stat().st_size == 0:
+        raise ModelError(f"model file {path} is empty (0 bytes): an interrupted save or copy? re-save or re-copy it")
     if fmt == "torchscript" or (fmt is None and _is_torchscript(path)):
         try:
             return torch.jit.load(str(path), map_location="cpu")
