@@ -1,0 +1,114 @@
+"""The scale search end to end: phantom slides with hidden um/px, the bundled reference model, real readers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from histoscale import ConfigError, MissingMppError, ScaleSearchError, find_scale, load_model, make_grid, open_slide
+from histoscale.cli import main
+from histoscale.phantom import write_phantom
+from histoscale.report import write_search_report
+
+STEP = 2 ** 0.25  # one grid step
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model()  # the bundled reference model, trained at 0.5 um/px
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    """Bare phantoms (no resolution metadata) at three true um/px, keyed by truth."""
+    folder = tmp_path_factory.mktemp("phantoms")
+    sizes = {0.25: 3072, 0.5: 2560, 1.0: 2048}
+    return {
+        mpp: write_phantom(folder / f"p{mpp}.tiff", mpp=mpp, size_px_wh=(size, size), seed=11, fmt="bare").slide_path
+        for mpp, size in sizes.items()
+    }
+
+
+@pytest.mark.parametrize("true_mpp", [0.25, 0.5, 1.0])
+def test_recovers_hidden_mpp_within_one_grid_step(phantoms, model, true_mpp):
+    result = find_scale(phantoms[true_mpp], model, points=60, seed=0)
+    assert result.units == "downsample"
+    assert result.check.status == "MISSING-METADATA"
+    implied = result.check.implied_mpp
+    assert abs(math.log(implied / true_mpp)) <= math.log(STEP) + 1e-9, result.summary()
+    lo, hi = result.check.implied_interval
+    assert lo <= implied * STEP and hi >= implied / STEP
+
+
+def test_metadata_check_ok_and_mismatch(phantoms, model):
+    right = find_scale(phantoms[0.5], model, points=40, seed=1, mpp=0.5)
+    assert right.units == "um/px" and right.check.status == "OK"
+    assert right.check.declared_source == "override"
+    wrong = find_scale(phantoms[0.5], model, points=40, seed=1, mpp=1.0)  # declared 2x too coarse
+    assert wrong.check.status == "MISMATCH"
+    assert wrong.check.disagreement_steps == pytest.approx(-4, abs=1.01)
+    assert wrong.widenings, "the answer lies beyond the default grid: the search must widen it"
+
+
+def test_early_stop_uses_fewer_points_and_keeps_the_answer(phantoms, model):
+    full = find_scale(phantoms[0.5], model, points=48, seed=2, early_stop=False)
+    early = find_scale(phantoms[0.5], model, points=48, seed=2, early_stop=True)
+    assert full.points_used == 48
+    assert early.chosen_scale == pytest.approx(full.chosen_scale)
+    if early.stopped_early:
+        assert early.points_used < 48
+
+
+def test_paper_scorer_and_preset_run(phantoms, model):
+    result = find_scale(phantoms[0.5], model, points=16, scorer="paper", scales="paper", relative=True, widen=False)
+    assert len(result.scales) == 9 and result.scorer == "paper"
+    assert result.curves.shape == (16, 9)
+
+
+def test_report_files_and_json(phantoms, model, tmp_path):
+    result = find_scale(phantoms[0.5], model, points=20, seed=0)
+    with open_slide(phantoms[0.5]) as slide:
+        written = write_search_report(result, tmp_path, thumbnail=slide.thumbnail(), arguments={"points": 20})
+    assert set(written) == {"result.json", "points.csv", "curves.png", "votes.png", "overview.png"}
+    doc = json.loads((tmp_path / "result.json").read_text())
+    assert doc["chosen_scale"] == pytest.approx(result.chosen_scale)
+    assert doc["check"]["status"] == "MISSING-METADATA" and doc["arguments"] == {"points": 20}
+    assert len(doc["points"]["curves"]) == result.points_used
+    rows = (tmp_path / "points.csv").read_text().splitlines()
+    assert rows[0].startswith("point,x,y,scale") and len(rows) == result.points_used + 1
+
+
+def test_bad_arguments_are_clear_errors(phantoms, model):
+    with pytest.raises(ConfigError, match="at least 1"):
+        find_scale(phantoms[0.5], model, points=0)
+    with pytest.raises(ConfigError, match="strictly increasing"):
+        find_scale(phantoms[0.5], model, scales=[0.5, 0.25], relative=True)
+    with pytest.raises(ConfigError, match="positive"):
+        make_grid([0.0, 1.0], center=1, units="um/px")
+    with pytest.raises(MissingMppError, match="--relative"):
+        find_scale(phantoms[0.5], model, scales=[0.4, 0.5, 0.6])
+    with pytest.raises(ScaleSearchError, match="smaller than the widest field of view"):
+        find_scale(phantoms[1.0], model, scales=[8.0, 16.0, 32.0], relative=True)
+
+
+def test_cli_search_writes_report(phantoms, tmp_path, capsys):
+    code = main(["search", str(phantoms[1.0]), "--points", "16", "--out", str(tmp_path / "run"), "--json"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["check"]["status"] == "MISSING-METADATA"
+    assert (tmp_path / "run" / "result.json").exists()
+
+
+def test_cli_reports_missing_file_without_traceback(tmp_path, capsys):
+    assert main(["search", str(tmp_path / "nope.svs")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.svs" in err and "Traceback" not in err
+
+
+def test_grid_presets():
+    assert np.allclose(make_grid(None, center=0.5, units="um/px")[[0, 4, 8]], [0.25, 0.5, 1.0])
+    paper = make_grid("paper", center=1, units="um/px")
+    assert paper[0] == pytest.approx(10 / 43) and paper[-1] == pytest.approx(1.0)
