@@ -104,3 +104,18 @@ def test_vote_is_decided_and_monotone_direction():
     curves = np.tile(np.arange(5.0), (10, 1))
     assert monotone_direction(analyse_curves(curves, np.arange(5.0))) == 1
     assert monotone_direction(analyse_curves(-curves, np.arange(5.0))) == -1
+
+
+def test_pooled_aggregation_finds_a_broad_peak_the_hard_vote_splits():
+    # 30 noisy curves around a broad peak at index 4 of 9: single argmaxes scatter, their pooled mean does not.
+    rng = np.random.default_rng(0)
+    log2s = np.arange(9) / 4.0
+    curves = -((np.arange(9) - 4.0) ** 2) / 16 + rng.normal(scale=0.4, size=(30, 9))
+    answers = analyse_curves(curves, log2s)
+    pooled = vote(answers, log2s, curves=curves, method="pooled", n_boot=200)
+    assert pooled.winner == 4
+    assert pooled.log2_interval[0] <= pooled.log2_estimate <= pooled.log2_interval[1]
+    assert abs(pooled.log2_estimate - log2s[4]) < 0.25
+    hard = vote(answers, log2s, method="vote", n_boot=200)
+    assert hard.counts.max() < 15  # the hard vote is split
+    assert pooled.confidence > hard.confidence

@@ -9,7 +9,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PointAnswers", "Vote", "analyse_curves", "vote", "vote_is_decided", "monotone_direction"]
+__all__ = [
+    "AGGREGATIONS", "PointAnswers", "Vote", "analyse_curves", "pooled_curve", "vote", "vote_is_decided",
+    "monotone_direction",
+]
+
+# "vote": the paper's majority vote of per-point argmaxes. "pooled": argmax of the mean of the per-point curves,
+# each standardised (zero mean, unit spread) so that every informative point weighs the same; a broad, noisy
+# peak that splits the hard vote over neighbouring scales still adds up to one clear maximum.
+AGGREGATIONS: tuple[str, ...] = ("pooled", "vote")
 
 PEAK, RISING, FALLING, FLAT = "peak", "rising", "falling", "flat"
 
@@ -80,6 +88,24 @@ def analyse_curves(curves: np.ndarray, log2_scales: np.ndarray, *, flat_tol: flo
     return PointAnswers(best, shape.astype(str), estimate, ~flat)
 
 
+def pooled_curve(curves: np.ndarray) -> np.ndarray:
+    """Mean of the standardised curves (P, N) -> (N,)."""
+    curves = np.asarray(curves, dtype=np.float64)
+    spread = curves.std(axis=1, keepdims=True)
+    z = (curves - curves.mean(axis=1, keepdims=True)) / np.where(spread > 0, spread, 1.0)
+    return z.mean(axis=0)
+
+
+def _pooled_answer(curves: np.ndarray, log2_scales: np.ndarray) -> tuple[int, float]:
+    """Winner index and sub-grid log2 estimate of the pooled curve."""
+    pooled = pooled_curve(curves)
+    winner = int(np.argmax(pooled))
+    if 0 < winner < len(pooled) - 1:
+        idx = np.arange(winner - 1, winner + 2)
+        return winner, float(_parabola_vertex(log2_scales[idx][None], pooled[idx][None])[0])
+    return winner, float(log2_scales[winner])
+
+
 def _winner(counts: np.ndarray) -> int:
     """Argmax of the vote; ties go to the index whose neighbours hold more votes, then to the grid's middle."""
     smooth = np.convolve(counts, [1.0, 2.0, 1.0], mode="same")
@@ -88,7 +114,7 @@ def _winner(counts: np.ndarray) -> int:
     return order[0]
 
 
-def _estimate(log2_estimates: np.ndarray, best: np.ndarray, winner: int, step: float) -> float:
+def _estimate(log2_estimates: np.ndarray, best: np.ndarray, winner: int) -> float:
     """Continuous answer: median sub-grid estimate of the points voting within one step of the winner."""
     near = np.abs(best - winner) <= 1
     chosen = log2_estimates[near] if near.any() else log2_estimates
@@ -96,27 +122,47 @@ def _estimate(log2_estimates: np.ndarray, best: np.ndarray, winner: int, step: f
 
 
 def vote(
-    answers: PointAnswers, log2_scales: np.ndarray, *, n_boot: int = 500, seed: int = 0
+    answers: PointAnswers,
+    log2_scales: np.ndarray,
+    *,
+    curves: np.ndarray | None = None,
+    method: str = "vote",
+    n_boot: int = 500,
+    seed: int = 0,
 ) -> Vote:
-    """Majority vote of the informative points, a continuous estimate and its bootstrap interval."""
+    """The slide's answer from its informative points, a continuous estimate and its bootstrap interval.
+
+    ``method="vote"``: the paper's majority vote; the estimate is the median sub-grid estimate of the points
+    voting within one step of the winner. ``method="pooled"`` (needs ``curves``): argmax and parabola vertex of
+    the pooled curve. Either way the interval and ``confidence`` come from resampling the points.
+    """
     log2_scales = np.asarray(log2_scales, dtype=np.float64)
     n = len(log2_scales)
-    step = float(np.median(np.diff(log2_scales))) if n > 1 else 1.0
     best = answers.best_index[answers.informative]
     estimates = answers.log2_estimate[answers.informative]
     counts = np.bincount(best, minlength=n)
     if len(best) == 0:
         return Vote(counts, -1, float("nan"), (float("nan"), float("nan")), 0.0, 0)
-    winner = _winner(counts)
-    estimate = _estimate(estimates, best, winner, step)
+    if method == "pooled":
+        if curves is None:
+            raise ValueError("the pooled aggregation needs the curves")
+        informative_curves = np.asarray(curves)[answers.informative]
+
+        def answer(pick: np.ndarray) -> tuple[int, float]:
+            return _pooled_answer(informative_curves[pick], log2_scales)
+    else:
+
+        def answer(pick: np.ndarray) -> tuple[int, float]:
+            w = _winner(np.bincount(best[pick], minlength=n))
+            return w, _estimate(estimates[pick], best[pick], w)
+
+    winner, estimate = answer(np.arange(len(best)))
     rng = np.random.default_rng(seed)
     boot_estimates = np.empty(n_boot)
     same = 0
     for k in range(n_boot):
-        pick = rng.integers(0, len(best), len(best))
-        w = _winner(np.bincount(best[pick], minlength=n))
+        w, boot_estimates[k] = answer(rng.integers(0, len(best), len(best)))
         same += w == winner
-        boot_estimates[k] = _estimate(estimates[pick], best[pick], w, step)
     lo, hi = np.percentile(boot_estimates, [2.5, 97.5])
     return Vote(counts, winner, estimate, (float(lo), float(hi)), same / n_boot, len(best))
 

@@ -46,13 +46,16 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_search_options(p: argparse.ArgumentParser) -> None:
+    from histoscale.aggregate import AGGREGATIONS
     from histoscale.scoring import SCORERS
-    from histoscale.search import DEFAULT_SCORER
+    from histoscale.search import DEFAULT_AGGREGATION, DEFAULT_SCORER
 
     p.add_argument("--points", type=int, default=100, help="number of points P (default 100)")
     p.add_argument("--scales", default=None, help="'paper', or comma-separated ascending scales (um/px or downsample)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scorer", choices=SCORERS, default=DEFAULT_SCORER)
+    p.add_argument("--aggregation", choices=AGGREGATIONS, default=DEFAULT_AGGREGATION,
+                   help="pooled: argmax of the mean standardised curve (default); vote: the paper's majority vote")
     p.add_argument("--sampling", choices=("tissue", "uniform"), default="tissue")
     p.add_argument("--relative", action="store_true", help="search in downsample units even if the slide has um/px")
     p.add_argument("--no-early-stop", dest="early_stop", action="store_false")
@@ -103,6 +106,7 @@ def _run_search(args: argparse.Namespace, slide_path: str | Path, mpp: float | N
         model = _load_model(args)
         result = find_scale(
             slide, model, points=args.points, scales=args.scales, seed=args.seed, scorer=args.scorer,
+            aggregation=args.aggregation,
             sampling=args.sampling, relative=args.relative, early_stop=args.early_stop, widen=args.widen,
             progress=sys.stderr.isatty(),
         )

@@ -20,21 +20,34 @@ from typing import Any, Literal
 
 import numpy as np
 
-from histoscale.aggregate import PointAnswers, Vote, analyse_curves, vote, vote_is_decided
+from histoscale.aggregate import (
+    AGGREGATIONS,
+    FALLING,
+    RISING,
+    PointAnswers,
+    Vote,
+    analyse_curves,
+    vote,
+    vote_is_decided,
+)
 from histoscale.errors import ConfigError, MissingMppError, ScaleSearchError
 from histoscale.patches import iter_multiscale, read_multiscale
 from histoscale.sampling import SamplingMode, sample_points
 from histoscale.scoring import SCORERS, score_points
 from histoscale.slide import Slide, open_slide
 
-__all__ = ["DEFAULT_SCORER", "MetadataCheck", "ScaleResult", "find_scale", "make_grid", "PAPER_MAGNIFICATIONS"]
+__all__ = ["DEFAULT_AGGREGATION", "DEFAULT_SCORER", "MetadataCheck", "ScaleResult", "find_scale", "make_grid", "PAPER_MAGNIFICATIONS"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SCORER = "margin"
+DEFAULT_AGGREGATION = "pooled"
 STEPS_PER_OCTAVE = 4  # grid ratio 2^(1/4) ~ 1.19, the paper's ~1.2
 PAPER_MAGNIFICATIONS = (10, 12, 14, 17, 20, 25, 30, 35, 43)  # around a x40 base; "x" is a label: x = 10 / um/px
 MIN_DOWNSAMPLE = 0.25  # no scale asks for more than 4x upsampling of the slide's finest level
+# Widening stops at 2x upsampling: blurred, upsampled patches lie far from the training data, where hyperplane
+# distances grow without meaning (seen on phantoms: votes run away to the finest scale).
+MIN_WIDEN_DOWNSAMPLE = 0.5
 
 Units = Literal["um/px", "downsample"]
 
@@ -73,8 +86,9 @@ def make_grid(
 class MetadataCheck:
     """The content-based estimate against the slide's declared resolution.
 
-    ``implied_mpp`` is the slide's level-0 um/px implied by the answer and the model's training um/px;
-    ``disagreement_steps`` is log2(implied / declared) in grid steps; ``status`` is ``OK`` (within one step),
+    ``implied_mpp`` is the slide's level-0 um/px implied by the answer (the vote's grid scale) and the model's
+    training um/px; ``implied_estimate`` is the same from the continuous estimate, and ``implied_interval`` its
+    bootstrap 95% interval; ``disagreement_steps`` is log2(implied / declared) in grid steps; ``status`` is ``OK`` (within one step),
     ``MISMATCH``, ``MISSING-METADATA`` (no declared um/px: the implied one is the only one) or
     ``UNKNOWN-MODEL-MPP`` (the model's training um/px is unknown: nothing to compare).
     """
@@ -84,6 +98,7 @@ class MetadataCheck:
     declared_source: str | None
     model_mpp: float | None
     implied_mpp: float | None
+    implied_estimate: float | None
     implied_interval: tuple[float, float] | None
     disagreement_steps: float | None
 
@@ -96,6 +111,7 @@ class ScaleResult:
     model: str
     units: Units
     scorer: str
+    aggregation: str
     sampling: str
     seed: int
     scales: np.ndarray
@@ -133,7 +149,8 @@ class ScaleResult:
         )
         c = self.check
         if c.implied_mpp is not None:
-            text += f"; slide um/px implied {c.implied_mpp:.3g}"
+            lo_mpp, hi_mpp = c.implied_interval or (math.nan, math.nan)
+            text += f"; slide um/px implied {c.implied_mpp:.3g} (continuous {c.implied_estimate:.3g}, {lo_mpp:.3g}-{hi_mpp:.3g})"
             if c.declared_mpp is not None:
                 text += f" vs declared {c.declared_mpp:.3g} ({c.disagreement_steps:+.1f} steps)"
         return text + f" -> {c.status}"
@@ -144,6 +161,7 @@ class ScaleResult:
             "model": self.model,
             "units": self.units,
             "scorer": self.scorer,
+            "aggregation": self.aggregation,
             "sampling": self.sampling,
             "seed": self.seed,
             "scales": self.scales.tolist(),
@@ -190,22 +208,29 @@ def _finite(value: Any) -> Any:
 
 
 def _metadata_check(
-    slide: Slide, units: Units, model_mpp: float | None, chosen: float, interval: tuple[float, float]
+    slide: Slide, units: Units, model_mpp: float | None, chosen: float, estimate: float,
+    interval: tuple[float, float],
 ) -> MetadataCheck:
     declared = slide.resolution.mpp if slide.resolution is not None else None
     source = slide.resolution.source if slide.resolution is not None else None
     if model_mpp is None:
-        return MetadataCheck("UNKNOWN-MODEL-MPP", declared, source, None, None, None, None)
-    # The model sees one model px where the search applied it: `chosen` um/px, or `chosen` level-0 px.
-    level0_per_model_px = chosen / declared if units == "um/px" else chosen
-    ratio_lo, ratio_hi = (v / chosen for v in interval)
-    implied = model_mpp / level0_per_model_px
-    implied_interval = (implied / ratio_hi, implied / ratio_lo)
+        return MetadataCheck("UNKNOWN-MODEL-MPP", declared, source, None, None, None, None, None)
+
+    def implied(scale: float) -> float:
+        # The model saw one of its px where the search applied it: `scale` um/px, or `scale` level-0 px.
+        return model_mpp / (scale / declared if units == "um/px" else scale)
+
+    # A coarser scale implies a finer slide: the interval's ends swap.
+    implied_interval = (implied(interval[1]), implied(interval[0]))
     if declared is None:
-        return MetadataCheck("MISSING-METADATA", None, None, model_mpp, implied, implied_interval, None)
-    steps = math.log2(implied / declared) * STEPS_PER_OCTAVE
+        return MetadataCheck(
+            "MISSING-METADATA", None, None, model_mpp, implied(chosen), implied(estimate), implied_interval, None
+        )
+    steps = math.log2(implied(chosen) / declared) * STEPS_PER_OCTAVE
     status = "OK" if abs(steps) <= 1.0 else "MISMATCH"
-    return MetadataCheck(status, declared, source, model_mpp, implied, implied_interval, steps)
+    return MetadataCheck(
+        status, declared, source, model_mpp, implied(chosen), implied(estimate), implied_interval, steps
+    )
 
 
 def _features_for(model: Any, patches: np.ndarray) -> np.ndarray:
@@ -222,6 +247,7 @@ def find_scale(
     scales: str | Sequence[float] | None = None,
     seed: int = 0,
     scorer: str = DEFAULT_SCORER,
+    aggregation: str = DEFAULT_AGGREGATION,
     sampling: SamplingMode = "tissue",
     mpp: float | None = None,
     relative: bool = False,
@@ -247,13 +273,16 @@ def find_scale(
         raise ConfigError(f"points must be at least 1 (got {points})")
     if scorer not in SCORERS:
         raise ConfigError(f"unknown scorer {scorer!r}: choose one of {', '.join(SCORERS)}")
+    if aggregation not in AGGREGATIONS:
+        raise ConfigError(f"unknown aggregation {aggregation!r}: choose one of {', '.join(AGGREGATIONS)}")
     if not hasattr(model, "features"):
         model = load_model(model)
     owns_slide = not isinstance(slide, Slide)
     the_slide = open_slide(slide, mpp=mpp) if owns_slide else slide
     try:
         return _search(
-            the_slide, model, points=points, scales=scales, seed=seed, scorer=scorer, sampling=sampling,
+            the_slide, model, points=points, scales=scales, seed=seed, scorer=scorer, aggregation=aggregation,
+            sampling=sampling,
             relative=relative, early_stop=early_stop, widen=widen, max_widen_steps=max_widen_steps,
             batch_points=batch_points, prefetch=prefetch, progress=progress,
         )
@@ -264,7 +293,7 @@ def find_scale(
 
 def _search(
     slide: Slide, model: Any, *, points: int, scales: str | Sequence[float] | None, seed: int, scorer: str,
-    sampling: SamplingMode, relative: bool, early_stop: bool, widen: bool, max_widen_steps: int,
+    aggregation: str, sampling: SamplingMode, relative: bool, early_stop: bool, widen: bool, max_widen_steps: int,
     batch_points: int, prefetch: int, progress: bool,
 ) -> ScaleResult:
     units: Units = "um/px" if (slide.mpp is not None and not relative) else "downsample"
@@ -302,10 +331,13 @@ def _search(
     blocks: list[np.ndarray] = []  # features (p, N, M) of the points processed so far, over the current grid
     used = 0
     widenings: list[str] = []
+    widened = 0  # direction of the widenings so far: +1 coarser, -1 finer
     stopped_early = False
 
-    def analyse(features: np.ndarray, values: np.ndarray) -> PointAnswers:
-        return analyse_curves(score_points(features, model.W, model.b, scorer).curve, np.log2(values))
+    def consensus(features: np.ndarray, values: np.ndarray, n_boot: int) -> tuple[PointAnswers, Vote]:
+        curves = score_points(features, model.W, model.b, scorer).curve
+        answers = analyse_curves(curves, np.log2(values))
+        return answers, vote(answers, np.log2(values), curves=curves, method=aggregation, n_boot=n_boot, seed=seed)
 
     t0 = time.perf_counter()
     with _progress(progress) as bar:
@@ -317,10 +349,11 @@ def _search(
             used += len(block)
             if bar is not None:
                 bar.update(task, completed=used)
-            answers = analyse(np.concatenate(blocks), grid)
-            counts = np.bincount(answers.best_index[answers.informative], minlength=len(grid))
+            answers, interim = consensus(np.concatenate(blocks), grid, n_boot=100)
             if widen and used >= min(points, 2 * batch_points):
-                direction = _edge_direction(counts)
+                direction = _edge_direction(interim.winner, len(grid), answers)
+                if widened and direction == -widened:
+                    direction = 0  # never turn back: the first widening already said where the answer lies
                 new = _widen(grid, direction, downsamples, out_px, (w, h), len(widenings), max_widen_steps)
                 if new is not None:
                     t1 = time.perf_counter()
@@ -331,11 +364,12 @@ def _search(
                     old = np.concatenate(blocks)
                     blocks = [np.concatenate([extra_feats, old] if direction < 0 else [old, extra_feats], axis=1)]
                     grid = np.concatenate([new, grid] if direction < 0 else [grid, new])
+                    widened = direction
                     patch_iter.close()
                     patch_iter = iter_multiscale(slide, xy[used:], downsamples(grid), out_px, prefetch=prefetch)
                     timings["widen_s"] += time.perf_counter() - t1
                     continue
-            if early_stop and vote_is_decided(counts, points - used):
+            if early_stop and _decided(interim, aggregation, points - used, batch_points):
                 stopped_early = used < points
                 break
         patch_iter.close()
@@ -344,7 +378,7 @@ def _search(
     features = np.concatenate(blocks)
     scored = score_points(features, model.W, model.b, scorer)
     answers = analyse_curves(scored.curve, np.log2(grid))
-    result_vote: Vote = vote(answers, np.log2(grid), seed=seed)
+    result_vote = vote(answers, np.log2(grid), curves=scored.curve, method=aggregation, seed=seed)
     if result_vote.winner < 0:
         raise ScaleSearchError(
             f"no informative point in {slide.path}: every curve was flat over {grid.round(3).tolist()} {units} "
@@ -352,18 +386,20 @@ def _search(
         )
     chosen = float(grid[result_vote.winner])
     interval = (2.0 ** result_vote.log2_interval[0], 2.0 ** result_vote.log2_interval[1])
-    check = _metadata_check(slide, units, model_mpp, chosen, interval)
+    estimate = 2.0**result_vote.log2_estimate
+    check = _metadata_check(slide, units, model_mpp, chosen, estimate, interval)
     return ScaleResult(
         slide=str(slide.path),
         model=str(getattr(model, "name", type(model).__name__)),
         units=units,
         scorer=scorer,
+        aggregation=aggregation,
         sampling=sampling,
         seed=seed,
         scales=grid,
         chosen_index=result_vote.winner,
         chosen_scale=chosen,
-        estimate=2.0**result_vote.log2_estimate,
+        estimate=estimate,
         interval=interval,
         confidence=result_vote.confidence,
         votes=result_vote.counts,
@@ -382,12 +418,23 @@ def _search(
     )
 
 
-def _edge_direction(counts: np.ndarray) -> int:
-    """+1 / -1 when the vote's leader sits on the coarse / fine edge of the grid (the curves are monotone there)."""
-    if counts.sum() == 0:
+def _decided(interim: Vote, aggregation: str, remaining: int, batch_points: int) -> bool:
+    """Stop sampling? The paper's vote: when the leader cannot be caught by the remaining points (exact).
+    The pooled curve has no such bound: when 95% of bootstrap resamples of at least 4 batches agree."""
+    if aggregation == "vote":
+        return vote_is_decided(interim.counts, remaining)
+    return interim.n_informative >= 4 * batch_points and interim.confidence >= 0.95
+
+
+def _edge_direction(winner: int, n_scales: int, answers: PointAnswers, min_share: float = 1 / 3) -> int:
+    """+1 / -1 when the current winner sits on the coarse / fine edge of the grid AND at least ``min_share`` of
+    the informative curves are monotone towards it; a lone edge winner from a few noisy points is no reason."""
+    if winner < 0:
         return 0
-    leader = int(np.argmax(counts))
-    return 1 if leader == len(counts) - 1 else -1 if leader == 0 else 0
+    direction = 1 if winner == n_scales - 1 else -1 if winner == 0 else 0
+    shapes = answers.shape[answers.informative]
+    toward = np.mean(shapes == (RISING if direction > 0 else FALLING)) if len(shapes) else 0.0
+    return direction if toward >= min_share else 0
 
 
 def _widen(
@@ -402,7 +449,7 @@ def _widen(
         new = new[out_px * downsamples(new) <= max(size_wh)]
     else:
         new = grid[0] / ratio ** np.arange(2, 0, -1)
-        new = new[downsamples(new) >= MIN_DOWNSAMPLE]
+        new = new[downsamples(new) >= MIN_WIDEN_DOWNSAMPLE]
     return new if len(new) else None
 
 

@@ -735,8 +735,8 @@ def tissue_mask(
     max_side: int = 1024,
     min_object_um2: float = 5000.0,
     min_object_px: int | None = None,
-    saturation_floor: int = 20,
-    saturation_cap: int = 40,
+    saturation_floor: int = 8,
+    saturation_cap: int = 10,
 ) -> TissueMask:
     """Tissue vs background from the thumbnail: Otsu threshold on HSV saturation (0..255).
 
@@ -751,12 +751,17 @@ def tissue_mask(
 
     thumb, ds = slide.thumbnail(max_side)
     mask_mpp = slide.mpp * ds if slide.mpp is not None else None
-    sat = cv2.cvtColor(thumb, cv2.COLOR_RGB2HSV)[:, :, 1]
+    sat = cv2.medianBlur(cv2.cvtColor(thumb, cv2.COLOR_RGB2HSV)[:, :, 1], 3)  # JPEG speckle on glass
     if int(sat.max()) <= saturation_floor:
         mask = np.zeros(sat.shape, bool)
     else:
         thr = min(max(float(threshold_otsu(sat)), float(saturation_floor)), float(saturation_cap))
         mask = sat > thr
+        # Closing joins the sparse fibres of loose stroma (stained fibres on white) into one region, without
+        # growing isolated specks or moving the border of solid tissue.
+        window = max(3, (max(thumb.shape[:2]) // 100) | 1)
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (window, window))
+        mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, kernel).astype(bool)
     if min_object_px is None:
         if mask_mpp is not None:
             min_object_px = int(math.ceil(min_object_um2 / mask_mpp**2))

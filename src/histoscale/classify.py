@@ -1,0 +1,625 @@
+"""Sliding-window classification of a whole slide at a chosen scale: the paper's coarse segmentation map (Fig. 3).
+
+The model sees windows of ``input_size`` px at ``downsample`` level-0 px per model px, laid on a grid of
+``stride`` model px (default half a window). The class probabilities of every window (softmax of its logits) are
+averaged into the grid *cells* it covers: cell ``(r, c)`` spans level-0 px
+``[c * cell, (c + 1) * cell) x [r * cell, (r + 1) * cell)`` with ``cell = stride * downsample``, and a window
+contributes to the cells whose centres lie inside it. Only the (rows, cols, C) probability grid lives in memory.
+
+Background: windows whose centre is off the tissue mask are not run. Cells no window reached have probability 0
+for every class, coverage 0 and class index ``-1`` ("not tissue / not classified"): the model's own background
+class, if it has one, is only called on windows that the tissue mask let through. Pass ``mask=False`` to run
+every window of the slide.
+
+Streaming: window rows are processed top to bottom; their pixels come from a rolling band of ``input_size``
+model-px rows, extended by ``stride`` new rows per window row, read from the pyramid level just finer than the
+model scale in column chunks of at most ``MAX_READ_PX`` level px and resampled once (area averaging). Each
+level pixel inside the tissue rows is read about once; peak memory is the band plus one chunk, whatever the
+slide's size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from histoscale.errors import ConfigError, MissingMppError
+from histoscale.slide import Slide, TissueMask, open_slide, resample, tissue_mask
+
+__all__ = [
+    "ClassMap",
+    "class_colours",
+    "classify_slide",
+    "classmap_geojson",
+    "register_cli",
+    "resolve_scale_from_search",
+    "write_classify_report",
+]
+
+logger = logging.getLogger(__name__)
+
+MAX_READ_PX = 4096  # widest single read_level call, in level px (bounded memory per read)
+UNKNOWN = -1  # class index of cells no window reached (off tissue)
+
+# Fixed colours for the paper's / phantom's classes; anything else gets tab10 colours by index.
+_NAMED_COLOURS: dict[str, tuple[int, int, int]] = {
+    "AT": (233, 150, 200),
+    "BG": (190, 190, 190),
+    "LP": (60, 40, 160),
+    "MM": (200, 60, 90),
+    "TUM": (120, 20, 70),
+}
+_TAB10 = (
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+)
+
+
+def class_colours(class_names: Sequence[str]) -> list[tuple[int, int, int]]:
+    """One RGB colour (0..255) per class: fixed for the paper's classes (AT BG LP MM TUM), tab10 otherwise."""
+    return [_NAMED_COLOURS.get(str(n).upper(), _TAB10[i % len(_TAB10)]) for i, n in enumerate(class_names)]
+
+
+@dataclass(frozen=True)
+class ClassMap:
+    """Class probabilities of a slide on the stride grid.
+
+    ``probabilities`` (rows, cols, C) float32: mean softmax of the windows covering each cell (0 where none);
+    ``coverage`` (rows, cols) uint16: how many windows were averaged; ``class_index`` (rows, cols) int16: the
+    argmax, ``-1`` where coverage is 0. Cell ``(r, c)`` covers level-0 px ``origin + [c, c+1) * cell_px`` in x and
+    likewise in y. ``scale`` is in ``units`` ("um/px" or "downsample"); ``downsample`` is level-0 px per model px.
+    """
+
+    probabilities: np.ndarray = field(repr=False)
+    coverage: np.ndarray = field(repr=False)
+    class_index: np.ndarray = field(repr=False)
+    class_names: tuple[str, ...]
+    origin_xy: tuple[float, float]
+    cell_px: float
+    stride_px: int
+    patch_px: int
+    scale: float
+    units: Literal["um/px", "downsample"]
+    downsample: float
+    slide_mpp: float | None
+    slide_size_wh: tuple[int, int]
+    slide: str = ""
+    model: str = ""
+    windows: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, cols) of the grid."""
+        return self.class_index.shape  # type: ignore[return-value]
+
+    @property
+    def cell_um(self) -> float | None:
+        """Side of one cell in um, when the slide's um/px is known."""
+        return None if self.slide_mpp is None else self.cell_px * self.slide_mpp
+
+    def class_at(self, xy: np.ndarray) -> np.ndarray:
+        """Class index (-1: not classified) at level-0 points ``xy`` (n, 2); points off the grid give -1."""
+        xy = np.atleast_2d(np.asarray(xy, dtype=np.float64))
+        col = np.floor((xy[:, 0] - self.origin_xy[0]) / self.cell_px).astype(np.int64)
+        row = np.floor((xy[:, 1] - self.origin_xy[1]) / self.cell_px).astype(np.int64)
+        rows, cols = self.shape
+        inside = (row >= 0) & (row < rows) & (col >= 0) & (col < cols)
+        out = np.full(len(xy), UNKNOWN, dtype=np.int64)
+        out[inside] = self.class_index[row[inside], col[inside]]
+        return out
+
+    def cell_areas_px(self) -> np.ndarray:
+        """Level-0 px^2 of each cell inside the slide (edge cells are clipped to the slide)."""
+        rows, cols = self.shape
+        w, h = self.slide_size_wh
+        xs = np.clip(self.origin_xy[0] + np.arange(cols + 1) * self.cell_px, 0, w)
+        ys = np.clip(self.origin_xy[1] + np.arange(rows + 1) * self.cell_px, 0, h)
+        return np.outer(np.diff(ys), np.diff(xs))
+
+    def class_areas(self) -> dict[str, dict[str, float | None]]:
+        """Per class: level-0 px^2, mm^2 (None without um/px) and the fraction of the classified area."""
+        areas = self.cell_areas_px()
+        classified = float(areas[self.class_index >= 0].sum())
+        out: dict[str, dict[str, float | None]] = {}
+        for c, name in enumerate(self.class_names):
+            px2 = float(areas[self.class_index == c].sum())
+            mm2 = None if self.slide_mpp is None else px2 * (self.slide_mpp * 1e-3) ** 2
+            out[name] = {"area_px2": px2, "area_mm2": mm2, "fraction": px2 / classified if classified else 0.0}
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able summary (what classify.json holds)."""
+        rows, cols = self.shape
+        return {
+            "slide": self.slide,
+            "model": self.model,
+            "scale": self.scale,
+            "units": self.units,
+            "downsample": self.downsample,
+            "slide_mpp": self.slide_mpp,
+            "slide_size_wh": list(self.slide_size_wh),
+            "patch_px": self.patch_px,
+            "stride_px": self.stride_px,
+            "grid_rows_cols": [rows, cols],
+            "origin_xy_level0": list(self.origin_xy),
+            "cell_px_level0": self.cell_px,
+            "cell_um": self.cell_um,
+            "windows": self.windows,
+            "classified_cells": int((self.class_index >= 0).sum()),
+            "class_names": list(self.class_names),
+            "classes": self.class_areas(),
+            "timings_s": self.timings,
+        }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# classification
+# ----------------------------------------------------------------------------------------------------------
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _resolve_downsample(
+    slide: Slide, model: Any, mpp: float | None, downsample: float | None
+) -> tuple[float, float, Literal["um/px", "downsample"]]:
+    """(level-0 px per model px, scale value, units) from the arguments, or the model's training um/px."""
+    if mpp is not None and downsample is not None:
+        raise ConfigError("give the scale either as mpp= (um/px) or as downsample=, not both")
+    if downsample is not None:
+        if not (math.isfinite(downsample) and downsample > 0):
+            raise ConfigError(f"downsample must be a positive number of level-0 px per model px, got {downsample}")
+        return float(downsample), float(downsample), "downsample"
+    if mpp is None:
+        mpp = getattr(model, "mpp", None)
+        if mpp is None:
+            raise ConfigError(
+                f"model {getattr(model, 'name', '?')!r} does not declare its training um/px: give the scale "
+                "(--mpp or --downsample), or run `histoscale search` and pass --from-search result.json"
+            )
+        if slide.mpp is None:
+            raise MissingMppError(
+                f"slide {slide.path} declares no um/px, so the model's training {mpp:g} um/px cannot be located on it: "
+                "pass --slide-mpp, a relative --downsample, or --from-search result.json of `histoscale search`"
+            )
+    if not (math.isfinite(mpp) and mpp > 0):
+        raise ConfigError(f"mpp must be a positive number of um/px, got {mpp}")
+    return slide.downsample_for(float(mpp)), float(mpp), "um/px"
+
+
+def _active_windows(
+    slide: Slide, mask: TissueMask | None, ds: float, patch: int, stride: int, rows: int, cols: int, k: int
+) -> tuple[np.ndarray, int, int]:
+    """Bool (rows + k - 1, cols + k - 1): windows whose centre is on the slide (and the tissue); window (a, b)
+    starts at model px ((b - k + 1) * stride, (a - k + 1) * stride). Returns it and the row/column offset."""
+    off = k - 1
+    wy = (np.arange(-off, rows) * stride + patch / 2) * ds  # window centres, level-0 px
+    wx = (np.arange(-off, cols) * stride + patch / 2) * ds
+    w0, h0 = slide.dimensions
+    on = ((wy >= 0) & (wy < h0))[:, None] & ((wx >= 0) & (wx < w0))[None, :]
+    if mask is not None:
+        mh, mw = mask.mask.shape
+        my = np.clip((wy / mask.downsample).astype(np.int64), 0, mh - 1)
+        mx = np.clip((wx / mask.downsample).astype(np.int64), 0, mw - 1)
+        on &= mask.mask[np.ix_(my, mx)]
+    return on, off, off
+
+
+class _BandReader:
+    """Model-px rows of a fixed column span, read from one pyramid level and resampled, with a rolling buffer."""
+
+    def __init__(self, slide: Slide, ds: float, x_lo: int, x_hi: int) -> None:
+        self.slide = slide
+        self.level = slide.best_level(ds)
+        self.level_ds = float(slide.level_downsamples[self.level])
+        self.ratio = ds / self.level_ds  # level px per model px
+        self.x_lo, self.x_hi = x_lo, x_hi
+        self.chunk = max(1, int(MAX_READ_PX / self.ratio))  # model px per column chunk
+        self.y0 = 0
+        self.buf = np.zeros((0, x_hi - x_lo, 3), np.uint8)
+
+    def _read(self, y0: int, y1: int) -> np.ndarray:
+        """Model rows [y0, y1) over [x_lo, x_hi), uint8 (y1 - y0, x_hi - x_lo, 3)."""
+        out = np.empty((y1 - y0, self.x_hi - self.x_lo, 3), np.uint8)
+        r = self.ratio
+        ly0, ly1 = math.floor(y0 * r), max(math.floor(y0 * r) + 1, math.ceil(y1 * r))
+        for cx0 in range(self.x_lo, self.x_hi, self.chunk):
+            cx1 = min(self.x_hi, cx0 + self.chunk)
+            lx0, lx1 = math.floor(cx0 * r), max(math.floor(cx0 * r) + 1, math.ceil(cx1 * r))
+            region = self.slide.read_level(
+                self.level, (lx0 * self.level_ds, ly0 * self.level_ds), (lx1 - lx0, ly1 - ly0)
+            )
+            out[:, cx0 - self.x_lo : cx1 - self.x_lo] = resample(region, (cx1 - cx0, y1 - y0))
+        return out
+
+    def rows(self, y0: int, y1: int) -> np.ndarray:
+        """Model rows [y0, y1), reusing the rows already read when the requests move down the slide."""
+        b0, b1 = self.y0, self.y0 + len(self.buf)
+        if b0 <= y0 < b1 and y1 >= b1:
+            keep = self.buf[y0 - b0 :]
+            self.buf = np.concatenate([keep, self._read(b1, y1)]) if y1 > b1 else keep
+        else:
+            self.buf = self._read(y0, y1)
+        self.y0 = y0
+        return self.buf
+
+
+def classify_slide(
+    slide: Slide | str | PathLike[str],
+    model: Any = None,
+    *,
+    mpp: float | None = None,
+    downsample: float | None = None,
+    stride: int | None = None,
+    mask: TissueMask | bool = True,
+    batch: int | None = None,
+    slide_mpp: float | None = None,
+    progress: bool = False,
+) -> ClassMap:
+    """Classify ``slide`` with ``model`` by sliding windows at one scale; returns a :class:`ClassMap`.
+
+    Args:
+        slide: an open :class:`Slide`, or a path (opened with ``slide_mpp`` as its um/px override).
+        model: a split model (:func:`histoscale.load_model`), anything it accepts, or None (bundled reference).
+        mpp: the scale in um/px (needs the slide's um/px); or ``downsample``: level-0 px per model px.
+            Neither: the model's training um/px.
+        stride: window step in model px, 1..input_size (default input_size // 2).
+        mask: True computes the tissue mask; a :class:`TissueMask` is used as given; False runs every window.
+        batch: windows gathered (across rows) per model call; default the model's ``batch_size`` (or 64).
+        progress: show a rich progress bar over window rows.
+
+    Raises:
+        MissingMppError: absolute scale asked of a slide without um/px. ConfigError: bad arguments.
+    """
+    from histoscale.models import load_model
+
+    if not hasattr(model, "logits"):
+        model = load_model(model)
+    owns = not isinstance(slide, Slide)
+    the_slide = open_slide(slide, mpp=slide_mpp) if owns else slide
+    try:
+        return _classify(the_slide, model, mpp=mpp, downsample=downsample, stride=stride, mask=mask,
+                         batch=batch, progress=progress)
+    finally:
+        if owns:
+            the_slide.close()
+
+
+def _classify(
+    slide: Slide, model: Any, *, mpp: float | None, downsample: float | None, stride: int | None,
+    mask: TissueMask | bool, batch: int | None, progress: bool,
+) -> ClassMap:
+    from histoscale.search import _progress
+
+    t0 = time.perf_counter()
+    ds, scale, units = _resolve_downsample(slide, model, mpp, downsample)
+    patch = int(model.input_size)
+    stride = patch // 2 if stride is None else int(stride)
+    if not 1 <= stride <= patch:
+        raise ConfigError(f"stride must be between 1 and the patch size {patch} model px (got {stride})")
+    batch = int(getattr(model, "batch_size", 64)) if batch is None else int(batch)
+    if batch < 1:
+        raise ConfigError(f"batch must be at least 1 (got {batch})")
+    k = math.ceil(patch / stride - 0.5)  # cells per window side: those whose centre lies inside the window
+    w0, h0 = slide.dimensions
+    rows, cols = math.ceil(h0 / (stride * ds)), math.ceil(w0 / (stride * ds))
+    if rows * cols > 50_000_000:
+        raise ConfigError(
+            f"{slide.path}: a {rows}x{cols} grid at stride {stride} px and {scale:g} {units} is too fine; "
+            "use a larger --stride or a coarser scale"
+        )
+    the_mask = tissue_mask(slide) if mask is True else (mask if isinstance(mask, TissueMask) else None)
+    active, _, _ = _active_windows(slide, the_mask, ds, patch, stride, rows, cols, k)
+    n_classes = len(model.class_names)
+    probs = np.zeros((rows, cols, n_classes), np.float32)
+    coverage = np.zeros((rows, cols), np.uint16)
+    timings = {"mask_s": time.perf_counter() - t0, "read_s": 0.0, "model_s": 0.0}
+    windows = 0
+    pending: list[tuple[int, np.ndarray, np.ndarray]] = []  # (window row, window columns, patches)
+
+    def flush() -> None:
+        nonlocal windows
+        if not pending:
+            return
+        t = time.perf_counter()
+        p_all = _softmax(model.logits(np.concatenate([patches for _, _, patches in pending])))
+        start = 0
+        for a, part, _ in pending:
+            p = p_all[start : start + len(part)]
+            start += len(part)
+            for dr in range(k):
+                r = a - (k - 1) + dr
+                if not 0 <= r < rows:
+                    continue
+                for dc in range(k):
+                    c = part - (k - 1) + dc
+                    ok = (c >= 0) & (c < cols)
+                    np.add.at(probs[r], c[ok], p[ok])
+                    np.add.at(coverage[r], c[ok], 1)
+        windows += start
+        pending.clear()
+        timings["model_s"] += time.perf_counter() - t
+
+    if active.any():
+        a_cols = np.nonzero(active.any(axis=0))[0]
+        x_lo = int((a_cols[0] - (k - 1)) * stride)
+        x_hi = int((a_cols[-1] - (k - 1)) * stride + patch)
+        reader = _BandReader(slide, ds, x_lo, x_hi)
+        active_rows = np.nonzero(active.any(axis=1))[0]
+        n_pending = 0
+        with _progress(progress) as bar:
+            task = bar.add_task("classify", total=len(active_rows)) if bar is not None else None
+            for done, a in enumerate(active_rows):
+                y0 = int((a - (k - 1)) * stride)
+                t1 = time.perf_counter()
+                band = reader.rows(y0, y0 + patch)
+                b_idx = np.nonzero(active[a])[0]
+                starts = (b_idx - (k - 1)) * stride - x_lo
+                timings["read_s"] += time.perf_counter() - t1
+                pos = 0
+                while pos < len(b_idx):  # windows go to the model in batches of `batch`, across rows
+                    take = min(batch - n_pending, len(b_idx) - pos)
+                    crops = [band[:, x : x + patch] for x in starts[pos : pos + take]]
+                    pending.append((int(a), b_idx[pos : pos + take], np.stack(crops)))
+                    n_pending += take
+                    pos += take
+                    if n_pending >= batch:
+                        flush()
+                        n_pending = 0
+                if bar is not None:
+                    bar.update(task, completed=done + 1)
+            flush()
+    covered = coverage > 0
+    probs[covered] /= coverage[covered, None]
+    index = np.where(covered, probs.argmax(axis=2), UNKNOWN).astype(np.int16)
+    timings["total_s"] = time.perf_counter() - t0
+    logger.info("classified %s: %d windows on a %dx%d grid in %.1f s", slide.path, windows, rows, cols,
+                timings["total_s"])
+    return ClassMap(
+        probabilities=probs, coverage=coverage, class_index=index, class_names=tuple(model.class_names),
+        origin_xy=(0.0, 0.0), cell_px=float(stride * ds), stride_px=stride, patch_px=patch, scale=scale,
+        units=units, downsample=float(ds), slide_mpp=slide.mpp, slide_size_wh=(int(w0), int(h0)),
+        slide=str(slide.path), model=str(getattr(model, "name", type(model).__name__)), windows=windows,
+        timings=timings,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# outputs
+# ----------------------------------------------------------------------------------------------------------
+def _class_geometry(cmap: ClassMap, c: int) -> Any:
+    """The union of the cells of class ``c`` as a valid shapely (Multi)Polygon in level-0 px, clipped to the slide."""
+    import shapely
+    from shapely.validation import make_valid
+
+    m = cmap.class_index == c
+    if not m.any():
+        return None
+    # Runs of consecutive cells per row become rectangles; their union is exact (rectilinear).
+    padded = np.zeros((m.shape[0], m.shape[1] + 2), np.int8)
+    padded[:, 1:-1] = m
+    d = np.diff(padded, axis=1)
+    r_start, c_start = np.nonzero(d == 1)
+    r_end, c_end = np.nonzero(d == -1)  # row-major order pairs starts with ends
+    assert np.array_equal(r_start, r_end)
+    ox, oy = cmap.origin_xy
+    cell = cmap.cell_px
+    boxes = shapely.box(ox + c_start * cell, oy + r_start * cell, ox + c_end * cell, oy + (r_start + 1) * cell)
+    geom = shapely.union_all(boxes)
+    w, h = cmap.slide_size_wh
+    geom = shapely.simplify(geom.intersection(shapely.box(0, 0, w, h)), 0)
+    geom = make_valid(geom)
+    polys = [g for g in getattr(geom, "geoms", [geom]) if g.geom_type == "Polygon" and not g.is_empty]
+    if geom.geom_type == "GeometryCollection":
+        polys = [p for g in geom.geoms for p in getattr(g, "geoms", [g]) if p.geom_type == "Polygon"]
+    return shapely.MultiPolygon(polys) if polys else None
+
+
+def classmap_geojson(cmap: ClassMap) -> dict[str, Any]:
+    """A GeoJSON FeatureCollection, one MultiPolygon annotation per class in level-0 px, as QuPath imports."""
+    from shapely.geometry import mapping
+
+    features = []
+    for c, (name, colour) in enumerate(zip(cmap.class_names, class_colours(cmap.class_names))):
+        geom = _class_geometry(cmap, c)
+        if geom is None:
+            continue
+        features.append({
+            "type": "Feature",
+            "geometry": mapping(geom),
+            "properties": {
+                "objectType": "annotation",
+                "name": name,
+                "classification": {"name": name, "color": list(colour)},
+            },
+        })
+    return {"type": "FeatureCollection", "features": features}
+
+
+def _geojson_text(doc: dict[str, Any]) -> str:
+    def clean(v: Any) -> Any:
+        if isinstance(v, float):
+            return round(v, 3)
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(doc))
+
+
+def probabilities_npz(cmap: ClassMap) -> bytes:
+    """``probabilities.npz``: one float32 (rows, cols) array per class (``prob_<name>``), the class index and
+    coverage grids, and the grid geometry (origin, cell size in level-0 px, scale, units, class names)."""
+    arrays: dict[str, np.ndarray] = {f"prob_{n}": cmap.probabilities[..., c] for c, n in enumerate(cmap.class_names)}
+    arrays.update(
+        class_index=cmap.class_index,
+        coverage=cmap.coverage,
+        class_names=np.array(cmap.class_names),
+        origin_xy_level0=np.array(cmap.origin_xy, np.float64),
+        cell_px_level0=np.float64(cmap.cell_px),
+        scale=np.float64(cmap.scale),
+        units=np.array(cmap.units),
+        downsample=np.float64(cmap.downsample),
+        slide_mpp=np.float64(np.nan if cmap.slide_mpp is None else cmap.slide_mpp),
+        slide_size_wh=np.array(cmap.slide_size_wh, np.int64),
+    )
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def plot_classmap(cmap: ClassMap, thumbnail: np.ndarray, downsample: float) -> bytes:
+    """The class map over the slide's thumbnail with a legend of class areas."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    from histoscale.report import _figure_bytes
+
+    colours = np.array(class_colours(cmap.class_names), np.float64) / 255
+    rgba = np.zeros((*cmap.shape, 4))
+    known = cmap.class_index >= 0
+    rgba[known, :3] = colours[cmap.class_index[known]]
+    rgba[known, 3] = 0.5
+    rows, cols = cmap.shape
+    x0, y0 = cmap.origin_xy
+    extent = (x0 / downsample, (x0 + cols * cmap.cell_px) / downsample,
+              (y0 + rows * cmap.cell_px) / downsample, y0 / downsample)
+    th, tw = thumbnail.shape[:2]
+    fig, ax = plt.subplots(figsize=(7, 7 * th / max(tw, 1) + 0.6))
+    ax.imshow(thumbnail)
+    ax.imshow(rgba, extent=extent, interpolation="nearest")
+    ax.set_xlim(0, tw)
+    ax.set_ylim(th, 0)
+    areas = cmap.class_areas()
+    handles = []
+    for c, name in enumerate(cmap.class_names):
+        a = areas[name]
+        label = f"{name}: {a['area_mm2']:.3g} mm$^2$" if a["area_mm2"] is not None else f"{name}: {a['fraction']:.1%}"
+        handles.append(Patch(facecolor=colours[c], label=label))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
+    unit = "um/px" if cmap.units == "um/px" else "x downsample"
+    ax.set_title(f"{Path(cmap.slide).name}: {cmap.model} at {cmap.scale:.3g} {unit}", fontsize=9)
+    ax.set_axis_off()
+    return _figure_bytes(fig)
+
+
+def write_classify_report(
+    cmap: ClassMap,
+    out_dir: str | PathLike[str],
+    *,
+    thumbnail: tuple[np.ndarray, float] | None = None,
+    arguments: dict[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write classmap.png (with ``thumbnail``), probabilities.npz, classes.geojson and, last, classify.json."""
+    from histoscale.report import atomic_write, versions
+    from histoscale.search import _finite
+
+    out = Path(out_dir)
+    written = {
+        "probabilities.npz": atomic_write(out / "probabilities.npz", probabilities_npz(cmap)),
+        "classes.geojson": atomic_write(out / "classes.geojson", _geojson_text(classmap_geojson(cmap))),
+    }
+    if thumbnail is not None:
+        written["classmap.png"] = atomic_write(out / "classmap.png", plot_classmap(cmap, *thumbnail))
+    doc = cmap.summary()
+    doc["arguments"] = dict(arguments or {})
+    doc["versions"] = versions()
+    written["classify.json"] = atomic_write(out / "classify.json", json.dumps(_finite(doc), indent=2, default=str))
+    return written
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------------------
+def resolve_scale_from_search(path: str | PathLike[str]) -> tuple[float, Literal["um/px", "downsample"], dict[str, Any]]:
+    """(chosen scale, units, document) from a ``histoscale search`` result.json (or the folder holding it)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "result.json"
+    fix = "run `histoscale search SLIDE --out DIR` and pass --from-search DIR/result.json"
+    if not p.is_file():
+        raise ConfigError(f"search result {p} does not exist: {fix}")
+    try:
+        doc = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"search result {p} is not readable JSON ({err}): {fix}") from err
+    if not isinstance(doc, dict) or "chosen_scale" not in doc or "units" not in doc:
+        raise ConfigError(f"search result {p} has no 'chosen_scale' and 'units': it is not a result.json of "
+                          f"`histoscale search`; {fix}")
+    units = doc["units"]
+    try:
+        scale = float(doc["chosen_scale"])
+    except (TypeError, ValueError):
+        scale = float("nan")
+    if units not in ("um/px", "downsample") or not (math.isfinite(scale) and scale > 0):
+        raise ConfigError(f"search result {p}: chosen_scale {doc['chosen_scale']!r} {units!r} is not a positive "
+                          f"scale in um/px or downsample; {fix}")
+    return scale, units, doc
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from histoscale.cli import _load_model
+
+    mpp, downsample, slide_mpp = args.mpp, args.downsample, args.slide_mpp
+    if args.from_search is not None:
+        scale, units, doc = resolve_scale_from_search(args.from_search)
+        mpp, downsample = (scale, None) if units == "um/px" else (None, scale)
+        if doc.get("slide") and Path(str(doc["slide"])).name != Path(args.slide).name:
+            logger.warning("search result %s was made for %s, not %s", args.from_search, doc["slide"], args.slide)
+        searched_mpp = (doc.get("arguments") or {}).get("mpp") if isinstance(doc.get("arguments"), dict) else None
+        if slide_mpp is None and units == "um/px" and searched_mpp:
+            slide_mpp = float(searched_mpp)  # the search placed its um/px with this override: keep it
+            logger.info("using the slide um/px override %g the search ran with", slide_mpp)
+    model = _load_model(args)
+    with open_slide(args.slide, mpp=slide_mpp) as slide:
+        cmap = classify_slide(
+            slide, model, mpp=mpp, downsample=downsample, stride=args.stride, mask=not args.all_windows,
+            batch=args.batch, progress=__import__("sys").stderr.isatty(),
+        )
+        arguments = {k: v for k, v in vars(args).items() if k != "func"}
+        write_classify_report(cmap, args.out, thumbnail=slide.thumbnail(), arguments=arguments)
+    unit = "um/px" if cmap.units == "um/px" else "x downsample"
+    print(f"classified {cmap.windows} windows at {cmap.scale:.4g} {unit} ({cmap.shape[0]}x{cmap.shape[1]} grid)")
+    for name, a in cmap.class_areas().items():
+        area = f"{a['area_mm2']:.4g} mm^2" if a["area_mm2"] is not None else f"{a['area_px2']:.4g} px^2"
+        print(f"  {name:>8}: {area} ({a['fraction']:.1%})")
+    print(f"report written to {args.out}")
+    return 0
+
+
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    """Add ``histoscale classify`` to the CLI."""
+    from histoscale.cli import _add_model_options, _positive_float
+
+    p = sub.add_parser("classify", help="sliding-window class map of a slide at one scale (GeoJSON, PNG, npz)")
+    p.add_argument("slide")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--mpp", type=_positive_float, default=None, help="apply the model at this um/px")
+    g.add_argument("--downsample", type=_positive_float, default=None, help="... or at this level-0 downsample")
+    g.add_argument("--from-search", default=None, metavar="RESULT_JSON",
+                   help="use the scale chosen by `histoscale search` (its result.json or --out folder)")
+    p.add_argument("--stride", type=int, default=None, help="window step in model px (default: half the patch)")
+    p.add_argument("--slide-mpp", type=_positive_float, default=None, help="override the slide's um/px")
+    p.add_argument("--all-windows", action="store_true", help="classify background too (no tissue mask)")
+    p.add_argument("--batch", type=int, default=None, help="windows per model call (default: the model's batch size)")
+    p.add_argument("--out", required=True, help="folder for classmap.png, probabilities.npz, classes.geojson, classify.json")
+    _add_model_options(p)
+    p.set_defaults(func=cmd_classify)
