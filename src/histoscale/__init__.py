@@ -15,6 +15,9 @@ from histoscale.errors import (
     ScaleSearchError,
     SlideError,
 )
+from histoscale.classify import ClassMap, classify_slide
+from histoscale.cohort import CohortSummary, read_manifest, read_results, run_cohort
+from histoscale.evaluate import LabelMap, ScaleAccuracy, evaluate_scales, load_labels
 from histoscale.report import write_search_report
 from histoscale.scoring import SCORERS, score_points
 from histoscale.search import MetadataCheck, ScaleResult, find_scale, make_grid
@@ -37,6 +40,16 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "__version__",
+    "ClassMap",
+    "CohortSummary",
+    "LabelMap",
+    "ScaleAccuracy",
+    "classify_slide",
+    "evaluate_scales",
+    "load_labels",
+    "read_manifest",
+    "read_results",
+    "run_cohort",
     "ConfigError",
     "HistoscaleError",
     "MetadataCheck",

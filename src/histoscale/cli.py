@@ -12,7 +12,7 @@ import logging
 import math
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from histoscale.errors import ConfigError, HistoscaleError
@@ -152,7 +152,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from histoscale import __version__
 
-    parser = argparse.ArgumentParser(prog="histoscale", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="histoscale",
+        description="Find the scale (um/px) at which a trained patch classifier should see a whole-slide image.",
+    )
     parser.add_argument("--version", action="version", version=f"histoscale {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -188,25 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_options(p)
     p.set_defaults(func=cmd_demo, seed=None)
 
-    for register in _extra_commands():
-        register(sub)
+    # Commands that live beside their stage; they register their own options.
+    from histoscale import classify, cohort, evaluate
+
+    for module in (classify, evaluate, cohort):
+        module.register_cli(sub)
     return parser
-
-
-def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
-    """Commands living in their own modules (classify, evaluate, cohort), registered when present."""
-    import importlib
-
-    found = []
-    for name in ("histoscale.classify", "histoscale.evaluate", "histoscale.cohort"):
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name != name:
-                raise
-            continue
-        found.append(module.register_cli)
-    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
