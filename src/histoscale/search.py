@@ -145,7 +145,7 @@ class ScaleResult:
         lo, hi = self.interval
         text = (
             f"apply at {self.chosen_scale:.3g} {unit} (continuous {self.estimate:.3g}, 95% CI {lo:.3g}-{hi:.3g}); "
-            f"{self.points_informative}/{self.points_used} informative points, vote confidence {self.confidence:.0%}"
+            f"{self.points_informative}/{self.points_used} informative points, confidence {self.confidence:.0%}"
         )
         c = self.check
         if c.implied_mpp is not None:
