@@ -164,9 +164,11 @@ def test_read_level(synthetic_slides: dict[str, Path], backend: str) -> None:
 def test_thumbnail(synthetic_slides: dict[str, Path], backend: str) -> None:
     x0, y0, x1, y1, green = SYNTH_SQUARES["green"]
     with open_slide(synthetic_slides["svs"], backend=backend) as s:
-        thumb, ds = s.thumbnail(1024)
-        assert thumb.shape == (768, 1024, 3) and ds == pytest.approx(2.0)
-        assert _near(thumb[(y0 + y1) // 4, (x0 + x1) // 4], green).all()
+        thumb, ds = s.thumbnail(1500)
+        assert thumb.shape == (1125, 1500, 3) and ds == pytest.approx(2048 / 1500)
+        assert _near(thumb[int((y0 + y1) / 2 / ds), int((x0 + x1) / 2 / ds)], green).all()
+        level, ds = s.thumbnail(1024)  # a level within 2x of the asked size comes as it is: 16x fewer pixels
+        assert level.shape == (384, 512, 3) and ds == pytest.approx(4.0)
         small, ds = s.thumbnail(100)
         assert small.shape == (75, 100, 3) and ds == pytest.approx(20.48)
         big, ds = s.thumbnail(5000)  # never enlarged

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
-    "AGGREGATIONS", "PointAnswers", "Vote", "analyse_curves", "pooled_curve", "vote", "vote_is_decided",
-    "monotone_direction",
+    "AGGREGATIONS", "PointAnswers", "Vote", "analyse_curves", "is_settled", "pooled_curve", "vote",
+    "vote_is_decided", "monotone_direction",
 ]
 
 # "vote": the paper's majority vote of per-point argmaxes. "pooled": argmax of the mean of the per-point curves,
@@ -174,6 +174,14 @@ def vote_is_decided(counts: np.ndarray, remaining: int) -> bool:
     top = np.sort(counts)[::-1]
     runner_up = top[1] if len(top) > 1 else 0
     return bool(top[0] - runner_up > remaining)
+
+
+def is_settled(interim: Vote, method: str, remaining: int, min_points: int) -> bool:
+    """May sampling stop? The paper's vote: when the leader cannot be caught by the remaining points (exact).
+    The pooled curve has no such bound: when 95% of bootstrap resamples agree on at least ``min_points``."""
+    if method == "vote":
+        return vote_is_decided(interim.counts, remaining)
+    return interim.n_informative >= min_points and interim.confidence >= 0.95
 
 
 def monotone_direction(answers: PointAnswers, *, majority: float = 0.5) -> int:

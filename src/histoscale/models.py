@@ -359,7 +359,7 @@ def load_model(
     allow_pickle: bool = False,
     device: str | None = None,
     precision: Precision = "auto",
-    batch_size: int = 64,
+    batch_size: int | None = None,
     class_names: Sequence[str] | None = None,
     input_size: int | None = None,
     mean: Sequence[float] | None = None,
@@ -379,7 +379,8 @@ def load_model(
         allow_pickle: allow full unpickling of checkpoints (runs code stored in the file).
         device: "cpu", "cuda", ...; None picks CUDA when available.
         precision: "auto" uses bf16 only where the hardware accelerates it (torch paths), else fp32.
-        batch_size: patches per forward pass.
+        batch_size: patches per forward pass; None: 16 on CPU (larger batches fall out of cache and run slower,
+            measured on DenseNet121: 18 patches/s at 8, 10 at 64), 64 on GPUs.
         class_names, input_size (px), mean, std (0..1 RGB), mpp (um/px at training): override the card.
 
     Raises:
@@ -418,6 +419,8 @@ def load_model(
         Path(spec).stem if isinstance(spec, (str, os.PathLike)) else type(spec).__name__
     )
     dev = _resolve_device(device)
+    if batch_size is None:
+        batch_size = 16 if dev.type == "cpu" else 64
     opts = dict(
         where=where, name=name, device=dev, precision=precision, batch_size=batch_size, class_names=class_names, mpp=mpp
     )

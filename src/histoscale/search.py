@@ -27,8 +27,8 @@ from histoscale.aggregate import (
     PointAnswers,
     Vote,
     analyse_curves,
+    is_settled,
     vote,
-    vote_is_decided,
 )
 from histoscale.errors import ConfigError, MissingMppError, ScaleSearchError
 from histoscale.patches import iter_multiscale, read_multiscale
@@ -369,7 +369,7 @@ def _search(
                     patch_iter = iter_multiscale(slide, xy[used:], downsamples(grid), out_px, prefetch=prefetch)
                     timings["widen_s"] += time.perf_counter() - t1
                     continue
-            if early_stop and _decided(interim, aggregation, points - used, batch_points):
+            if early_stop and is_settled(interim, aggregation, points - used, min_points=4 * batch_points):
                 stopped_early = used < points
                 break
         patch_iter.close()
@@ -416,14 +416,6 @@ def _search(
         point_answers=answers,
         timings=timings,
     )
-
-
-def _decided(interim: Vote, aggregation: str, remaining: int, batch_points: int) -> bool:
-    """Stop sampling? The paper's vote: when the leader cannot be caught by the remaining points (exact).
-    The pooled curve has no such bound: when 95% of bootstrap resamples of at least 4 batches agree."""
-    if aggregation == "vote":
-        return vote_is_decided(interim.counts, remaining)
-    return interim.n_informative >= 4 * batch_points and interim.confidence >= 0.95
 
 
 def _edge_direction(winner: int, n_scales: int, answers: PointAnswers, min_share: float = 1 / 3) -> int:

@@ -691,11 +691,18 @@ class Slide:
     def thumbnail(self, max_side: int = 1024) -> tuple[np.ndarray, float]:
         """RGB thumbnail whose longer side is ``max_side`` (never enlarged) and its downsample
         (level-0 px per thumbnail px, exact along the longer side). Read from the coarsest adequate
-        level in horizontal strips (bounded memory), then resampled."""
+        level in horizontal strips (bounded memory), then resampled.
+
+        A pyramid level between ``max_side / 2`` and ``max_side`` is returned as it is (a smaller
+        thumbnail): the next finer level would cost 16x the pixels for a picture barely sharper."""
         if max_side < 1:
             raise ConfigError(f"max_side must be positive, got {max_side}")
         w0, h0 = self.dimensions
         scale = max(1.0, max(w0, h0) / max_side)
+        for lw, lh in reversed(self.level_dimensions):
+            if max(lw, lh) >= max_side / 2:
+                scale = max(scale, max(w0, h0) / max(lw, lh))
+                break
         tw, th = max(1, round(w0 / scale)), max(1, round(h0 / scale))
         level = self.best_level(scale)
         lw, lh = self.level_dimensions[level]
