@@ -26,7 +26,6 @@ import argparse
 import collections
 import json
 import logging
-import os
 import random
 import struct
 import subprocess

@@ -464,17 +464,11 @@ class ScaleAccuracy:
 def parse_scales(scales: str | Sequence[float] | None, *, center: float, units: Units) -> np.ndarray:
     """Scales to evaluate, ascending: None (the search's default grid around ``center``), ``"paper"``, or
     comma-separated / a sequence of positive numbers (one or more; sorted, duplicates dropped)."""
-    from histoscale.search import make_grid
+    from histoscale.search import make_grid, scale_values
 
     if scales is None or (isinstance(scales, str) and scales.strip().lower() == "paper"):
         return make_grid(scales, center=center, units=units)
-    if isinstance(scales, str):
-        try:
-            values = [float(v) for v in scales.replace(" ", "").split(",") if v]
-        except ValueError as err:
-            raise ConfigError(f"cannot read scales {scales!r}: give comma-separated numbers or 'paper'") from err
-    else:
-        values = [float(v) for v in scales]
+    values = scale_values(scales)
     grid = np.unique(np.asarray(values, np.float64))
     if grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid <= 0):
         raise ConfigError(f"scales must be one or more positive numbers ({units}), got {values}")

@@ -52,6 +52,16 @@ MIN_WIDEN_DOWNSAMPLE = 0.5
 Units = Literal["um/px", "downsample"]
 
 
+def scale_values(scales: str | Sequence[float]) -> list[float]:
+    """Numbers from a comma-separated string or a sequence, unchecked."""
+    if not isinstance(scales, str):
+        return [float(v) for v in scales]
+    try:
+        return [float(v) for v in scales.replace(" ", "").split(",") if v]
+    except ValueError as err:
+        raise ConfigError(f"cannot read scales {scales!r}: give comma-separated numbers or 'paper'") from err
+
+
 def make_grid(
     scales: str | Sequence[float] | None, *, center: float, units: Units, half_width: int = 4
 ) -> np.ndarray:
@@ -64,13 +74,7 @@ def make_grid(
         if units == "um/px":
             return np.array(sorted(10.0 / m for m in PAPER_MAGNIFICATIONS))
         return np.array(sorted(40.0 / m for m in PAPER_MAGNIFICATIONS))
-    if isinstance(scales, str):
-        try:
-            values = [float(v) for v in scales.replace(" ", "").split(",") if v]
-        except ValueError as err:
-            raise ConfigError(f"cannot read scales {scales!r}: give comma-separated numbers or 'paper'") from err
-    else:
-        values = [float(v) for v in scales]
+    values = scale_values(scales)
     grid = np.asarray(values, dtype=np.float64)
     if grid.size < 2:
         raise ConfigError(f"need at least two candidate scales, got {values}")

@@ -1,0 +1,370 @@
+"""How fast the scale search runs, what it adds on top of the model, and that its memory does not grow with the slide.
+
+Usage:
+    python bench/speed.py [--quick] [--points 100] [--dn-points 100] [--workdir bench/.work] [--skip-memory]
+    python bench/speed.py --gpu          # (a) only, on CUDA (skipped with a message where there is none)
+
+(a) End-to-end patches/s of ``find_scale`` (P points x N=9 scales, early_stop=False, widen=False, default grid
+    around the model's training um/px) on a 16000 x 16000 phantom SVS at 0.25 um/px, for DenseNet121 (random
+    weights, 224 px, ``load_model(DenseNet121().eval(), input_size=224, mpp=0.5)``) and the bundled reference model,
+    against the model alone on ready uint8 batches of the same size in the same run (timed before and after the
+    search; the mean is used): overhead = 1 - model_time / total_time.
+(b) A naive pipeline on the same slide, points and scales: one OpenSlide ``read_region`` per point per scale at
+    level 0, PIL bilinear resize per patch, batch size 1, fp32. Speed-up = naive_time / find_scale_time.
+(c) Peak memory of a search (reference model) on a large phantom vs the 16000 px one, each case in a fresh
+    subprocess: tracemalloc peak (Python/NumPy allocations during the search) and the process's peak RSS (VmHWM;
+    ru_maxrss is recorded in the JSON too, but Linux carries the parent's peak into a child's ru_maxrss),
+    against a baseline process that only loads the model. The large slide is 64000 px unless its predicted write
+    time (16x the measured 16000 px write) exceeds 10 minutes; then 32000 px (said in the output).
+``--quick``: P=30 for the reference model and 20 points for DenseNet121.
+Writes bench/results/speed.json and bench/results/speed.md (speed_gpu.* with --gpu).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as _dt
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histoscale.report import machine
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+SLIDE_MPP = 0.25
+SMALL_SIDE = 16000
+BIG_SIDE = 64000
+FALLBACK_SIDE = 32000
+WRITE_LIMIT_S = 600.0
+
+
+def phantom_svs(workdir: Path, side: int) -> tuple[Path, float | None]:
+    """The cached phantom SVS of ``side`` px (written if absent) and how long writing it took (None if cached
+    without a record)."""
+    from histoscale.phantom import write_phantom
+
+    folder = workdir / "speed"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"phantom_{side}.svs"
+    record = folder / f"phantom_{side}.write.json"
+    if not path.is_file():
+        print(f"writing {path} ({side} x {side} px at {SLIDE_MPP} um/px) ...", flush=True)
+        t = time.perf_counter()
+        write_phantom(path, mpp=SLIDE_MPP, size_px_wh=(side, side), seed=7, fmt="svs", workers=2)
+        record.write_text(json.dumps({"seconds": time.perf_counter() - t, "side": side}))
+    seconds = json.loads(record.read_text())["seconds"] if record.is_file() else None
+    return path, seconds
+
+
+# ------------------------------------------------------------------------------------------------ (a), (b)
+def model_rate(model: Any, batch: np.ndarray) -> float:
+    """Seconds for model.features on a ready uint8 batch."""
+    t = time.perf_counter()
+    model.features(batch)
+    return time.perf_counter() - t
+
+
+def naive_search(path: Path, model: Any, xy: np.ndarray, downsamples: np.ndarray) -> tuple[float, int]:
+    """The paper's pipeline, literally: per point per scale one level-0 read_region, PIL bilinear resize, batch 1.
+    Returns (seconds, winning scale index by the paper's score)."""
+    import openslide
+    from PIL import Image
+
+    size = int(model.input_size)
+    W = np.asarray(model.W)
+    norms = np.linalg.norm(W, axis=0)
+    t = time.perf_counter()
+    osr = openslide.OpenSlide(str(path))
+    best = []
+    for cx, cy in xy:
+        scores = []
+        for ds in downsamples:
+            side = max(1, round(size * ds))
+            img = osr.read_region((round(cx - side / 2), round(cy - side / 2)), 0, (side, side)).convert("RGB")
+            patch = np.asarray(img.resize((size, size), Image.BILINEAR))
+            f = model.features(patch[None])
+            scores.append(float(((f @ W) / norms).max()))
+        best.append(int(np.argmax(scores)))
+    osr.close()
+    winner = int(np.bincount(best, minlength=len(downsamples)).argmax())
+    return time.perf_counter() - t, winner
+
+
+def e2e(name: str, slide_path: Path, model: Any, naive_model: Any | None, points: int) -> dict[str, Any]:
+    from histoscale.patches import read_multiscale
+    from histoscale.search import find_scale
+    from histoscale.slide import open_slide
+
+    s = int(model.input_size)
+    rng = np.random.default_rng(0)
+    with open_slide(slide_path) as slide:
+        n_scales = 9
+        batch = rng.integers(0, 256, (points * n_scales, s, s, 3), dtype=np.uint8)
+        model.features(batch[: min(len(batch), 64)])  # warm-up
+        t_model_before = model_rate(model, batch)
+        t = time.perf_counter()
+        res = find_scale(slide, model, points=points, seed=0, early_stop=False, widen=False)
+        t_total = time.perf_counter() - t
+        n_patches = res.points_used * len(res.scales)
+        assert n_patches == len(batch), (n_patches, len(batch))
+        downsamples = res.scales * slide.downsample_for(1.0)
+        t = time.perf_counter()
+        patches = np.stack([read_multiscale(slide, c, downsamples, s) for c in res.points_xy])
+        t_read = time.perf_counter() - t
+        t_model_after = model_rate(model, patches.reshape(-1, s, s, 3))
+    t_model = (t_model_before + t_model_after) / 2
+    row: dict[str, Any] = {
+        "model": name,
+        "input_px": s,
+        "points": res.points_used,
+        "scales": len(res.scales),
+        "patches": n_patches,
+        "device": str(getattr(model, "device", "cpu")),
+        "precision": getattr(model, "precision", "?"),
+        "find_scale_s": t_total,
+        "find_scale_patches_per_s": n_patches / t_total,
+        "model_only_s": t_model,
+        "model_only_s_before_after": [t_model_before, t_model_after],
+        "model_only_patches_per_s": n_patches / t_model,
+        "overhead": 1 - t_model / t_total,
+        "read_and_resample_only_s": t_read,
+        "find_scale_timings": res.timings,
+        "answer_um_per_px": float(res.chosen_scale),
+    }
+    if naive_model is not None:
+        t_naive, naive_winner = naive_search(slide_path, naive_model, res.points_xy, downsamples)
+        row.update(
+            naive_s=t_naive,
+            naive_patches_per_s=n_patches / t_naive,
+            speedup_vs_naive=t_naive / t_total,
+            # the naive loop gets find_scale's points for free: compare it with find_scale's read+model loop too
+            speedup_vs_naive_loop_only=t_naive / res.timings["read_and_model_s"],
+            naive_answer_um_per_px=float(res.scales[naive_winner]),
+        )
+    print(
+        f"  {name}: find_scale {row['find_scale_patches_per_s']:.1f} patches/s ({t_total:.1f} s), model alone "
+        f"{row['model_only_patches_per_s']:.1f} patches/s, overhead {row['overhead']:.0%}"
+        + (f", naive {row['naive_patches_per_s']:.1f} patches/s -> speed-up x{row['speedup_vs_naive']:.2f}"
+           if naive_model is not None else ""),
+        flush=True,
+    )
+    return row
+
+
+def speed_rows(args: argparse.Namespace, device: str, naive: bool) -> list[dict[str, Any]]:
+    import torch
+
+    from histoscale.architectures import DenseNet121
+    from histoscale.models import load_model
+
+    slide_path, _ = phantom_svs(args.workdir, SMALL_SIDE)
+    rows = []
+    torch.manual_seed(0)
+    net = DenseNet121().eval()
+    naive_net = copy.deepcopy(net)
+    dn = load_model(net, input_size=224, mpp=0.5, device=device)
+    dn_naive = load_model(naive_net, input_size=224, mpp=0.5, device=device, precision="fp32") if naive else None
+    rows.append(e2e("DenseNet121 (random weights)", slide_path, dn, dn_naive, args.dn_points))
+    ref = load_model(None, device=device)
+    ref_naive = load_model(None, device=device, precision="fp32") if naive else None
+    rows.append(e2e(f"reference ({ref.name})", slide_path, ref, ref_naive, args.points))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ (c)
+def peak_rss_mb() -> float:
+    """Peak resident set of THIS process image, MB: VmHWM from /proc (Linux). ru_maxrss is not used for the
+    comparison: Linux carries the parent's peak across fork+exec into the child's ru_maxrss."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_case(path: str, points: int) -> None:
+    """Run in a fresh subprocess: print one JSON line with the peaks."""
+    import tracemalloc
+
+    from histoscale.models import load_model
+    from histoscale.search import find_scale
+
+    model = load_model(None)
+    model.features(np.zeros((64, model.input_size, model.input_size, 3), np.uint8))
+    out: dict[str, Any] = {
+        "case": path,
+        "peak_rss_after_model_load_mb": peak_rss_mb(),
+        "ru_maxrss_after_model_load_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    tracemalloc.start()
+    t = time.perf_counter()
+    if path != "baseline":
+        res = find_scale(path, model, points=points, seed=0, early_stop=False, widen=False)
+        out["points_used"] = res.points_used
+    out["seconds"] = time.perf_counter() - t
+    out["tracemalloc_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    out["peak_rss_mb"] = peak_rss_mb()
+    out["ru_maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("MEMORY " + json.dumps(out))
+
+
+def memory_rows(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
+    notes = []
+    small, t_small = phantom_svs(args.workdir, SMALL_SIDE)
+    big_side = args.big_side
+    if big_side is None:
+        cached = args.workdir / "speed" / f"phantom_{BIG_SIDE}.svs"
+        predicted = 16 * t_small if t_small is not None else None
+        if cached.is_file() or (predicted is not None and predicted <= WRITE_LIMIT_S):
+            big_side = BIG_SIDE
+        else:
+            big_side = FALLBACK_SIDE
+            notes.append(
+                f"large slide: {FALLBACK_SIDE} x {FALLBACK_SIDE} px instead of {BIG_SIDE} x {BIG_SIDE}: writing the "
+                f"{SMALL_SIDE} px phantom took {t_small:.0f} s here, so the {BIG_SIDE} px one (16x the pixels) would "
+                f"take ~{predicted / 60:.0f} min, over the 10 min limit"
+            )
+            print(notes[-1])
+    big, t_big = phantom_svs(args.workdir, big_side)
+    if t_big is not None:
+        notes.append(f"writing the {big_side} px phantom SVS took {t_big:.0f} s (cached for re-runs)")
+    rows = []
+    for label, case in (("baseline (model loaded, no search)", "baseline"), (f"{SMALL_SIDE} px", str(small)),
+                        (f"{big_side} px", str(big))):
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--memory-case", case, "--points", str(args.points)],
+            capture_output=True, text=True, check=False,
+        )
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("MEMORY ")), None)
+        if proc.returncode != 0 or line is None:
+            raise RuntimeError(f"memory case {case} failed:\n{proc.stdout}\n{proc.stderr}")
+        row = {"slide": label, **json.loads(line[len("MEMORY "):])}
+        rows.append(row)
+        print(
+            f"  {label}: tracemalloc peak {row['tracemalloc_peak_mb']:.1f} MB, peak RSS {row['peak_rss_mb']:.0f} MB "
+            f"({row['seconds']:.1f} s)", flush=True,
+        )
+    return rows, notes
+
+
+# ------------------------------------------------------------------------------------------------ output
+def speed_table(rows: list[dict[str, Any]]) -> str:
+    naive = "naive_s" in rows[0]
+    head = ("| model | device / precision | points x scales | find_scale patches/s | model alone patches/s "
+            "(s before / after) | overhead |")
+    sep = "|---|---|---|---|---|---|"
+    if naive:
+        head += " naive patches/s | find_scale speed-up vs naive (end to end / read+model loop only) |"
+        sep += "---|---|"
+    lines = [head, sep]
+    for r in rows:
+        line = (
+            f"| {r['model']} {r['input_px']} px | {r['device']} / {r['precision']} | {r['points']} x {r['scales']} | "
+            f"{r['find_scale_patches_per_s']:.1f} ({r['find_scale_s']:.1f} s) | {r['model_only_patches_per_s']:.1f} "
+            f"({r['model_only_s_before_after'][0]:.1f} / {r['model_only_s_before_after'][1]:.1f}) | "
+            f"{r['overhead']:.0%} |"
+        )
+        if naive:
+            line += (f" {r['naive_patches_per_s']:.1f} ({r['naive_s']:.1f} s) | x{r['speedup_vs_naive']:.2f} / "
+                     f"x{r['speedup_vs_naive_loop_only']:.2f} |")
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def memory_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| slide (phantom SVS, 0.25 um/px) | points | tracemalloc peak during search (MB) | peak RSS of the process, "
+        "VmHWM (MB) | of which after model load (MB) | search s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['slide']} | {r.get('points_used', '-')} | {r['tracemalloc_peak_mb']:.1f} | {r['peak_rss_mb']:.0f} | "
+            f"{r['peak_rss_after_model_load_mb']:.0f} | {r['seconds']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="P=30 (reference) and 20 points (DenseNet121)")
+    ap.add_argument("--points", type=int, default=None, help="points for the reference model (default 100)")
+    ap.add_argument("--dn-points", type=int, default=None, help="points for DenseNet121 (default 100)")
+    ap.add_argument("--workdir", type=Path, default=HERE / ".work")
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--big-side", type=int, default=None, help="force the large slide's side (px)")
+    ap.add_argument("--gpu", action="store_true", help="only (a), on CUDA")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--memory-case", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    args.points = args.points or (30 if args.quick else 100)
+    args.dn_points = args.dn_points or (20 if args.quick else 100)
+    if args.memory_case:
+        memory_case(args.memory_case, args.points)
+        return
+
+    import torch
+
+    from histoscale.models import bf16_supported
+
+    command = "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
+    t_start = time.perf_counter()
+    notes: list[str] = []
+    if args.gpu:
+        if not torch.cuda.is_available():
+            print("--gpu: SKIPPED - CUDA is not available on this machine (torch.cuda.is_available() is False)")
+            return
+        device = "cuda"
+        where = torch.cuda.get_device_name(0)
+    else:
+        device = "cpu"
+        where = f"{machine()}, {torch.get_num_threads()} torch threads"
+    notes.append(
+        f"precision 'auto' on {device}: {'bf16' if bf16_supported(device) else 'fp32'} "
+        f"(bf16 accelerated: {bf16_supported(device)}); the naive pipeline always runs fp32, batch 1"
+    )
+    print(f"{where}; torch {torch.__version__}; {notes[-1]}")
+    print("(a)+(b) end-to-end vs model alone vs naive:" if not args.gpu else "(a) end-to-end vs model alone:")
+    rows = speed_rows(args, device, naive=not args.gpu)
+    mem_rows: list[dict[str, Any]] = []
+    if not args.gpu and not args.skip_memory:
+        print("(c) peak memory, fresh subprocess per case, reference model:")
+        mem_rows, mem_notes = memory_rows(args)
+        notes += mem_notes
+    elapsed = time.perf_counter() - t_start
+    text = speed_table(rows)
+    if mem_rows:
+        text += "\n\n" + memory_table(mem_rows)
+    print("\n" + text + "\n\n" + "\n".join(notes) + f"\ntotal {elapsed:.0f} s")
+    doc = {
+        "command": command,
+        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "machine": where,
+        "load_average_at_end": os.getloadavg(),
+        "speed": rows,
+        "memory": mem_rows,
+        "notes": notes,
+        "elapsed_s": elapsed,
+    }
+    stem = "speed_gpu" if args.gpu else "speed"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{stem}.json").write_text(json.dumps(doc, indent=1, default=float) + "\n")
+    md = [f"Command: `{command}` ({doc['date']}, {where}, {elapsed:.0f} s)", "", text, "", *[f"- {n}" for n in notes]]
+    (args.out / f"{stem}.md").write_text("\n".join(md) + "\n")
+    print(f"wrote {args.out / (stem + '.json')} and {args.out / (stem + '.md')}")
+
+
+if __name__ == "__main__":
+    main()
