@@ -49,7 +49,8 @@ class TorchSplitModel(SplitModel):
 
     def _to_input(self, chunk: np.ndarray) -> torch.Tensor:
         # NHWC uint8 permuted to NCHW is already channels_last in memory: no copy before the first conv.
-        x = torch.from_numpy(chunk).to(self._torch_device, non_blocking=True).permute(0, 3, 1, 2)
+        x = torch.from_numpy(np.require(chunk, requirements=("C", "W")))  # read-only input: copy, not warn
+        x = x.to(self._torch_device, non_blocking=True).permute(0, 3, 1, 2)
         return x.float().mul_(self._scale).sub_(self._offset)
 
     def _call(self, fn: Callable[[torch.Tensor], torch.Tensor], chunk: np.ndarray) -> np.ndarray:
