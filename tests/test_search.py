@@ -112,3 +112,9 @@ def test_grid_presets():
     assert np.allclose(make_grid(None, center=0.5, units="um/px")[[0, 4, 8]], [0.25, 0.5, 1.0])
     paper = make_grid("paper", center=1, units="um/px")
     assert paper[0] == pytest.approx(10 / 43) and paper[-1] == pytest.approx(1.0)
+
+
+def test_cli_demo_finds_the_hidden_scale(capsys):
+    assert main(["demo", "--seed", "3", "--true-mpp", "0.3", "--size", "2560x2560", "--points", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "truth: 0.300 um/px" in out and "within one grid step" in out

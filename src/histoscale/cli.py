@@ -145,7 +145,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     implied = result.check.implied_mpp
     steps = math.log2(implied / true_mpp) * 4 if implied else float("nan")
     verdict = "within one grid step" if abs(steps) <= 1 else "OFF by more than one grid step"
-    print(f"truth: {true_mpp:.3f} um/px; estimate: {implied:.3f} um/px ({steps:+.2f} grid steps) -> {verdict}")
+    continuous = result.check.implied_estimate
+    print(
+        f"truth: {true_mpp:.3f} um/px; estimate: {implied:.3f} um/px ({steps:+.2f} grid steps; continuous "
+        f"{continuous:.3f}, {100 * (continuous / true_mpp - 1):+.1f}%) -> {verdict}"
+    )
     return 0
 
 
