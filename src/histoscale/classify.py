@@ -529,8 +529,7 @@ def write_classify_report(
     arguments: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write classmap.png (with ``thumbnail``), probabilities.npz, classes.geojson and, last, classify.json."""
-    from histoscale.report import atomic_write, versions
-    from histoscale.search import _finite
+    from histoscale.report import atomic_write, write_document
 
     out = Path(out_dir)
     written = {
@@ -539,10 +538,7 @@ def write_classify_report(
     }
     if thumbnail is not None:
         written["classmap.png"] = atomic_write(out / "classmap.png", plot_classmap(cmap, *thumbnail))
-    doc = cmap.summary()
-    doc["arguments"] = dict(arguments or {})
-    doc["versions"] = versions()
-    written["classify.json"] = atomic_write(out / "classify.json", json.dumps(_finite(doc), indent=2, default=str))
+    written["classify.json"] = write_document(out / "classify.json", cmap.summary(), arguments)
     return written
 
 

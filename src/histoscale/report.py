@@ -229,8 +229,11 @@ def write_search_report(
         written["votes.png"] = atomic_write(out / "votes.png", plot_votes(result))
         if thumbnail is not None:
             written["overview.png"] = atomic_write(out / "overview.png", plot_overview(result, *thumbnail))
-    document = result.to_dict()
-    document["arguments"] = dict(arguments or {})
-    document["versions"] = versions()
-    written["result.json"] = atomic_write(out / "result.json", json.dumps(_finite(document), indent=2, default=str))
+    written["result.json"] = write_document(out / "result.json", result.to_dict(), arguments)
     return written
+
+
+def write_document(path: str | os.PathLike[str], document: dict[str, Any], arguments: Mapping[str, Any] | None) -> Path:
+    """Write a JSON result atomically with the arguments and versions that produced it (NaN written as null)."""
+    document = {**document, "arguments": dict(arguments or {}), "versions": versions()}
+    return atomic_write(path, json.dumps(_finite(document), indent=2, default=str))

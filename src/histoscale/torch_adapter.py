@@ -68,6 +68,15 @@ class TorchSplitModel(SplitModel):
         return self._call(self.module, chunk)
 
 
+
+def _timm_features(module: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Phi of a timm-style model: the pooled features that enter its classifier."""
+
+    def phi(x: torch.Tensor) -> torch.Tensor:
+        return module.forward_head(module.forward_features(x), pre_logits=True)
+
+    return phi
+
 def _linear_like(module: Any) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """(weight (C, M), bias (C,) or None) of a linear-like module, else None."""
     weight = getattr(module, "weight", None)
@@ -177,9 +186,7 @@ def _find_split(
         lin = _linear_like(head_mod)
         if lin is not None and lin[0].shape[0] == n_out:
 
-            def phi_timm(x: torch.Tensor) -> torch.Tensor:
-                return module.forward_head(module.forward_features(x), pre_logits=True)
-
+            phi_timm = _timm_features(module)
             try:
                 verified(phi_timm, head_mod)
                 return phi_timm, head_mod
@@ -259,10 +266,7 @@ def _scripted_split(
     """TorchScript modules take no hooks: use compiled timm methods or run a scripted Sequential child by child."""
     head_name, head_mod = candidates[-1]
     if hasattr(module, "forward_features") and hasattr(module, "forward_head"):
-
-        def phi_timm(x: torch.Tensor) -> torch.Tensor:
-            return module.forward_head(module.forward_features(x), pre_logits=True)
-
+        phi_timm = _timm_features(module)
         try:
             verified(phi_timm, head_mod)
             return phi_timm, head_mod
