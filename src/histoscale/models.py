@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from histoscale.atomic import atomic_path
 from histoscale.errors import ConfigError, ModelError
 
 __all__ = [
@@ -147,9 +148,8 @@ def save_card(card: ModelCard, path: str | os.PathLike[str]) -> Path:
             list(value) if isinstance(value, tuple) else (dict(value) if isinstance(value, Mapping) else value)
         )
     data.update(card.extra)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return path
 
 

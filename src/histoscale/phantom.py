@@ -31,6 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from histoscale.atomic import atomic_path
+from histoscale.errors import ConfigError
+
 __all__ = [
     "CLASS_NAMES",
     "PhantomSpec",
@@ -583,7 +586,7 @@ def render_region(
     """
     w, h = int(size_px_wh[0]), int(size_px_wh[1])
     if w <= 0 or h <= 0 or not mpp > 0:
-        raise ValueError(f"render_region: need a positive size and mpp, got size={size_px_wh}, mpp={mpp}")
+        raise ConfigError(f"render_region: need a positive size and mpp, got size={size_px_wh}, mpp={mpp}")
     if supersample is None:
         supersample = int(min(4, max(1, math.ceil(mpp / _DIRECT_MAX_MPP - 1e-9))))
     if supersample > 1:
@@ -609,9 +612,8 @@ def _write_palette_png(path: Path, labels: np.ndarray) -> None:
     im = Image.fromarray(labels.astype(np.uint8), mode="P")
     pal = [233, 150, 200, 245, 245, 245, 60, 40, 160, 200, 60, 90, 120, 20, 70]
     im.putpalette(pal + [0] * (768 - len(pal)))
-    tmp = path.with_name(path.name + ".tmp")
-    im.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        im.save(tmp, format="PNG")
 
 
 def write_phantom(
@@ -635,7 +637,7 @@ def write_phantom(
     from histoscale.slidewrite import write_slide
 
     if fmt not in ("svs", "tiff", "bare"):
-        raise ValueError(f"write_phantom: fmt must be 'svs', 'tiff' or 'bare', got {fmt!r}")
+        raise ConfigError(f"phantom format must be 'svs', 'tiff' or 'bare', got {fmt!r}")
     path = Path(path)
     w, h = int(size_px_wh[0]), int(size_px_wh[1])
     spec = PhantomSpec(width_um=w * mpp, height_um=h * mpp, seed=int(seed))
@@ -673,9 +675,8 @@ def write_phantom(
         "region_um": spec.region_um,
         "class_freq": list(spec.class_freq),
     }
-    tmp = json_path.with_name(json_path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, json_path)
+    with atomic_path(json_path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=2) + "\n")
     return info
 
 

@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from histoscale.atomic import atomic_path
 from histoscale.errors import HistoscaleError
 from histoscale.search import ScaleResult, _finite
 
-__all__ = ["atomic_write", "check_writable", "versions", "write_search_report"]
+__all__ = ["atomic_write", "check_writable", "machine", "versions", "write_document", "write_search_report"]
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
@@ -29,22 +30,14 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
     path = Path(path)
     payload = data.encode() if isinstance(data, str) else data
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        raise HistoscaleError(f"cannot write {path}: {err.strerror or err}; choose a writable --out folder") from err
-    try:
-        with os.fdopen(fd, "wb") as handle:
+        with atomic_path(path) as tmp, os.fdopen(os.open(tmp, os.O_WRONLY | os.O_TRUNC), "wb") as handle:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
     except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        raise HistoscaleError(f"cannot write {path}: {err.strerror or err} (disk full or read-only?)") from err
-    except BaseException:  # interrupted or a bug: still leave no temporary file behind
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        raise HistoscaleError(
+            f"cannot write {path}: {err.strerror or err}; choose a writable --out folder with free space"
+        ) from err
     return path
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Literal, Union
@@ -36,7 +35,8 @@ import cv2
 import numpy as np
 import tifffile
 
-from .errors import ConfigError
+from histoscale.atomic import atomic_path
+from histoscale.errors import ConfigError
 
 __all__ = ["write_slide", "default_downsamples", "RegionSource"]
 
@@ -207,49 +207,38 @@ def write_slide(
         dtype=np.uint8,
     )
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with tifffile.TiffWriter(tmp_name, bigtiff=bigtiff) as tw:
-            for index, (d, (w, h)) in enumerate(levels):
-                kwargs: dict = dict(jpeg, shape=(h, w, 3))
-                if fmt == "svs":
-                    assert mpp is not None
-                    desc = f"{_APERIO_HEADER}\r\n{w0}x{h0} [0,0 {w0}x{h0}] ({tile}x{tile})"
-                    if index:
-                        desc += f" -> {w}x{h}"
-                    desc += f" JPEG/RGB Q={quality}|AppMag = {_format_mag(mpp)}|MPP = {_format_mpp(mpp)}"
-                    desc += "".join(f"|{k} = {v}" for k, v in extra.items())
-                    kwargs["description"] = desc
-                else:
-                    kwargs["subfiletype"] = 1 if index else 0
-                    if mpp is not None:
-                        px_per_cm = 1e4 / (mpp * d)
-                        kwargs["resolution"] = (px_per_cm, px_per_cm)
-                        kwargs["resolutionunit"] = "CENTIMETER"
-                    if index == 0 and extra:
-                        kwargs["description"] = "histoscale\n" + "\n".join(f"{k} = {v}" for k, v in extra.items())
-                tw.write(_iter_tiles(src, d, (w, h), tile), **kwargs)
-                if fmt == "svs" and index == 0:
-                    dc, wh_c = levels[-1]
-                    thumb = _strip_thumbnail(src, dc, wh_c, _THUMBNAIL_MAX_SIDE)
-                    tw.write(
-                        thumb,
-                        photometric="rgb",
-                        compression="jpeg",
-                        compressionargs={"level": int(quality), "outcolorspace": "rgb"},
-                        metadata=None,
-                        description=f"{_APERIO_HEADER}\r\n{w0}x{h0} -> {thumb.shape[1]}x{thumb.shape[0]} - "
-                        f"|AppMag = {_format_mag(mpp)}|MPP = {_format_mpp(mpp)}",
-                    )
-                logger.debug("wrote level %d (downsample %d, %dx%d) of %s", index, d, w, h, path)
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except OSError:
-            pass
-        raise
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tw:
+        for index, (d, (w, h)) in enumerate(levels):
+            kwargs: dict = dict(jpeg, shape=(h, w, 3))
+            if fmt == "svs":
+                assert mpp is not None
+                desc = f"{_APERIO_HEADER}\r\n{w0}x{h0} [0,0 {w0}x{h0}] ({tile}x{tile})"
+                if index:
+                    desc += f" -> {w}x{h}"
+                desc += f" JPEG/RGB Q={quality}|AppMag = {_format_mag(mpp)}|MPP = {_format_mpp(mpp)}"
+                desc += "".join(f"|{k} = {v}" for k, v in extra.items())
+                kwargs["description"] = desc
+            else:
+                kwargs["subfiletype"] = 1 if index else 0
+                if mpp is not None:
+                    px_per_cm = 1e4 / (mpp * d)
+                    kwargs["resolution"] = (px_per_cm, px_per_cm)
+                    kwargs["resolutionunit"] = "CENTIMETER"
+                if index == 0 and extra:
+                    kwargs["description"] = "histoscale\n" + "\n".join(f"{k} = {v}" for k, v in extra.items())
+            tw.write(_iter_tiles(src, d, (w, h), tile), **kwargs)
+            if fmt == "svs" and index == 0:
+                dc, wh_c = levels[-1]
+                thumb = _strip_thumbnail(src, dc, wh_c, _THUMBNAIL_MAX_SIDE)
+                tw.write(
+                    thumb,
+                    photometric="rgb",
+                    compression="jpeg",
+                    compressionargs={"level": int(quality), "outcolorspace": "rgb"},
+                    metadata=None,
+                    description=f"{_APERIO_HEADER}\r\n{w0}x{h0} -> {thumb.shape[1]}x{thumb.shape[0]} - "
+                    f"|AppMag = {_format_mag(mpp)}|MPP = {_format_mpp(mpp)}",
+                )
+            logger.debug("wrote level %d (downsample %d, %dx%d) of %s", index, d, w, h, path)
     logger.info("wrote %s slide %s (%dx%d, levels %s, mpp %s)", fmt, path, w0, h0, ds, mpp)
     return path
