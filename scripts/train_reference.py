@@ -375,7 +375,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-seeds", type=int, default=60, help="number of phantom seeds to train on")
     ap.add_argument("--per-class", type=int, default=25, help="patches per class per seed")
-    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--scale-jitter", type=float, default=0.05, help="+- log scale jitter of training patches")
     ap.add_argument("--eval-per-class", type=int, default=15, help="per class per held-out seed, per scale")
     ap.add_argument("--points", type=int, default=200)
