@@ -685,7 +685,7 @@ def _render_job(spec: PhantomSpec, x_um: float, y_um: float, size_wh: tuple[int,
 
 
 class _PrefetchSource:
-    """A write_slide source that renders the next strips of the level in worker processes.
+    """A write_slide source that renders the next strips of the level in worker threads.
 
     write_slide pulls strips top to bottom (``source(0, y, w, h, d)``, then ``y + h`` ...); while the main process
     JPEG-encodes one strip, the workers render the following ones. Any other request is rendered on the spot, so
@@ -693,13 +693,12 @@ class _PrefetchSource:
     """
 
     def __init__(self, spec: PhantomSpec, mpp: float, size_wh: tuple[int, int], workers: int):
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures import ThreadPoolExecutor
 
-        methods = mp.get_all_start_methods()
-        ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+        # Threads, not processes: rendering is large numpy operations that release the GIL, and threads need no
+        # `if __name__ == "__main__"` guard in the caller's script (a process pool broke plain scripts).
         self.spec, self.mpp, self.size_wh, self.depth = spec, mpp, size_wh, 2 * workers
-        self.pool = ProcessPoolExecutor(workers, mp_context=ctx)
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="phantom")
         self.pending: dict = {}
 
     def _submit(self, key):
