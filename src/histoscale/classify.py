@@ -302,7 +302,7 @@ def _classify(
     slide: Slide, model: Any, *, mpp: float | None, downsample: float | None, stride: int | None,
     mask: TissueMask | bool, batch: int | None, progress: bool,
 ) -> ClassMap:
-    from histoscale.search import _progress
+    from histoscale.search import progress_bar
 
     t0 = time.perf_counter()
     ds, scale, units = _resolve_downsample(slide, model, mpp, downsample)
@@ -360,7 +360,7 @@ def _classify(
         reader = _BandReader(slide, ds, x_lo, x_hi)
         active_rows = np.nonzero(active.any(axis=1))[0]
         n_pending = 0
-        with _progress(progress) as bar:
+        with progress_bar(progress) as bar:
             task = bar.add_task("classify", total=len(active_rows)) if bar is not None else None
             for done, a in enumerate(active_rows):
                 y0 = int((a - (k - 1)) * stride)
@@ -450,16 +450,9 @@ def classmap_geojson(cmap: ClassMap) -> dict[str, Any]:
 
 
 def _geojson_text(doc: dict[str, Any]) -> str:
-    def clean(v: Any) -> Any:
-        if isinstance(v, float):
-            return round(v, 3)
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, list | tuple):
-            return [clean(x) for x in v]
-        return v
+    from histoscale.report import json_safe
 
-    return json.dumps(clean(doc))
+    return json.dumps(json_safe(doc, digits=3))
 
 
 def probabilities_npz(cmap: ClassMap) -> bytes:
@@ -491,7 +484,7 @@ def plot_classmap(cmap: ClassMap, thumbnail: np.ndarray, downsample: float) -> b
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    from histoscale.report import _figure_bytes
+    from histoscale.report import figure_png
 
     colours = np.array(class_colours(cmap.class_names), np.float64) / 255
     rgba = np.zeros((*cmap.shape, 4))
@@ -518,7 +511,7 @@ def plot_classmap(cmap: ClassMap, thumbnail: np.ndarray, downsample: float) -> b
     unit = "um/px" if cmap.units == "um/px" else "x downsample"
     ax.set_title(f"{Path(cmap.slide).name}: {cmap.model} at {cmap.scale:.3g} {unit}", fontsize=9)
     ax.set_axis_off()
-    return _figure_bytes(fig)
+    return figure_png(fig)
 
 
 def write_classify_report(

@@ -504,7 +504,7 @@ def evaluate_scales(
     """
     from histoscale.models import load_model
     from histoscale.patches import iter_multiscale
-    from histoscale.search import _progress
+    from histoscale.search import progress_bar
 
     if not hasattr(model, "logits"):
         model = load_model(model)
@@ -541,7 +541,7 @@ def evaluate_scales(
         p_true = np.empty((n, k), np.float32)
         block = max(1, 256 // k)
         t1 = time.perf_counter()
-        with _progress(progress) as bar:
+        with progress_bar(progress) as bar:
             task = bar.add_task("evaluate", total=n) if bar is not None else None
             patches = iter_multiscale(sl, xy, ds, out_px, prefetch=prefetch)
             for start in range(0, n, block):
@@ -633,7 +633,7 @@ def plot_accuracy(result: ScaleAccuracy) -> bytes:
     import matplotlib.pyplot as plt
 
     from histoscale.classify import class_colours
-    from histoscale.report import _figure_bytes
+    from histoscale.report import figure_png
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
     colours = np.array(class_colours(result.class_names)) / 255
@@ -653,25 +653,21 @@ def plot_accuracy(result: ScaleAccuracy) -> bytes:
     ax.set_ylim(-2, 102)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     ax.grid(alpha=0.3)
-    return _figure_bytes(fig)
+    return figure_png(fig)
 
 
 def write_evaluate_report(
     result: ScaleAccuracy, out_dir: str | PathLike[str], *, arguments: dict[str, Any] | None = None
 ) -> dict[str, Path]:
     """accuracy.csv, accuracy.png and, last, evaluate.json into ``out_dir`` (atomic writes)."""
-    from histoscale.report import atomic_write, versions
-    from histoscale.search import _finite
+    from histoscale.report import atomic_write, write_document
 
     out = Path(out_dir)
     written = {
         "accuracy.csv": atomic_write(out / "accuracy.csv", accuracy_csv(result)),
         "accuracy.png": atomic_write(out / "accuracy.png", plot_accuracy(result)),
     }
-    doc = result.to_dict()
-    doc["arguments"] = dict(arguments or {})
-    doc["versions"] = versions()
-    written["evaluate.json"] = atomic_write(out / "evaluate.json", json.dumps(_finite(doc), indent=2, default=str))
+    written["evaluate.json"] = write_document(out / "evaluate.json", result.to_dict(), arguments)
     return written
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import platform
 import tempfile
@@ -20,9 +21,12 @@ import numpy as np
 
 from histoscale.atomic import atomic_path
 from histoscale.errors import HistoscaleError
-from histoscale.search import ScaleResult, _finite
+from histoscale.search import ScaleResult
 
-__all__ = ["atomic_write", "check_writable", "machine", "versions", "write_document", "write_search_report"]
+__all__ = [
+    "atomic_write", "check_writable", "figure_png", "json_safe", "machine", "versions", "write_document",
+    "write_search_report",
+]
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
@@ -85,7 +89,20 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores"
 
 
-def _figure_bytes(fig: Any) -> bytes:
+def json_safe(value: Any, *, digits: int | None = None) -> Any:
+    """``value`` with every float made valid JSON (NaN and infinities become null), rounded to ``digits``."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        return round(value, digits) if digits is not None else value
+    if isinstance(value, dict):
+        return {k: json_safe(v, digits=digits) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v, digits=digits) for v in value]
+    return value
+
+
+def figure_png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     import matplotlib.pyplot as plt
@@ -137,7 +154,7 @@ def plot_curves(result: ScaleResult, *, max_points: int = 5) -> bytes:
         ax.set_xlabel(_unit_label(result), fontsize=8)
     axes[0][0].set_ylabel(_SCORE_LABELS.get(result.scorer, "signed distance (x.w+b)/||w||"), fontsize=8)
     axes[0][-1].legend(fontsize=7)
-    return _figure_bytes(fig)
+    return figure_png(fig)
 
 
 def plot_votes(result: ScaleResult) -> bytes:
@@ -159,7 +176,7 @@ def plot_votes(result: ScaleResult) -> bytes:
     ax.axvline(position, color="k", ls="--", lw=1, label=f"estimate {result.estimate:.3g}")
     ax.set_title(f"{result.points_informative} informative of {result.points_used} points", fontsize=9)
     ax.legend(fontsize=8)
-    return _figure_bytes(fig)
+    return figure_png(fig)
 
 
 def plot_overview(result: ScaleResult, thumbnail: np.ndarray, downsample: float) -> bytes:
@@ -182,7 +199,7 @@ def plot_overview(result: ScaleResult, thumbnail: np.ndarray, downsample: float)
     bar.set_ticks(range(len(result.scales)), labels=[f"{s:.3g}" for s in result.scales])
     bar.set_label(_unit_label(result))
     ax.set_axis_off()
-    return _figure_bytes(fig)
+    return figure_png(fig)
 
 
 def points_csv(result: ScaleResult) -> str:
@@ -229,4 +246,4 @@ def write_search_report(
 def write_document(path: str | os.PathLike[str], document: dict[str, Any], arguments: Mapping[str, Any] | None) -> Path:
     """Write a JSON result atomically with the arguments and versions that produced it (NaN written as null)."""
     document = {**document, "arguments": dict(arguments or {}), "versions": versions()}
-    return atomic_write(path, json.dumps(_finite(document), indent=2, default=str))
+    return atomic_write(path, json.dumps(json_safe(document), indent=2, default=str))

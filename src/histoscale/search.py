@@ -9,6 +9,7 @@ slide's declared resolution.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -36,7 +37,7 @@ from histoscale.sampling import SamplingMode, sample_points
 from histoscale.scoring import SCORERS, score_points
 from histoscale.slide import Slide, open_slide
 
-__all__ = ["DEFAULT_AGGREGATION", "DEFAULT_SCORER", "MetadataCheck", "ScaleResult", "find_scale", "make_grid", "PAPER_MAGNIFICATIONS"]
+__all__ = ["DEFAULT_AGGREGATION", "DEFAULT_SCORER", "progress_bar", "MetadataCheck", "ScaleResult", "find_scale", "make_grid", "PAPER_MAGNIFICATIONS"]
 
 logger = logging.getLogger(__name__)
 
@@ -197,18 +198,9 @@ class ScaleResult:
         return out
 
     def to_json(self, **kwargs: Any) -> str:
-        return json.dumps(_finite(self.to_dict(**kwargs)), indent=2)
+        from histoscale.report import json_safe  # the output layer sits above this one
 
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN: write null."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
+        return json.dumps(json_safe(self.to_dict(**kwargs)), indent=2)
 
 
 def _metadata_check(
@@ -344,7 +336,7 @@ def _search(
         return answers, vote(answers, np.log2(values), curves=curves, method=aggregation, n_boot=n_boot, seed=seed)
 
     t0 = time.perf_counter()
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("scale search", total=points) if bar is not None else None
         patch_iter = iter_multiscale(slide, xy, downsamples(grid), out_px, prefetch=prefetch)
         while used < points:
@@ -449,17 +441,10 @@ def _widen(
     return new if len(new) else None
 
 
-class _NoProgress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _progress(enabled: bool) -> Any:
+def progress_bar(enabled: bool) -> Any:
+    """A transient rich progress bar as a context manager, or a null context yielding None when disabled."""
     if not enabled:
-        return _NoProgress()
+        return contextlib.nullcontext()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(
