@@ -24,7 +24,7 @@ Protocol (all numbers come from one run, on the same slides and points):
 * On the first --extras slides (real find_scale runs): sampling tissue vs uniform (default scorer, same grid and
   settings); widening on the library's default grid (9 scales around downsample 1: implied 0.25..1.0 um/px, so the
   finest truths lie outside it): the library default (early stop and widening on) vs the same with widen=False.
-* Real tissue: /work/shared/data/cmu-1-small-region.svs (0.499 um/px declared) shrunk with area averaging
+* Real tissue: ../shared/data/cmu-1-small-region.svs beside the repository, or $HISTOSCALE_DATA (0.499 um/px declared) shrunk with area averaging
   (``histoscale.slide.resample``) by 1, sqrt(2) and 2 (only coarser: upsampling invents no detail), written bare
   with ``histoscale.slidewrite.write_slide``; same protocol with ``--real-seeds`` seeds per version.
 
@@ -42,6 +42,7 @@ import inspect
 import datetime as _dt
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -61,7 +62,8 @@ from histoscale.slidewrite import write_slide
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-REAL_SLIDE = Path("/work/shared/data/cmu-1-small-region.svs")
+# The project's read-only real samples live beside the repository (../shared/data); HISTOSCALE_DATA overrides.
+REAL_SLIDE = Path(os.environ.get("HISTOSCALE_DATA", HERE.parent.parent / "shared" / "data")) / "cmu-1-small-region.svs"
 # One row per scorer and slide-level aggregation ("pooled" curve or the paper's "vote").
 ROWS: dict[str, tuple[str, str]] = {
     f"{scorer} + {method}": (scorer, method) for scorer in SCORERS for method in AGGREGATIONS

@@ -203,7 +203,7 @@ def memory_case(path: str, points: int) -> None:
     model = load_model(None)
     model.features(np.zeros((64, model.input_size, model.input_size, 3), np.uint8))
     out: dict[str, Any] = {
-        "case": path,
+        "case": Path(path).name,  # the file name: absolute paths of one machine mean nothing elsewhere
         "peak_rss_after_model_load_mb": peak_rss_mb(),
         "ru_maxrss_after_model_load_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
