@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import torch
 
 from histoscale.architectures import DenseNet121, SmallCNN
 from histoscale.models import SplitModel, bf16_supported, load_model
+from histoscale.onnx_adapter import export_onnx
 
 
 def rate(model: SplitModel, batch: int, seconds: float) -> float:
@@ -47,18 +47,7 @@ def main() -> None:
                 model = load_model(net, input_size=size, device=device, precision=precision, batch_size=batch)
                 print(f"{name:12s} {size:4d} px  torch {precision}: {rate(model, batch, args.seconds):8.1f} patches/s")
             net = net.to("cpu", memory_format=torch.contiguous_format).eval()
-            path = Path(tmp) / f"{name}.onnx"
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    net,
-                    (torch.zeros(1, 3, size, size),),
-                    str(path),
-                    dynamo=False,
-                    input_names=["input"],
-                    output_names=["logits"],
-                    dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
-                )
+            path = export_onnx(net, Path(tmp) / f"{name}.onnx", size)
             model = load_model(path, device=device, batch_size=batch)
             print(f"{name:12s} {size:4d} px  onnx  ({model.device}): {rate(model, batch, args.seconds):8.1f} patches/s")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from torch import nn
 from histoscale.architectures import DenseNet121, SmallCNN
 from histoscale.errors import ConfigError, ModelError
 from histoscale.models import ModelCard, Preprocessing, SplitModel, bf16_supported, load_card, load_model, save_card
+from histoscale.onnx_adapter import export_onnx
 
 RNG = np.random.default_rng(42)
 
@@ -299,21 +299,6 @@ def test_card_disagreeing_with_model(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------- ONNX
-def export_onnx(net: nn.Module, path: Path, size: int) -> Path:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net.eval(),
-            (torch.zeros(1, 3, size, size),),
-            str(path),
-            dynamo=False,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
-        )
-    return path
-
-
 def test_onnx_gemm_from_torch_export(tmp_path: Path) -> None:
     net = SmallCNN(num_classes=5)
     path = export_onnx(net, tmp_path / "small.onnx", 48)
