@@ -1,7 +1,7 @@
 """Fuzz ``open_slide`` + reads on mutated TIFF / SVS bytes.
 
 Seed files are small synthetic slides (Aperio SVS, generic pyramidal TIFF, bare TIFF, a stripped TIFF) written
-with :func:`histoscale.slidewrite.write_slide` / tifffile. Each case applies a few seeded mutations (bit flips,
+with :func:`histoscale.slide.write.write_slide` / tifffile. Each case applies a few seeded mutations (bit flips,
 IFD field overwrites with boundary values, truncation, chunk deletion / duplication, ImageDescription edits)
 and then runs, in-process and catching everything: ``open_slide`` -> ``slide_info`` -> ``read_region_at`` at two
 downsamples -> ``read_level`` on the coarsest level -> ``thumbnail`` -> ``tissue_mask``.
@@ -47,7 +47,7 @@ def make_seeds(folder: Path) -> dict[str, Path]:
     import numpy as np
     import tifffile
 
-    from histoscale.slidewrite import write_slide
+    from histoscale.slide.write import write_slide
 
     rng = np.random.default_rng(0)
     img = np.full((400, 560, 3), 255, np.uint8)

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from histoscale.architectures import DenseNet121, SmallCNN
-from histoscale.models import SplitModel, bf16_supported, load_model
-from histoscale.onnx_adapter import export_onnx
+from histoscale.models.architectures import DenseNet121, SmallCNN
+from histoscale.models import SplitModel, load_model
+from histoscale.models.torch_adapter import bf16_supported
+from histoscale.models.onnx_adapter import export_onnx
 
 
 def rate(model: SplitModel, batch: int, seconds: float) -> float:

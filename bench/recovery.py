@@ -25,8 +25,8 @@ Protocol (all numbers come from one run, on the same slides and points):
   settings); widening on the library's default grid (9 scales around downsample 1: implied 0.25..1.0 um/px, so the
   finest truths lie outside it): the library default (early stop and widening on) vs the same with widen=False.
 * Real tissue: ../shared/data/cmu-1-small-region.svs beside the repository, or $HISTOSCALE_DATA (0.499 um/px declared) shrunk with area averaging
-  (``histoscale.slide.resample``) by 1, sqrt(2) and 2 (only coarser: upsampling invents no detail), written bare
-  with ``histoscale.slidewrite.write_slide``; same protocol with ``--real-seeds`` seeds per version.
+  (``histoscale.patches.resample``) by 1, sqrt(2) and 2 (only coarser: upsampling invents no detail), written bare
+  with ``histoscale.slide.write.write_slide``; same protocol with ``--real-seeds`` seeds per version.
 
 Point votes are counted two ways: strictly (|log2 error| <= k steps) and as the paper counts them (within k grid
 steps of the grid scale nearest the truth, i.e. |log2 error| < k + 1/2 steps; the paper: 56% / 85% for k = 1 / 2).
@@ -52,13 +52,16 @@ from typing import Any
 import numpy as np
 
 from histoscale.aggregate import AGGREGATIONS, analyse_curves, is_settled, vote
-from histoscale.models import bf16_supported, load_model
+from histoscale.models import load_model
+from histoscale.models.torch_adapter import bf16_supported
 from histoscale.phantom import write_phantom
 from histoscale.scoring import SCORERS, score_points
-from histoscale.search import DEFAULT_AGGREGATION, DEFAULT_SCORER, STEPS_PER_OCTAVE, find_scale
-from histoscale.report import machine
-from histoscale.slide import open_slide, resample
-from histoscale.slidewrite import write_slide
+from histoscale.search import DEFAULT_AGGREGATION, DEFAULT_SCORER, find_scale
+from histoscale.units import STEPS_PER_OCTAVE
+from histoscale.reports import machine
+from histoscale.patches import resample
+from histoscale.slide import open_slide
+from histoscale.slide.write import write_slide
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -436,7 +439,7 @@ def main() -> None:
         notes.append("bf16: supported on this CPU but the fp32-vs-bf16 rows are not implemented in this run")
     else:
         notes.append(
-            "fp32 vs bf16: SKIPPED - this CPU has no bf16 acceleration (histoscale.models.bf16_supported('cpu') is "
+            "fp32 vs bf16: SKIPPED - this CPU has no bf16 acceleration (histoscale.models.torch_adapter.bf16_supported('cpu') is "
             "False); emulated bf16 is ~400x slower than fp32 here. All rows are fp32."
         )
     print(notes[-1])

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from histoscale.report import machine
+from histoscale.reports import machine
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -163,7 +163,7 @@ def e2e(name: str, slide_path: Path, model: Any, naive_model: Any | None, points
 def speed_rows(args: argparse.Namespace, device: str, naive: bool) -> list[dict[str, Any]]:
     import torch
 
-    from histoscale.architectures import DenseNet121
+    from histoscale.models.architectures import DenseNet121
     from histoscale.models import load_model
 
     slide_path, _ = phantom_svs(args.workdir, SMALL_SIDE)
@@ -317,7 +317,7 @@ def main() -> None:
 
     import torch
 
-    from histoscale.models import bf16_supported
+    from histoscale.models.torch_adapter import bf16_supported
 
     command = "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
     t_start = time.perf_counter()

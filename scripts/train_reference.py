@@ -13,7 +13,7 @@ Steps
    Augmentation baked into rendering: scale jitter +-5 %, half of the patches rendered 2x finer and shrunk
    (the pyramid-read path), half re-encoded as JPEG (slides are JPEG); on the fly: flips, 90-degree turns,
    mild brightness/contrast/saturation jitter (each seed already has its own stain).
-2. Train ``histoscale.architectures.SmallCNN(num_classes=5)``, AdamW + one-cycle, fp32.
+2. Train ``histoscale.models.architectures.SmallCNN(num_classes=5)``, AdamW + one-cycle, fp32.
 3. Write ``src/histoscale/assets/reference.pt`` (+ ``reference.json`` card), ``reference.onnx``
    (+ ``reference-onnx.json``).
 4. Table 1 analogue: per-class accuracy at 0.25, 0.35, 0.5, 0.7, 1.0 um/px on held-out seeds.
@@ -43,7 +43,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from histoscale.architectures import SmallCNN  # noqa: E402
+from histoscale.models.architectures import SmallCNN  # noqa: E402
 from histoscale.phantom import BG, CLASS_NAMES, PhantomSpec, classes_at, label_map, render_region  # noqa: E402
 
 ASSETS = ROOT / "src" / "histoscale" / "assets"
@@ -210,7 +210,7 @@ def export(model: SmallCNN, assets: Path) -> None:
     card = {
         "format": "torch-state-dict",
         "file": "reference.pt",
-        "factory": "histoscale.architectures:SmallCNN",
+        "factory": "histoscale.models.architectures:SmallCNN",
         "factory_kwargs": {"num_classes": len(CLASS_NAMES)},
         "input_size": INPUT,
         "mean": list(MEAN),

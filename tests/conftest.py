@@ -47,7 +47,7 @@ def synthetic_array() -> np.ndarray:
 def synthetic_slides(tmp_path_factory: pytest.TempPathFactory, synthetic_array: np.ndarray) -> dict[str, Path]:
     """The synthetic image written as ``{"svs": ..., "tiff": ..., "bare": ...}`` at 0.5 um/px, tile 256,
     levels 1/4/16 (2048x1536, 512x384, 128x96)."""
-    from histoscale.slidewrite import write_slide
+    from histoscale.slide.write import write_slide
 
     d = tmp_path_factory.mktemp("synthetic_slides")
     return {
@@ -60,7 +60,7 @@ def synthetic_slides(tmp_path_factory: pytest.TempPathFactory, synthetic_array: 
 @pytest.fixture(scope="session")
 def white_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An all-white 1024x768 SVS at 0.5 um/px (tissue mask must be empty)."""
-    from histoscale.slidewrite import write_slide
+    from histoscale.slide.write import write_slide
 
     d = tmp_path_factory.mktemp("white_slide")
     return write_slide(d / "white.svs", np.full((768, 1024, 3), 255, np.uint8), mpp=SYNTH_MPP, fmt="svs")

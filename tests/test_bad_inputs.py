@@ -31,8 +31,10 @@ from histoscale.cli import main
 from histoscale.errors import ConfigError, HistoscaleError, MissingMppError, ModelError, ScaleSearchError, SlideError
 from histoscale.models import load_model
 from histoscale.patches import read_multiscale
-from histoscale.report import atomic_write, write_search_report
-from histoscale.search import find_scale, make_grid
+from histoscale._files import atomic_write
+from histoscale.reports import write_search_report
+from histoscale.search import find_scale
+from histoscale.units import parse_scales
 from histoscale.slide import open_slide
 
 CLASSES = ["tumour", "stroma", "background"]
@@ -121,7 +123,7 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def tissue_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 1024x768 tissue-like SVS at 0.5 um/px (levels 1, 4)."""
-    from histoscale.slidewrite import write_slide
+    from histoscale.slide.write import write_slide
 
     d = tmp_path_factory.mktemp("tissue")
     return write_slide(d / "tissue.svs", tissue_image(1024, 768), mpp=SYNTH_MPP, fmt="svs")
@@ -229,14 +231,14 @@ def test_png_without_resolution(plain_png: Path, capsys: pytest.CaptureFixture[s
         with pytest.raises(MissingMppError) as exc:
             s.read_region_at((300, 250), 32, mpp=0.5)
         msg = str(exc.value)
-        assert str(plain_png) in msg and "--mpp" in msg and "--relative" in msg
+        assert str(plain_png) in msg and "--slide-mpp" in msg and "--relative" in msg
         assert s.read_region_at((300, 250), 32, downsample=2).shape == (32, 32, 3)
     # the search falls back to relative units (reported as such), never to a guessed um/px
     result = find_scale(plain_png, tiny_model(), **FAST)
     assert result.units == "downsample" and result.check.status == "MISSING-METADATA"
     assert result.check.declared_mpp is None and result.check.implied_mpp > 0
     # with --mpp it is searched in um/px
-    assert find_scale(plain_png, tiny_model(), mpp=0.5, **FAST).units == "um/px"
+    assert find_scale(plain_png, tiny_model(), slide_mpp=0.5, **FAST).units == "um/px"
     code, out, _ = run_cli(capsys, "info", plain_png, "--json")
     assert code == 0 and json.loads(out)["mpp"] is None
 
@@ -247,17 +249,17 @@ def test_contradictory_xy_resolution(aniso_tiff: Path, capsys: pytest.CaptureFix
         with pytest.raises(SlideError) as exc:
             s.read_region_at((384, 384), 32, mpp=1.0)
         msg = str(exc.value)
-        assert str(aniso_tiff) in msg and "0.5" in msg and "0.8" in msg and "--mpp" in msg and "--relative" in msg
-        with pytest.raises(SlideError, match="--mpp"):
+        assert str(aniso_tiff) in msg and "0.5" in msg and "0.8" in msg and "--slide-mpp" in msg and "--relative" in msg
+        with pytest.raises(SlideError, match="--slide-mpp"):
             find_scale(s, tiny_model(), **FAST)
         assert s.read_region_at((384, 384), 32, downsample=2).shape == (32, 32, 3)
     # info still shows both numbers
     code, out, _ = run_cli(capsys, "info", aniso_tiff, "--json")
     info = json.loads(out)
     assert code == 0 and info["anisotropic"] is True and info["mpp_x"] == pytest.approx(0.5)
-    assert_cli_error(capsys, ["search", aniso_tiff, "--model", model_files["card"], "--points", 8], "--mpp")
+    assert_cli_error(capsys, ["search", aniso_tiff, "--model", model_files["card"], "--points", 8], "--slide-mpp")
     # overriding the resolution, or relative units, are explicit choices that work
-    assert find_scale(aniso_tiff, tiny_model(), mpp=0.6, **FAST).units == "um/px"
+    assert find_scale(aniso_tiff, tiny_model(), slide_mpp=0.6, **FAST).units == "um/px"
     assert find_scale(aniso_tiff, tiny_model(), relative=True, **FAST).units == "downsample"
 
 
@@ -402,7 +404,7 @@ def test_model_emitting_nan(tissue_slide: Path) -> None:
 )
 def test_bad_scales(scales: str, needle: str, tissue_slide: Path, model_files, capsys) -> None:
     with pytest.raises(ConfigError, match=needle):
-        make_grid(scales, center=0.5, units="um/px")
+        parse_scales(scales, units="um/px", min_count=2)
     assert_cli_error(capsys, ["search", tissue_slide, "--model", model_files["card"], f"--scales={scales}"], needle)
 
 
@@ -424,12 +426,12 @@ def test_output_folder_not_writable(tmp_path: Path, tissue_slide: Path, model_fi
         atomic_write(out / "result.json", "{}")
     assert str(out) in str(exc.value) and "writable" in str(exc.value)
     # the CLI checks the folder before spending time on the search
-    import histoscale.search
+    import histoscale.cli.search
 
     def no_search(*args, **kwargs):  # noqa: ANN002, ANN003
         raise AssertionError("the search ran although the output folder is unusable")
 
-    monkeypatch.setattr(histoscale.search, "find_scale", no_search)
+    monkeypatch.setattr(histoscale.cli.search, "find_scale", no_search)
     assert_cli_error(capsys, ["search", tissue_slide, "--model", model_files["card"], "--points", 8, "--out", out],
                      str(out), "writable")
 
@@ -443,7 +445,7 @@ def test_disk_full_keeps_previous_result(tmp_path: Path, tissue_slide: Path, mon
     json.loads(before)
     result = find_scale(tissue_slide, tiny_model(), **FAST)
 
-    import histoscale.report
+    import histoscale._files
 
     real_fsync = os.fsync
 
@@ -452,7 +454,7 @@ def test_disk_full_keeps_previous_result(tmp_path: Path, tissue_slide: Path, mon
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_fsync(fd)
 
-    monkeypatch.setattr(histoscale.report.os, "fsync", full_disk)
+    monkeypatch.setattr(histoscale._files.os, "fsync", full_disk)
     with pytest.raises(HistoscaleError) as exc:
         write_search_report(result, out, figures=False)
     assert "No space left on device" in str(exc.value) and str(out) in str(exc.value)
@@ -460,7 +462,7 @@ def test_disk_full_keeps_previous_result(tmp_path: Path, tissue_slide: Path, mon
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
 
     # the same through the file handle's write, and through the CLI
-    monkeypatch.setattr(histoscale.report.os, "fsync", real_fsync)
+    monkeypatch.setattr(histoscale._files.os, "fsync", real_fsync)
 
     real_fdopen = os.fdopen
 
@@ -479,7 +481,7 @@ def test_disk_full_keeps_previous_result(tmp_path: Path, tissue_slide: Path, mon
             self._f.flush()
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(histoscale.report.os, "fdopen", FullHandle)
+    monkeypatch.setattr(histoscale._files.os, "fdopen", FullHandle)
     assert_cli_error(capsys, ["search", tissue_slide, "--model", model_files["card"], "--points", 8, "--out", out],
                      "No space left on device")
     assert (out / "result.json").read_bytes() == before
@@ -493,8 +495,8 @@ def test_disk_full_keeps_previous_result(tmp_path: Path, tissue_slide: Path, mon
 def read_slides(synthetic_slides: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, synthetic_array):
     png = tmp_path_factory.mktemp("png_read") / "synth.png"
     Image.fromarray(np.asarray(synthetic_array)).save(png)
-    slides = [open_slide(synthetic_slides["svs"]), open_slide(synthetic_slides["bare"], backend="tiffslide", mpp=SYNTH_MPP),
-              open_slide(png, mpp=SYNTH_MPP)]
+    slides = [open_slide(synthetic_slides["svs"]), open_slide(synthetic_slides["bare"], backend="tiffslide", slide_mpp=SYNTH_MPP),
+              open_slide(png, slide_mpp=SYNTH_MPP)]
     yield slides
     for s in slides:
         s.close()

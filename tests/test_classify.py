@@ -10,12 +10,8 @@ import numpy as np
 import pytest
 
 from histoscale import classify as classify_mod
-from histoscale.classify import (
-    ClassMap,
-    classify_slide,
-    classmap_geojson,
-    resolve_scale_from_search,
-)
+from histoscale.classify import ClassMap, classify_slide
+from histoscale.reports.classify import classmap_geojson, read_search_scale, write_classify_report
 from histoscale.cli import main
 from histoscale.errors import ConfigError, MissingMppError
 from histoscale.phantom import CLASS_NAMES, classes_at, write_phantom
@@ -176,7 +172,7 @@ def test_streaming_reads_are_bounded(phantom, model, monkeypatch: pytest.MonkeyP
 def test_report_files(cmap: ClassMap, phantom, tmp_path: Path) -> None:
     with open_slide(phantom.slide_path) as slide:
         thumb = slide.thumbnail(512)
-    written = classify_mod.write_classify_report(cmap, tmp_path, thumbnail=thumb)
+    written = write_classify_report(cmap, tmp_path, thumbnail=thumb)
     assert set(written) == {"classmap.png", "probabilities.npz", "classes.geojson", "classify.json"}
     assert (tmp_path / "classmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with np.load(tmp_path / "probabilities.npz") as npz:
@@ -205,7 +201,7 @@ def test_cli_from_search(phantom, tmp_path: Path) -> None:
     for name in ("classmap.png", "probabilities.npz", "classes.geojson"):
         assert (out / name).is_file()
     # a search folder works too
-    assert resolve_scale_from_search(result.parent)[:2] == (0.5, "um/px")
+    assert read_search_scale(result.parent)[:2] == (0.5, "um/px")
 
 
 @pytest.mark.parametrize(
@@ -222,7 +218,7 @@ def test_from_search_errors(tmp_path: Path, content, message) -> None:
     if content is not None:
         path.write_text(content)
     with pytest.raises(ConfigError, match=message) as err:
-        resolve_scale_from_search(path)
+        read_search_scale(path)
     assert "histoscale search" in str(err.value)
 
 

@@ -18,12 +18,15 @@ from typing import Any
 
 import pytest
 
-from histoscale.cohort import CRASH_HOOK_ENV, COLUMNS, read_manifest, read_results, run_cohort
+from _faults import die_on_crashme
+
+from histoscale.cohort import COLUMNS, read_manifest, read_results, run_cohort
 from histoscale.errors import ConfigError
+from histoscale.search import SearchConfig
 
 TRUE_MPP = 0.5  # the SVS phantom, declared correctly in its metadata
 BARE_MPP = 0.4  # the phantom without resolution metadata
-SEARCH = {"points": 24, "seed": 0}
+SEARCH = SearchConfig(points=24, seed=0)
 MODEL = None  # the bundled reference model
 GRID_STEPS_PER_OCTAVE = 4
 
@@ -59,16 +62,14 @@ def cohort_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _run_with_crash_hook(**kwargs: Any):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(CRASH_HOOK_ENV, "crashme")
-        return run_cohort(**kwargs)
+    return run_cohort(**kwargs, job_runner=die_on_crashme)
 
 
 @pytest.fixture(scope="module")
 def local_run(cohort_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("local") / "out"
     return _run_with_crash_hook(manifest_or_rows=cohort_files["manifest"], out_dir=out, workers=2,
-                                model_spec=MODEL, search_kwargs=SEARCH, retries=1)
+                                model_spec=MODEL, search=SEARCH, retries=1)
 
 
 def _by_id(rows) -> dict[str, dict[str, Any]]:
@@ -130,7 +131,7 @@ def test_local_pool_writes_reports(local_run) -> None:
 def test_dask_local_cluster_gives_the_same_answers(cohort_files, local_run, tmp_path: Path) -> None:
     pytest.importorskip("distributed", reason="dask[distributed] is not installed (pip install 'histoscale[dask]')")
     summary = _run_with_crash_hook(manifest_or_rows=cohort_files["manifest"], out_dir=tmp_path / "dask", workers=2,
-                                   scheduler="local", model_spec=MODEL, search_kwargs=SEARCH, retries=0, figures=False)
+                                   scheduler="local", model_spec=MODEL, search=SEARCH, retries=0, figures=False)
     assert summary.mode == "dask-local"
     _check_flags(summary, deaths=1)  # the dying worker: KilledWorker at once with retries=0
     local, dask = _by_id(local_run.rows), _by_id(summary.rows)
@@ -145,16 +146,16 @@ def test_resume_keeps_final_rows_and_redoes_errors_only_when_asked(local_run, co
     out = tmp_path / "copy"
     shutil.copytree(local_run.out_dir, out)
     with pytest.raises(ConfigError, match="--resume"):
-        run_cohort(cohort_files["manifest"], out_dir=out, model_spec=MODEL, search_kwargs=SEARCH)
+        run_cohort(cohort_files["manifest"], out_dir=out, model_spec=MODEL, search=SEARCH)
     with pytest.raises(ConfigError, match="other options"):
-        run_cohort(cohort_files["manifest"], out_dir=out, model_spec=MODEL, search_kwargs={**SEARCH, "points": 50}, resume=True)
+        run_cohort(cohort_files["manifest"], out_dir=out, model_spec=MODEL, search=SEARCH.replace(points=50), resume=True)
 
-    kept = run_cohort(cohort_files["manifest"], out_dir=out, model_spec=MODEL, search_kwargs=SEARCH, resume=True)
+    kept = run_cohort(cohort_files["manifest"], out_dir=out, model_spec=MODEL, search=SEARCH, resume=True)
     assert kept.processed == 0 and kept.resumed == 6
     assert [r["finished_at"] for r in kept.rows] == [r["finished_at"] for r in local_run.rows]
 
     # --retry-errors redoes the three ERROR rows only (no crash hook now: crashme is good.svs and succeeds)
-    redone = run_cohort(cohort_files["manifest"], out_dir=out, model_spec=MODEL, search_kwargs=SEARCH, resume=True, retry_errors=True,
+    redone = run_cohort(cohort_files["manifest"], out_dir=out, model_spec=MODEL, search=SEARCH, resume=True, retry_errors=True,
                         workers=1, figures=False)
     assert redone.processed == 3 and redone.resumed == 3
     before, after = _by_id(local_run.rows), _by_id(redone.rows)
@@ -171,8 +172,7 @@ def test_kill_then_resume_loses_nothing_and_redoes_nothing(cohort_files, tmp_pat
     out = tmp_path / "out"
     args = ["cohort", str(manifest), "--out", str(out), "--workers", "1", "--points", "24", "--no-figures"]
     args += ["--model", MODEL] if MODEL else []
-    env = {k: v for k, v in os.environ.items() if k != CRASH_HOOK_ENV}
-    proc = subprocess.Popen([sys.executable, "-m", "histoscale.cli", *args], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "histoscale.cli", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     results = out / "results.csv"
     deadline = time.monotonic() + 90
@@ -245,10 +245,10 @@ def test_missing_manifest_and_bad_options(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         read_manifest(tmp_path / "nope.csv")
     m = _manifest(tmp_path, "slide\na.svs\n")
-    with pytest.raises(ConfigError, match="unknown search option"):
+    with pytest.raises(ConfigError, match="unknown search settings"), pytest.warns(DeprecationWarning, match="search="):
         run_cohort(m, out_dir=tmp_path / "o", search_kwargs={"pointz": 3})
     with pytest.raises(ConfigError, match="points must be at least 1"):
-        run_cohort(m, out_dir=tmp_path / "o", search_kwargs={"points": 0})
+        run_cohort(m, out_dir=tmp_path / "o", search=SearchConfig(points=0))
     with pytest.raises(ConfigError, match="retries"):
         run_cohort(m, out_dir=tmp_path / "o", retries=-1)
     from histoscale.errors import ModelError

@@ -12,12 +12,9 @@ from PIL import Image
 
 from histoscale.cli import main
 from histoscale.errors import ConfigError, MissingMppError
-from histoscale.evaluate import (
-    UNLABELLED,
-    evaluate_scales,
-    load_labels,
-    parse_scales,
-)
+from histoscale.evaluate import evaluate_scales
+from histoscale.labels import UNLABELLED, load_labels
+from histoscale.units import parse_scales
 from histoscale.phantom import CLASS_NAMES, classes_at, write_phantom
 from histoscale.slide import open_slide
 
@@ -210,12 +207,14 @@ def test_no_labels_and_no_sidecar(synthetic_slides, model, tmp_path: Path) -> No
 
 
 def test_parse_scales() -> None:
-    np.testing.assert_allclose(parse_scales("1.0, 0.5,0.5", center=0.5, units="um/px"), [0.5, 1.0])
-    assert len(parse_scales(None, center=0.5, units="um/px")) == 9
+    np.testing.assert_allclose(parse_scales("0.5, 1.0", units="um/px"), [0.5, 1.0])
+    np.testing.assert_allclose(parse_scales("0.7", units="um/px"), [0.7])  # one scale is enough to evaluate
+    with pytest.raises(ConfigError, match="unsorted"):  # the search's rule set: never silently reordered
+        parse_scales("1.0, 0.5", units="um/px")
     with pytest.raises(ConfigError):
-        parse_scales("0.5,-1", center=0.5, units="um/px")
+        parse_scales("0.5,-1", units="um/px")
     with pytest.raises(ConfigError):
-        parse_scales("a,b", center=0.5, units="um/px")
+        parse_scales("a,b", units="um/px")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -13,10 +13,11 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from histoscale.architectures import DenseNet121, SmallCNN
+from histoscale.models.architectures import DenseNet121, SmallCNN
 from histoscale.errors import ConfigError, ModelError
-from histoscale.models import ModelCard, Preprocessing, SplitModel, bf16_supported, load_card, load_model, save_card
-from histoscale.onnx_adapter import export_onnx
+from histoscale.models import ModelCard, Preprocessing, SplitModel, load_card, load_model, save_card
+from histoscale.models.torch_adapter import bf16_supported
+from histoscale.models.onnx_adapter import export_onnx
 
 RNG = np.random.default_rng(42)
 
@@ -228,7 +229,7 @@ def test_state_dict_with_factory(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="state dict.*factory="):
         load_model(path, input_size=32)
     with pytest.raises(ModelError, match="do not fit"):
-        load_model(path, input_size=32, factory="histoscale.architectures:SmallCNN")  # 5 classes by default
+        load_model(path, input_size=32, factory="histoscale.models.architectures:SmallCNN")  # 5 classes by default
     model = load_model(path, input_size=32, factory=lambda: SmallCNN(num_classes=4))
     np.testing.assert_array_equal(model.W, net.classifier.weight.detach().numpy().T)
     assert_split(model, 32)
@@ -248,7 +249,7 @@ def test_card_roundtrip_and_load(tmp_path: Path) -> None:
     card = ModelCard(
         format="torch-state-dict",
         file="w.pt",
-        factory="histoscale.architectures:SmallCNN",
+        factory="histoscale.models.architectures:SmallCNN",
         factory_kwargs={"num_classes": 3},
         input_size=32,
         mean=(0.5, 0.5, 0.5),
@@ -275,7 +276,7 @@ def test_card_disagreeing_with_model(tmp_path: Path) -> None:
     base = {
         "format": "torch-state-dict",
         "file": "w.pt",
-        "factory": "histoscale.architectures:SmallCNN",
+        "factory": "histoscale.models.architectures:SmallCNN",
         "factory_kwargs": {"num_classes": 3},
         "input_size": 32,
     }
@@ -392,7 +393,7 @@ def test_onnx_errors(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------- Keras, reference
 @pytest.mark.skipif(importlib.util.find_spec("keras") is None, reason="keras not installed (histoscale[keras])")
 def test_keras_dense_softmax(tmp_path: Path) -> None:
-    from histoscale.keras_adapter import _import_keras
+    from histoscale.models.keras_adapter import _import_keras
 
     keras = _import_keras()
     inp = keras.Input((16, 16, 3))

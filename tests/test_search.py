@@ -8,10 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from histoscale import ConfigError, MissingMppError, ScaleSearchError, find_scale, load_model, make_grid, open_slide
+from histoscale import ConfigError, MissingMppError, ScaleSearchError, find_scale, load_model, open_slide
+from histoscale.units import grid_around, parse_scales
 from histoscale.cli import main
 from histoscale.phantom import write_phantom
-from histoscale.report import write_search_report
+from histoscale.reports import write_search_report
 
 STEP = 2 ** 0.25  # one grid step
 
@@ -47,7 +48,7 @@ def test_metadata_check_ok_and_mismatch(phantoms, model):
     right = find_scale(phantoms[0.5], model, points=40, seed=1, mpp=0.5)
     assert right.units == "um/px" and right.check.status == "OK"
     assert right.check.declared_source == "override"
-    wrong = find_scale(phantoms[0.5], model, points=40, seed=1, mpp=1.0)  # declared 2x too coarse
+    wrong = find_scale(phantoms[0.5], model, points=40, seed=1, slide_mpp=1.0)  # declared 2x too coarse
     assert wrong.check.status == "MISMATCH"
     assert wrong.check.disagreement_steps == pytest.approx(-4, abs=1.01)
     assert wrong.widenings, "the answer lies beyond the default grid: the search must widen it"
@@ -87,7 +88,7 @@ def test_bad_arguments_are_clear_errors(phantoms, model):
     with pytest.raises(ConfigError, match="strictly increasing"):
         find_scale(phantoms[0.5], model, scales=[0.5, 0.25], relative=True)
     with pytest.raises(ConfigError, match="positive"):
-        make_grid([0.0, 1.0], center=1, units="um/px")
+        parse_scales([0.0, 1.0], units="um/px")
     with pytest.raises(MissingMppError, match="--relative"):
         find_scale(phantoms[0.5], model, scales=[0.4, 0.5, 0.6])
     with pytest.raises(ScaleSearchError, match="smaller than the widest field of view"):
@@ -109,8 +110,8 @@ def test_cli_reports_missing_file_without_traceback(tmp_path, capsys):
 
 
 def test_grid_presets():
-    assert np.allclose(make_grid(None, center=0.5, units="um/px")[[0, 4, 8]], [0.25, 0.5, 1.0])
-    paper = make_grid("paper", center=1, units="um/px")
+    assert np.allclose(grid_around(0.5)[[0, 4, 8]], [0.25, 0.5, 1.0])
+    paper = parse_scales("paper", units="um/px")
     assert paper[0] == pytest.approx(10 / 43) and paper[-1] == pytest.approx(1.0)
 
 

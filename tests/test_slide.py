@@ -13,7 +13,8 @@ from PIL import Image
 
 from conftest import SYNTH_BLOBS, SYNTH_H, SYNTH_MPP, SYNTH_SQUARES, SYNTH_W
 from histoscale.errors import ConfigError, MissingMppError, SlideError
-from histoscale.slide import Resolution, open_slide, resample, slide_info, tissue_mask
+from histoscale.patches import resample
+from histoscale.slide import Resolution, open_slide, slide_info, tissue_mask
 
 BACKENDS = ["openslide", "tiffslide"]
 
@@ -60,20 +61,20 @@ def test_bare_has_no_mpp(synthetic_slides: dict[str, Path], backend: str) -> Non
         with pytest.raises(MissingMppError) as exc:
             s.downsample_for(1.0)
         msg = str(exc.value)
-        assert str(path) in msg and "--mpp" in msg and "open_slide(path, mpp=...)" in msg and "relative" in msg
+        assert str(path) in msg and "--slide-mpp" in msg and "slide_mpp=..." in msg and "relative" in msg
         with pytest.raises(MissingMppError):
             s.read_region_at((100, 100), 32, mpp=1.0)
         assert s.read_region_at((100, 100), 32, downsample=2.0).shape == (32, 32, 3)
 
 
 def test_override(synthetic_slides: dict[str, Path]) -> None:
-    with open_slide(synthetic_slides["bare"], mpp=0.25) as s:
+    with open_slide(synthetic_slides["bare"], slide_mpp=0.25) as s:
         assert s.resolution == Resolution(0.25, 0.25, "override")
         assert s.downsample_for(1.0) == pytest.approx(4.0)
-    with open_slide(synthetic_slides["svs"], mpp=0.3) as s:  # wins over metadata
+    with open_slide(synthetic_slides["svs"], slide_mpp=0.3) as s:  # wins over metadata
         assert s.resolution is not None and s.resolution.source == "override" and s.mpp == 0.3
     with pytest.raises(ConfigError):
-        open_slide(synthetic_slides["svs"], mpp=0)
+        open_slide(synthetic_slides["svs"], slide_mpp=0)
 
 
 def test_anisotropic_resolution_is_kept_and_flagged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -381,7 +382,7 @@ def test_read_region_at_is_centred(ramp_png: Path, cx: float, ds: float) -> None
 
 
 def test_thumbnail_strips_match_single_read(synthetic_slides: dict[str, Path], monkeypatch) -> None:
-    import histoscale.slide as slide_mod
+    import histoscale.slide._slide as slide_mod
 
     with open_slide(synthetic_slides["tiff"]) as s:
         whole, ds = s.thumbnail(300)

@@ -12,7 +12,7 @@ import tiffslide
 
 from conftest import SYNTH_H, SYNTH_MPP, SYNTH_SQUARES, SYNTH_W
 from histoscale.errors import ConfigError
-from histoscale.slidewrite import default_downsamples, write_slide
+from histoscale.slide.write import default_downsamples, write_slide
 
 READERS = {"openslide": openslide.OpenSlide, "tiffslide": tiffslide.TiffSlide}
 
@@ -81,7 +81,7 @@ def test_streaming_source_matches_array_and_stays_bounded(tmp_path: Path) -> Non
     yy, xx = np.mgrid[0:h, 0:w]
     full = np.stack([(xx * 255 // w), (yy * 255 // h), ((xx + yy) % 256)], axis=-1).astype(np.uint8)
     calls: list[tuple[int, int, int, int, int]] = []
-    from histoscale.slidewrite import _array_source  # reference pyramid for the callable
+    from histoscale.slide.write import _array_source  # reference pyramid for the callable
 
     ref = _array_source(full)
 

@@ -7,6 +7,10 @@
 
 from __future__ import annotations
 
+__version__ = "0.1.0"
+
+from histoscale.classify import ClassMap, classify_slide
+from histoscale.cohort import CohortSummary, read_manifest, read_results, run_cohort
 from histoscale.errors import (
     ConfigError,
     HistoscaleError,
@@ -15,43 +19,23 @@ from histoscale.errors import (
     ScaleSearchError,
     SlideError,
 )
-from histoscale.classify import ClassMap, classify_slide
-from histoscale.cohort import CohortSummary, read_manifest, read_results, run_cohort
-from histoscale.evaluate import LabelMap, ScaleAccuracy, evaluate_scales, load_labels
-from histoscale.report import write_search_report
+from histoscale.evaluate import ScaleAccuracy, evaluate_scales
+from histoscale.labels import LabelMap, load_labels
+from histoscale.models import ModelCard, Preprocessing, SplitModel, load_card, load_model, register_format, save_card
+from histoscale.patches import resample
+from histoscale.reports.search import write_search_report
 from histoscale.scoring import SCORERS, score_points
-from histoscale.search import MetadataCheck, ScaleResult, find_scale, make_grid
-from histoscale.slide import Resolution, Slide, TissueMask, open_slide, resample, slide_info, tissue_mask
-from histoscale.slidewrite import write_slide
-
-__version__ = "0.1.0"
-
-# The model layer imports torch (~2 s): load it on first use so `histoscale info` and slide I/O stay quick.
-_LAZY_FROM_MODELS = ("ModelCard", "Preprocessing", "SplitModel", "load_card", "load_model", "save_card")
-
-
-def __getattr__(name: str) -> object:
-    if name in _LAZY_FROM_MODELS:
-        from histoscale import models
-
-        return getattr(models, name)
-    raise AttributeError(f"module 'histoscale' has no attribute {name!r}")
-
+from histoscale.search import MetadataCheck, ScaleResult, SearchConfig, find_scale
+from histoscale.slide import Resolution, Slide, TissueMask, open_slide, slide_info, tissue_mask, write_slide
+from histoscale.units import parse_scales
 
 __all__ = [
     "__version__",
     "ClassMap",
     "CohortSummary",
-    "LabelMap",
-    "ScaleAccuracy",
-    "classify_slide",
-    "evaluate_scales",
-    "load_labels",
-    "read_manifest",
-    "read_results",
-    "run_cohort",
     "ConfigError",
     "HistoscaleError",
+    "LabelMap",
     "MetadataCheck",
     "MissingMppError",
     "ModelCard",
@@ -59,18 +43,27 @@ __all__ = [
     "Preprocessing",
     "Resolution",
     "SCORERS",
+    "ScaleAccuracy",
     "ScaleResult",
     "ScaleSearchError",
+    "SearchConfig",
     "Slide",
     "SlideError",
     "SplitModel",
     "TissueMask",
+    "classify_slide",
+    "evaluate_scales",
     "find_scale",
     "load_card",
+    "load_labels",
     "load_model",
-    "make_grid",
     "open_slide",
+    "parse_scales",
+    "read_manifest",
+    "read_results",
+    "register_format",
     "resample",
+    "run_cohort",
     "save_card",
     "score_points",
     "slide_info",

@@ -20,32 +20,25 @@ slide's size.
 
 from __future__ import annotations
 
-import argparse
-import io
-import json
 import logging
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from os import PathLike
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from histoscale._progress import progress_bar
 from histoscale.errors import ConfigError, MissingMppError
-from histoscale.slide import Slide, TissueMask, open_slide, resample, tissue_mask
+from histoscale.models import load_model
+from histoscale.patches import resample
+from histoscale.scoring import softmax
+from histoscale.slide import Slide, TissueMask, open_slide, tissue_mask
+from histoscale.units import check_upsampling, to_downsamples
 
-__all__ = [
-    "ClassMap",
-    "class_colours",
-    "classify_slide",
-    "classmap_geojson",
-    "register_cli",
-    "resolve_scale_from_search",
-    "write_classify_report",
-]
+__all__ = ["ClassMap", "class_colours", "classify_slide"]
 
 logger = logging.getLogger(__name__)
 
@@ -167,12 +160,6 @@ class ClassMap:
 # ----------------------------------------------------------------------------------------------------------
 # classification
 # ----------------------------------------------------------------------------------------------------------
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
 def _resolve_downsample(
     slide: Slide, model: Any, mpp: float | None, downsample: float | None
 ) -> tuple[float, float, Literal["um/px", "downsample"]]:
@@ -182,6 +169,8 @@ def _resolve_downsample(
     if downsample is not None:
         if not (math.isfinite(downsample) and downsample > 0):
             raise ConfigError(f"downsample must be a positive number of level-0 px per model px, got {downsample}")
+        ds = np.array([float(downsample)])
+        check_upsampling(ds, ds, "downsample", str(slide.path))
         return float(downsample), float(downsample), "downsample"
     if mpp is None:
         mpp = getattr(model, "mpp", None)
@@ -197,7 +186,9 @@ def _resolve_downsample(
             )
     if not (math.isfinite(mpp) and mpp > 0):
         raise ConfigError(f"mpp must be a positive number of um/px, got {mpp}")
-    return slide.downsample_for(float(mpp)), float(mpp), "um/px"
+    ds = to_downsamples(np.array([float(mpp)]), "um/px", slide.level0_mpp())
+    check_upsampling(ds, np.array([float(mpp)]), "um/px", str(slide.path))
+    return float(ds[0]), float(mpp), "um/px"
 
 
 def _active_windows(
@@ -284,8 +275,6 @@ def classify_slide(
     Raises:
         MissingMppError: absolute scale asked of a slide without um/px. ConfigError: bad arguments.
     """
-    from histoscale.models import load_model
-
     if not hasattr(model, "logits"):
         model = load_model(model)
     owns = not isinstance(slide, Slide)
@@ -302,8 +291,6 @@ def _classify(
     slide: Slide, model: Any, *, mpp: float | None, downsample: float | None, stride: int | None,
     mask: TissueMask | bool, batch: int | None, progress: bool,
 ) -> ClassMap:
-    from histoscale.search import progress_bar
-
     t0 = time.perf_counter()
     ds, scale, units = _resolve_downsample(slide, model, mpp, downsample)
     patch = int(model.input_size)
@@ -335,7 +322,7 @@ def _classify(
         if not pending:
             return
         t = time.perf_counter()
-        p_all = _softmax(model.logits(np.concatenate([patches for _, _, patches in pending])))
+        p_all = softmax(model.logits(np.concatenate([patches for _, _, patches in pending]))).astype(np.float32)
         start = 0
         for a, part, _ in pending:
             p = p_all[start : start + len(part)]
@@ -397,218 +384,3 @@ def _classify(
     )
 
 
-# ----------------------------------------------------------------------------------------------------------
-# outputs
-# ----------------------------------------------------------------------------------------------------------
-def _class_geometry(cmap: ClassMap, c: int) -> Any:
-    """The union of the cells of class ``c`` as a valid shapely (Multi)Polygon in level-0 px, clipped to the slide."""
-    import shapely
-    from shapely.validation import make_valid
-
-    m = cmap.class_index == c
-    if not m.any():
-        return None
-    # Runs of consecutive cells per row become rectangles; their union is exact (rectilinear).
-    padded = np.zeros((m.shape[0], m.shape[1] + 2), np.int8)
-    padded[:, 1:-1] = m
-    d = np.diff(padded, axis=1)
-    r_start, c_start = np.nonzero(d == 1)
-    r_end, c_end = np.nonzero(d == -1)  # row-major order pairs starts with ends
-    assert np.array_equal(r_start, r_end)
-    ox, oy = cmap.origin_xy
-    cell = cmap.cell_px
-    boxes = shapely.box(ox + c_start * cell, oy + r_start * cell, ox + c_end * cell, oy + (r_start + 1) * cell)
-    geom = shapely.union_all(boxes)
-    w, h = cmap.slide_size_wh
-    geom = shapely.simplify(geom.intersection(shapely.box(0, 0, w, h)), 0)
-    geom = make_valid(geom)
-    polys = [g for g in getattr(geom, "geoms", [geom]) if g.geom_type == "Polygon" and not g.is_empty]
-    if geom.geom_type == "GeometryCollection":
-        polys = [p for g in geom.geoms for p in getattr(g, "geoms", [g]) if p.geom_type == "Polygon"]
-    return shapely.MultiPolygon(polys) if polys else None
-
-
-def classmap_geojson(cmap: ClassMap) -> dict[str, Any]:
-    """A GeoJSON FeatureCollection, one MultiPolygon annotation per class in level-0 px, as QuPath imports."""
-    from shapely.geometry import mapping
-
-    features = []
-    for c, (name, colour) in enumerate(zip(cmap.class_names, class_colours(cmap.class_names))):
-        geom = _class_geometry(cmap, c)
-        if geom is None:
-            continue
-        features.append({
-            "type": "Feature",
-            "geometry": mapping(geom),
-            "properties": {
-                "objectType": "annotation",
-                "name": name,
-                "classification": {"name": name, "color": list(colour)},
-            },
-        })
-    return {"type": "FeatureCollection", "features": features}
-
-
-def _geojson_text(doc: dict[str, Any]) -> str:
-    from histoscale.report import json_safe
-
-    return json.dumps(json_safe(doc, digits=3))
-
-
-def probabilities_npz(cmap: ClassMap) -> bytes:
-    """``probabilities.npz``: one float32 (rows, cols) array per class (``prob_<name>``), the class index and
-    coverage grids, and the grid geometry (origin, cell size in level-0 px, scale, units, class names)."""
-    arrays: dict[str, np.ndarray] = {f"prob_{n}": cmap.probabilities[..., c] for c, n in enumerate(cmap.class_names)}
-    arrays.update(
-        class_index=cmap.class_index,
-        coverage=cmap.coverage,
-        class_names=np.array(cmap.class_names),
-        origin_xy_level0=np.array(cmap.origin_xy, np.float64),
-        cell_px_level0=np.float64(cmap.cell_px),
-        scale=np.float64(cmap.scale),
-        units=np.array(cmap.units),
-        downsample=np.float64(cmap.downsample),
-        slide_mpp=np.float64(np.nan if cmap.slide_mpp is None else cmap.slide_mpp),
-        slide_size_wh=np.array(cmap.slide_size_wh, np.int64),
-    )
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    return buf.getvalue()
-
-
-def plot_classmap(cmap: ClassMap, thumbnail: np.ndarray, downsample: float) -> bytes:
-    """The class map over the slide's thumbnail with a legend of class areas."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-
-    from histoscale.report import figure_png
-
-    colours = np.array(class_colours(cmap.class_names), np.float64) / 255
-    rgba = np.zeros((*cmap.shape, 4))
-    known = cmap.class_index >= 0
-    rgba[known, :3] = colours[cmap.class_index[known]]
-    rgba[known, 3] = 0.5
-    rows, cols = cmap.shape
-    x0, y0 = cmap.origin_xy
-    extent = (x0 / downsample, (x0 + cols * cmap.cell_px) / downsample,
-              (y0 + rows * cmap.cell_px) / downsample, y0 / downsample)
-    th, tw = thumbnail.shape[:2]
-    fig, ax = plt.subplots(figsize=(7, 7 * th / max(tw, 1) + 0.6))
-    ax.imshow(thumbnail)
-    ax.imshow(rgba, extent=extent, interpolation="nearest")
-    ax.set_xlim(0, tw)
-    ax.set_ylim(th, 0)
-    areas = cmap.class_areas()
-    handles = []
-    for c, name in enumerate(cmap.class_names):
-        a = areas[name]
-        label = f"{name}: {a['area_mm2']:.3g} mm$^2$" if a["area_mm2"] is not None else f"{name}: {a['fraction']:.1%}"
-        handles.append(Patch(facecolor=colours[c], label=label))
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
-    unit = "um/px" if cmap.units == "um/px" else "x downsample"
-    ax.set_title(f"{Path(cmap.slide).name}: {cmap.model} at {cmap.scale:.3g} {unit}", fontsize=9)
-    ax.set_axis_off()
-    return figure_png(fig)
-
-
-def write_classify_report(
-    cmap: ClassMap,
-    out_dir: str | PathLike[str],
-    *,
-    thumbnail: tuple[np.ndarray, float] | None = None,
-    arguments: dict[str, Any] | None = None,
-) -> dict[str, Path]:
-    """Write classmap.png (with ``thumbnail``), probabilities.npz, classes.geojson and, last, classify.json."""
-    from histoscale.report import atomic_write, write_document
-
-    out = Path(out_dir)
-    written = {
-        "probabilities.npz": atomic_write(out / "probabilities.npz", probabilities_npz(cmap)),
-        "classes.geojson": atomic_write(out / "classes.geojson", _geojson_text(classmap_geojson(cmap))),
-    }
-    if thumbnail is not None:
-        written["classmap.png"] = atomic_write(out / "classmap.png", plot_classmap(cmap, *thumbnail))
-    written["classify.json"] = write_document(out / "classify.json", cmap.summary(), arguments)
-    return written
-
-
-# ----------------------------------------------------------------------------------------------------------
-# CLI
-# ----------------------------------------------------------------------------------------------------------
-def resolve_scale_from_search(path: str | PathLike[str]) -> tuple[float, Literal["um/px", "downsample"], dict[str, Any]]:
-    """(chosen scale, units, document) from a ``histoscale search`` result.json (or the folder holding it)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "result.json"
-    fix = "run `histoscale search SLIDE --out DIR` and pass --from-search DIR/result.json"
-    if not p.is_file():
-        raise ConfigError(f"search result {p} does not exist: {fix}")
-    try:
-        doc = json.loads(p.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"search result {p} is not readable JSON ({err}): {fix}") from err
-    if not isinstance(doc, dict) or "chosen_scale" not in doc or "units" not in doc:
-        raise ConfigError(f"search result {p} has no 'chosen_scale' and 'units': it is not a result.json of "
-                          f"`histoscale search`; {fix}")
-    units = doc["units"]
-    try:
-        scale = float(doc["chosen_scale"])
-    except (TypeError, ValueError):
-        scale = float("nan")
-    if units not in ("um/px", "downsample") or not (math.isfinite(scale) and scale > 0):
-        raise ConfigError(f"search result {p}: chosen_scale {doc['chosen_scale']!r} {units!r} is not a positive "
-                          f"scale in um/px or downsample; {fix}")
-    return scale, units, doc
-
-
-def cmd_classify(args: argparse.Namespace) -> int:
-    from histoscale.cli import _load_model
-
-    mpp, downsample, slide_mpp = args.mpp, args.downsample, args.slide_mpp
-    if args.from_search is not None:
-        scale, units, doc = resolve_scale_from_search(args.from_search)
-        mpp, downsample = (scale, None) if units == "um/px" else (None, scale)
-        if doc.get("slide") and Path(str(doc["slide"])).name != Path(args.slide).name:
-            logger.warning("search result %s was made for %s, not %s", args.from_search, doc["slide"], args.slide)
-        searched_mpp = (doc.get("arguments") or {}).get("mpp") if isinstance(doc.get("arguments"), dict) else None
-        if slide_mpp is None and units == "um/px" and searched_mpp:
-            slide_mpp = float(searched_mpp)  # the search placed its um/px with this override: keep it
-            logger.info("using the slide um/px override %g the search ran with", slide_mpp)
-    model = _load_model(args)
-    with open_slide(args.slide, mpp=slide_mpp) as slide:
-        cmap = classify_slide(
-            slide, model, mpp=mpp, downsample=downsample, stride=args.stride, mask=not args.all_windows,
-            batch=args.batch, progress=__import__("sys").stderr.isatty(),
-        )
-        arguments = {k: v for k, v in vars(args).items() if k != "func"}
-        write_classify_report(cmap, args.out, thumbnail=slide.thumbnail(), arguments=arguments)
-    unit = "um/px" if cmap.units == "um/px" else "x downsample"
-    print(f"classified {cmap.windows} windows at {cmap.scale:.4g} {unit} ({cmap.shape[0]}x{cmap.shape[1]} grid)")
-    for name, a in cmap.class_areas().items():
-        area = f"{a['area_mm2']:.4g} mm^2" if a["area_mm2"] is not None else f"{a['area_px2']:.4g} px^2"
-        print(f"  {name:>8}: {area} ({a['fraction']:.1%})")
-    print(f"report written to {args.out}")
-    return 0
-
-
-def register_cli(sub: argparse._SubParsersAction) -> None:
-    """Add ``histoscale classify`` to the CLI."""
-    from histoscale.cli import _add_model_options, _positive_float
-
-    p = sub.add_parser("classify", help="sliding-window class map of a slide at one scale (GeoJSON, PNG, npz)")
-    p.add_argument("slide")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--mpp", type=_positive_float, default=None, help="apply the model at this um/px")
-    g.add_argument("--downsample", type=_positive_float, default=None, help="... or at this level-0 downsample")
-    g.add_argument("--from-search", default=None, metavar="RESULT_JSON",
-                   help="use the scale chosen by `histoscale search` (its result.json or --out folder)")
-    p.add_argument("--stride", type=int, default=None, help="window step in model px (default: half the patch)")
-    p.add_argument("--slide-mpp", type=_positive_float, default=None, help="override the slide's um/px")
-    p.add_argument("--all-windows", action="store_true", help="classify background too (no tissue mask)")
-    p.add_argument("--batch", type=int, default=None, help="windows per model call (default: the model's batch size)")
-    p.add_argument("--out", required=True, help="folder for classmap.png, probabilities.npz, classes.geojson, classify.json")
-    _add_model_options(p)
-    p.set_defaults(func=cmd_classify)

@@ -37,4 +37,12 @@ class ScaleSearchError(HistoscaleError):
 
 
 class ConfigError(HistoscaleError):
-    """Arguments are inconsistent or out of range."""
+    """Arguments are inconsistent or out of range.
+
+    ``keyword`` names the Python keyword at fault, when there is one: the command line rewrites it as its flag
+    (``points`` -> ``--points``), so each audience reads the name it typed.
+    """
+
+    def __init__(self, message: str, *, keyword: str | None = None) -> None:
+        super().__init__(message)
+        self.keyword = keyword

@@ -10,15 +10,53 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Protocol
 
+import cv2
 import numpy as np
 
-from histoscale.slide import Slide, resample
+from histoscale.errors import ConfigError
 
-__all__ = ["read_multiscale", "iter_multiscale"]
+__all__ = ["LevelReader", "iter_multiscale", "read_multiscale", "resample"]
 
 
-def read_multiscale(slide: Slide, center_xy: Sequence[float], downsamples: np.ndarray, out_px: int) -> np.ndarray:
+class LevelReader(Protocol):
+    """What patches need of a slide (:class:`histoscale.slide.Slide` is one): its pyramid and level reads."""
+
+    level_downsamples: tuple[float, ...]
+
+    def best_level(self, downsample: float) -> int: ...
+
+    def read_level(self, level: int, location_xy: tuple[float, float], size_wh: tuple[int, int]) -> np.ndarray: ...
+
+
+def resample(image: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
+    """Resize ``image`` to exactly ``size_wh = (width, height)`` with anti-aliasing.
+
+    The project's one resampler: area averaging (``cv2.INTER_AREA``) along axes that shrink, bilinear
+    (``cv2.INTER_LINEAR``) along axes that grow. uint8 in, uint8 out (other cv2 dtypes pass through).
+    Returns the input itself when it already has the requested size.
+    """
+    w, h = int(size_wh[0]), int(size_wh[1])
+    if w < 1 or h < 1:
+        raise ConfigError(f"resample size must be positive, got {(w, h)}")
+    ih, iw = image.shape[:2]
+    if (iw, ih) == (w, h):
+        return image
+    if (w <= iw) == (h <= ih):
+        interp = cv2.INTER_AREA if w <= iw else cv2.INTER_LINEAR
+        return cv2.resize(image, (w, h), interpolation=interp)
+    # one axis shrinks, the other grows: shrink first with area averaging, then grow bilinearly
+    if w < iw:
+        image = cv2.resize(image, (w, ih), interpolation=cv2.INTER_AREA)
+    else:
+        image = cv2.resize(image, (iw, h), interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+
+
+def read_multiscale(slide: LevelReader, center_xy: Sequence[float], downsamples: np.ndarray, out_px: int) -> np.ndarray:
     """Patches (N, out_px, out_px, 3) uint8 centred on ``center_xy`` (level-0 px).
 
     ``downsamples`` (N,) are level-0 px per output px: patch i spans ``out_px * downsamples[i]`` level-0 px.
@@ -42,7 +80,7 @@ def read_multiscale(slide: Slide, center_xy: Sequence[float], downsamples: np.nd
 
 
 def iter_multiscale(
-    slide: Slide, centers: np.ndarray, downsamples: np.ndarray, out_px: int, *, prefetch: int = 4
+    slide: LevelReader, centers: np.ndarray, downsamples: np.ndarray, out_px: int, *, prefetch: int = 4
 ) -> Iterator[np.ndarray]:
     """Yield ``read_multiscale`` for each centre in order, reading up to ``prefetch`` points ahead."""
     if prefetch <= 0:

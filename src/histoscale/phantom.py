@@ -31,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from histoscale.atomic import atomic_path
+from histoscale._files import atomic_path
 from histoscale.errors import ConfigError
+from histoscale.slide.write import write_slide
 
 __all__ = [
     "CLASS_NAMES",
@@ -634,7 +635,7 @@ def write_phantom(
     Each pyramid level is rendered directly at its own um/px and written streaming by
     :func:`histoscale.slidewrite.write_slide`.
     """
-    from histoscale.slidewrite import write_slide
+
 
     if fmt not in ("svs", "tiff", "bare"):
         raise ConfigError(f"phantom format must be 'svs', 'tiff' or 'bare', got {fmt!r}")

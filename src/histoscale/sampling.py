@@ -7,16 +7,24 @@ search stop early on a prefix of them without biasing the sample.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
 from histoscale.errors import ConfigError, ScaleSearchError
-from histoscale.slide import Slide, TissueMask, tissue_mask
 
-__all__ = ["SamplingMode", "sample_points"]
+__all__ = ["SAMPLING_MODES", "SamplingMode", "sample_points"]
 
 SamplingMode = Literal["tissue", "uniform"]
+SAMPLING_MODES: tuple[str, ...] = ("tissue", "uniform")
+
+
+class Mask(Protocol):
+    """A coarse boolean mask: ``mask[j, i]`` covers level-0 px ``[i*d, (i+1)*d) x [j*d, (j+1)*d)``, d =
+    ``downsample`` (:class:`histoscale.slide.TissueMask` is one)."""
+
+    mask: np.ndarray
+    downsample: float
 
 
 def _inside(xy: np.ndarray, size_wh: tuple[int, int], margin: float) -> np.ndarray:
@@ -25,15 +33,19 @@ def _inside(xy: np.ndarray, size_wh: tuple[int, int], margin: float) -> np.ndarr
 
 
 def sample_points(
-    slide: Slide,
+    size_wh: tuple[int, int],
     n: int,
     *,
     seed: int = 0,
     mode: SamplingMode = "tissue",
     margin_px: float = 0.0,
-    mask: TissueMask | None = None,
+    mask: Mask | None = None,
+    where: str = "the slide",
 ) -> np.ndarray:
-    """Draw ``n`` points, (n, 2) float64 level-0 (x, y).
+    """Draw ``n`` points, (n, 2) float64 level-0 (x, y), on a slide of ``size_wh`` level-0 px.
+
+    ``tissue`` mode draws from ``mask`` (required), ``uniform`` over the whole slide; ``where`` names the slide
+    in messages.
 
     ``margin_px`` (level-0 px) keeps points that far from the border when the slide allows it, so that the widest
     patch sees tissue rather than padding; when no candidate is that far inside, the margin is dropped and
@@ -42,18 +54,19 @@ def sample_points(
     if n < 1:
         raise ConfigError(f"the number of points must be at least 1 (got {n})")
     rng = np.random.default_rng(seed)
-    w, h = slide.dimensions
+    w, h = size_wh
     if mode == "uniform":
         lo = np.array([min(margin_px, w / 2), min(margin_px, h / 2)])
         hi = np.array([w, h]) - lo
         return lo + rng.random((n, 2)) * (hi - lo)
     if mode != "tissue":
         raise ConfigError(f"unknown sampling mode {mode!r}: use 'tissue' or 'uniform'")
-    mask = mask if mask is not None else tissue_mask(slide)
+    if mask is None:
+        raise ConfigError("tissue sampling needs the slide's tissue mask (mask=histoscale.tissue_mask(slide))")
     rows, cols = np.nonzero(mask.mask)
     if len(rows) == 0:
         raise ScaleSearchError(
-            f"no tissue found in {slide.path}: the slide looks empty at thumbnail resolution; "
+            f"no tissue found in {where}: the slide looks empty at thumbnail resolution; "
             "check the file, or sample the whole slide with --sampling uniform"
         )
     # Jitter inside each mask pixel: the mask is coarse, the points should not sit on its grid.

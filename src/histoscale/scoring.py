@@ -26,7 +26,7 @@ import numpy as np
 
 from histoscale.errors import ConfigError
 
-__all__ = ["SCORERS", "Scorer", "CurveScores", "score_points", "hyperplane_distances"]
+__all__ = ["SCORERS", "Scorer", "CurveScores", "score_points", "hyperplane_distances", "softmax"]
 
 Scorer = Literal["paper", "distance", "margin", "softmax", "entropy", "activation"]
 SCORERS: tuple[str, ...] = ("paper", "distance", "margin", "softmax", "entropy", "activation")
@@ -53,7 +53,8 @@ def hyperplane_distances(features: np.ndarray, W: np.ndarray, b: np.ndarray | No
     return logits / np.where(norms > 0, norms, 1.0)
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax along the last axis (class scores -> probabilities), shifted for stability."""
     shifted = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(shifted)
     return e / e.sum(axis=-1, keepdims=True)
@@ -89,7 +90,7 @@ def score_points(features: np.ndarray, W: np.ndarray, b: np.ndarray, scorer: str
         top2 = np.sort(matrix, axis=-1)[..., -2:]
         return CurveScores(matrix, top2[..., 1] - top2[..., 0])
     if scorer in ("softmax", "entropy"):
-        probs = _softmax(features @ W + b)
+        probs = softmax(features @ W + b)
         if scorer == "softmax":
             return CurveScores(probs, probs.max(axis=-1))
         return CurveScores(probs, (probs * np.log(np.clip(probs, 1e-12, None))).sum(axis=-1))

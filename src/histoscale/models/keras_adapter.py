@@ -17,15 +17,17 @@ from typing import Any
 import numpy as np
 
 from histoscale.errors import ModelError
-from histoscale.models import (
+from histoscale.models.contract import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Preprocessing,
     SplitModel,
-    _check_split,
-    _class_names,
-    _probe,
+    check_split,
+    default_batch_size,
+    probe_batch,
+    resolve_class_names,
 )
+from histoscale.models.registry import LoadRequest, ModelFormat, register_format
 
 __all__ = ["KerasSplitModel", "load_keras"]
 
@@ -70,9 +72,9 @@ def load_keras(
     *,
     where: str,
     name: str,
-    device: Any,
+    device: str | None,
     precision: str,
-    batch_size: int,
+    batch_size: int | None,
     class_names: Sequence[str] | None,
     mpp: float | None,
     input_size: int | None,
@@ -133,18 +135,36 @@ def load_keras(
         name=name,
         W=kernel,
         b=b,
-        class_names=_class_names(class_names, kernel.shape[1], where),
+        class_names=resolve_class_names(class_names, kernel.shape[1], where),
         preprocessing=Preprocessing(int(input_size), tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD)),  # type: ignore[arg-type]
         mpp=mpp,
-        device=str(device),
+        device=str(device or "cpu"),
         precision="fp32",
-        batch_size=batch_size,
+        batch_size=batch_size or default_batch_size(str(device or "cpu")),
         source=where,
     )
-    probe = _probe(split.input_size)
+    probe = probe_batch(split.input_size)
     try:
         feats, out = split._features_chunk(probe), split._forward_chunk(probe)
     except Exception as err:
         raise ModelError(f"{where}: model {name!r} failed on a probe batch of {split.input_size} px: {err}") from err
-    _check_split(name, where, feats, kernel, b, out)
+    check_split(name, where, feats, kernel, b, out)
     return split
+
+
+def _claims(request: LoadRequest) -> bool:
+    return (
+        request.fmt == "keras" or request.suffix in (".keras", ".h5")
+        or type(request.spec).__module__.startswith("keras")
+    )
+
+
+def _load(request: LoadRequest) -> KerasSplitModel:
+    return load_keras(
+        request.spec, where=request.where, name=request.name, device=request.device, precision=request.precision,
+        batch_size=request.batch_size, class_names=request.class_names, mpp=request.mpp,
+        input_size=request.input_size, mean=request.mean, std=request.std,
+    )
+
+
+register_format(ModelFormat("keras", _claims, _load))

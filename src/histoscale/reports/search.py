@@ -1,127 +1,25 @@
-"""Reports of a scale search: result.json, points.csv and the three figures, written atomically.
-
-Every file lands through a temporary file in the same folder and ``os.replace``: a crash or a full disk leaves
-the previous file (or none), never half of one.
-"""
+"""Reports of a scale search: result.json, points.csv and the three figures, written atomically."""
 
 from __future__ import annotations
 
 import csv
 import io
-import json
-import math
 import os
-import platform
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from histoscale.atomic import atomic_path
-from histoscale.errors import HistoscaleError
+from histoscale._files import atomic_write
+from histoscale.reports._figures import figure_png, log_axis
+from histoscale.reports._provenance import write_document
 from histoscale.search import ScaleResult
 
-__all__ = [
-    "atomic_write", "check_writable", "figure_png", "json_safe", "machine", "versions", "write_document",
-    "write_search_report",
-]
-
-
-def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` all-or-nothing; errors name the file and the likely fix."""
-    path = Path(path)
-    payload = data.encode() if isinstance(data, str) else data
-    try:
-        with atomic_path(path) as tmp, os.fdopen(os.open(tmp, os.O_WRONLY | os.O_TRUNC), "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except OSError as err:
-        raise HistoscaleError(
-            f"cannot write {path}: {err.strerror or err}; choose a writable --out folder with free space"
-        ) from err
-    return path
-
-
-def check_writable(out_dir: str | os.PathLike[str]) -> Path:
-    """Create ``out_dir`` if needed and prove a file can be written there, before any long computation.
-
-    Raises HistoscaleError naming the folder (e.g. a path under a regular file, a read-only or full disk).
-    """
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=".histoscale-write-test.", suffix=".tmp")
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as err:
-        raise HistoscaleError(
-            f"cannot write to the output folder {out}: {err.strerror or err}; choose a writable --out folder"
-        ) from err
-    return out
-
-
-def versions() -> dict[str, str]:
-    """Versions of what produced a result, for reproducibility."""
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for name in ("histoscale", "numpy", "torch", "onnxruntime", "openslide-python", "openslide-bin", "tiffslide"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            continue
-    return out
-
-
-def machine() -> str:
-    """CPU model and core count, for benchmark and result provenance."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
-
-
-def json_safe(value: Any, *, digits: int | None = None) -> Any:
-    """``value`` with every float made valid JSON (NaN and infinities become null), rounded to ``digits``."""
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return None
-        return round(value, digits) if digits is not None else value
-    if isinstance(value, dict):
-        return {k: json_safe(v, digits=digits) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v, digits=digits) for v in value]
-    return value
-
-
-def figure_png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return buf.getvalue()
+__all__ = ["plot_curves", "plot_overview", "plot_votes", "points_csv", "write_search_report"]
 
 
 _SCORE_LABELS = {"paper": "projection x.w/||w|| (bias ignored)", "softmax": "probability", "entropy": "probability"}
-
-
-def _log_axis(ax: Any, scales: np.ndarray) -> None:
-    """Log axis ticked at the grid's own values: the reader sees the candidate scales, not powers of ten."""
-    from matplotlib.ticker import NullLocator
-
-    ax.set_xscale("log")
-    ax.xaxis.set_minor_locator(NullLocator())
-    step = max(1, len(scales) // 5)
-    ax.set_xticks(scales[::step], [f"{s:.3g}" for s in scales[::step]], fontsize=7)
 
 
 def _unit_label(result: ScaleResult) -> str:
@@ -149,7 +47,7 @@ def plot_curves(result: ScaleResult, *, max_points: int = 5) -> bytes:
         for c, name in enumerate(result.class_names):
             ax.plot(result.scales, result.class_scores[i, :, c], marker="o", ms=3, label=name)
         ax.axvline(result.scales[result.point_answers.best_index[i]], color="k", ls=":", lw=1)
-        _log_axis(ax, result.scales)
+        log_axis(ax, result.scales)
         ax.set_title(f"point {i}: {result.class_names[classes[i]]}, {result.point_answers.shape[i]}", fontsize=9)
         ax.set_xlabel(_unit_label(result), fontsize=8)
     axes[0][0].set_ylabel(_SCORE_LABELS.get(result.scorer, "signed distance (x.w+b)/||w||"), fontsize=8)
@@ -243,7 +141,3 @@ def write_search_report(
     return written
 
 
-def write_document(path: str | os.PathLike[str], document: dict[str, Any], arguments: Mapping[str, Any] | None) -> Path:
-    """Write a JSON result atomically with the arguments and versions that produced it (NaN written as null)."""
-    document = {**document, "arguments": dict(arguments or {}), "versions": versions()}
-    return atomic_write(path, json.dumps(json_safe(document), indent=2, default=str))

@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 import tifffile
 
-from histoscale.atomic import atomic_path
+from histoscale._files import atomic_path
 from histoscale.errors import ConfigError
 
 __all__ = ["write_slide", "default_downsamples", "RegionSource"]

@@ -16,15 +16,17 @@ from typing import Any
 import numpy as np
 
 from histoscale.errors import ModelError
-from histoscale.models import (
+from histoscale.models.contract import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Preprocessing,
     SplitModel,
-    _check_split,
-    _class_names,
-    _probe,
+    check_split,
+    default_batch_size,
+    probe_batch,
+    resolve_class_names,
 )
+from histoscale.models.registry import LoadRequest, ModelFormat, register_format
 
 __all__ = ["OnnxSplitModel", "load_onnx"]
 
@@ -203,9 +205,9 @@ def load_onnx(
     *,
     where: str,
     name: str,
-    device: Any,
+    device: str | None,
     precision: str,
-    batch_size: int,
+    batch_size: int | None,
     class_names: Sequence[str] | None,
     mpp: float | None,
     input_size: int | None,
@@ -251,7 +253,8 @@ def load_onnx(
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # ORT warns about the extra outputs otherwise
     providers = ["CPUExecutionProvider"]
-    if str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+    wants_gpu = device is None or str(device).startswith("cuda")
+    if wants_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
     try:
         session = ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
@@ -273,15 +276,15 @@ def load_onnx(
         name=name,
         W=W,
         b=b,
-        class_names=_class_names(class_names, W.shape[1], where),
+        class_names=resolve_class_names(class_names, W.shape[1], where),
         preprocessing=pre,
         mpp=mpp,
         device="cuda" if providers[0].startswith("CUDA") else "cpu",
         precision="fp32",
-        batch_size=batch_size,
+        batch_size=batch_size or default_batch_size("cuda" if providers[0].startswith("CUDA") else "cpu"),
         source=where,
     )
-    probe = _probe(pre.input_size)
+    probe = probe_batch(pre.input_size)
     try:
         feats, out = split._run_session(probe)
     except Exception as err:
@@ -289,9 +292,24 @@ def load_onnx(
             f"{where}: model {name!r} failed on a probe batch of {pre.input_size} x {pre.input_size} px: {err}; set "
             "input_size to the size the model was trained at"
         ) from err
-    _check_split(name, where, feats, W, b, out)
+    check_split(name, where, feats, W, b, out)
     logger.info("loaded ONNX %r from %s: M=%d, C=%d, %s", name, where, W.shape[0], W.shape[1], providers[0])
     return split
+
+
+def _claims(request: LoadRequest) -> bool:
+    return request.fmt == "onnx" or request.suffix == ".onnx" or type(request.spec).__name__ == "ModelProto"
+
+
+def _load(request: LoadRequest) -> OnnxSplitModel:
+    return load_onnx(
+        request.spec, where=request.where, name=request.name, device=request.device, precision=request.precision,
+        batch_size=request.batch_size, class_names=request.class_names, mpp=request.mpp,
+        input_size=request.input_size, mean=request.mean, std=request.std,
+    )
+
+
+register_format(ModelFormat("onnx", _claims, _load))
 
 
 def export_onnx(module: Any, path: str | os.PathLike[str], input_size: int) -> Path:

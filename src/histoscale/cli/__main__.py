@@ -1,0 +1,5 @@
+import sys
+
+from histoscale.cli import main
+
+sys.exit(main())

@@ -1,0 +1,95 @@
+"""Options shared by the commands, and the one mapping from parsed arguments to library objects."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+from histoscale.aggregate import AGGREGATIONS
+from histoscale.errors import ConfigError
+from histoscale.models import SplitModel, load_model
+from histoscale.sampling import SAMPLING_MODES
+from histoscale.scoring import SCORERS
+from histoscale.search import DEFAULT_AGGREGATION, DEFAULT_SCORER, SearchConfig
+
+__all__ = [
+    "add_model_options", "add_search_options", "add_slide_mpp_option", "model_from", "model_options_from",
+    "positive_float",
+    "search_config_from", "size",
+]
+
+
+def size(text: str) -> tuple[int, int]:
+    """``"16000x12000"`` (or ``"16000"``) -> (width, height) px."""
+    try:
+        w, _, h = text.lower().partition("x")
+        return int(w), int(h or w)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 16000x16000, got {text!r}") from None
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def add_slide_mpp_option(p: argparse.ArgumentParser) -> None:
+    """``--slide-mpp``: the slide's level-0 um/px, overriding its metadata (``--mpp``: its old, hidden name)."""
+    p.add_argument("--slide-mpp", type=positive_float, default=None, help="override the slide's um/px")
+    p.add_argument("--mpp", dest="slide_mpp", type=positive_float, help=argparse.SUPPRESS)
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="model card JSON, TorchScript, ONNX, .keras (default: bundled reference)")
+    p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled torch checkpoints (runs code!)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda when available)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+
+
+def add_search_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--points", type=int, default=100, help="number of points P (default 100)")
+    p.add_argument("--scales", default=None, help="'paper', or comma-separated ascending scales (um/px or downsample)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scorer", choices=SCORERS, default=DEFAULT_SCORER)
+    p.add_argument("--aggregation", choices=AGGREGATIONS, default=DEFAULT_AGGREGATION,
+                   help="pooled: argmax of the mean standardised curve (default); vote: the paper's majority vote")
+    p.add_argument("--sampling", choices=SAMPLING_MODES, default="tissue")
+    p.add_argument("--relative", action="store_true", help="search in downsample units even if the slide has um/px")
+    p.add_argument("--no-early-stop", dest="early_stop", action="store_false")
+    p.add_argument("--no-widen", dest="widen", action="store_false")
+
+
+_SEARCH_FLAGS = ("points", "scales", "seed", "scorer", "aggregation", "sampling", "relative", "early_stop", "widen")
+
+
+def search_config_from(args: argparse.Namespace) -> SearchConfig:
+    """The :class:`SearchConfig` the search options describe (the only place that maps them); an invalid value
+    is reported under its flag."""
+    try:
+        return SearchConfig(**{k: getattr(args, k) for k in _SEARCH_FLAGS})
+    except ConfigError as err:
+        if err.keyword is None:
+            raise
+        raise ConfigError(f"--{err.keyword.replace('_', '-')}: {err}") from None
+
+
+def model_options_from(args: argparse.Namespace) -> dict[str, Any]:
+    """Keywords of :func:`histoscale.load_model` the model options set (defaults left out)."""
+    options: dict[str, Any] = {"device": args.device}
+    if args.allow_pickle:
+        options["allow_pickle"] = True
+    if args.precision != "auto":
+        options["precision"] = args.precision
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def model_from(args: argparse.Namespace) -> SplitModel:
+    """Load the model the model options name."""
+    return load_model(args.model, **model_options_from(args))

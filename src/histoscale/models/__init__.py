@@ -1,0 +1,26 @@
+"""Any trained patch classifier, split into features Phi and its final linear layer (W, b).
+
+:func:`load_model` returns a :class:`SplitModel` for PyTorch modules (timm-style or arbitrary), TorchScript
+files, state dicts with a factory and pickled checkpoints (opt-in) (:mod:`~histoscale.models.torch_adapter`),
+ONNX files (:mod:`~histoscale.models.onnx_adapter`) and Keras 3 files (:mod:`~histoscale.models.keras_adapter`),
+described by an optional model card JSON. Frameworks are imported only by their adapter, when used.
+"""
+
+from histoscale.models.card import CARD_FORMATS, ModelCard, load_card, save_card
+from histoscale.models.contract import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, SplitModel
+from histoscale.models.registry import LoadRequest, ModelFormat, load_model, register_format
+
+__all__ = [
+    "CARD_FORMATS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "LoadRequest",
+    "ModelCard",
+    "ModelFormat",
+    "Preprocessing",
+    "SplitModel",
+    "load_card",
+    "load_model",
+    "register_format",
+    "save_card",
+]

@@ -1,0 +1,95 @@
+"""Model cards: a JSON file beside the weights saying what file holds the model, how to build it and how it
+expects its input (input size, mean/std, class names, training um/px)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from histoscale._files import atomic_path
+from histoscale.errors import ModelError
+
+__all__ = ["CARD_FORMATS", "ModelCard", "load_card", "save_card"]
+
+CARD_FORMATS = ("torch-state-dict", "torchscript", "onnx", "keras", "torch-pickle")
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A model card: what file holds the model, how to build it and how it expects its input.
+
+    ``file`` is relative to the card's folder (``path``). ``mpp`` is the resolution in um/px the model was trained
+    at, if known. ``extra`` keeps unknown keys so that :func:`save_card` round-trips them.
+    """
+
+    format: str
+    file: str
+    factory: str | None = None
+    factory_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    input_size: int | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    class_names: tuple[str, ...] | None = None
+    mpp: float | None = None
+    head: str | None = None
+    name: str | None = None
+    path: Path | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def resolve_file(self) -> Path:
+        """Absolute path of the model file (relative paths are taken from the card's folder)."""
+        file = Path(self.file).expanduser()
+        if not file.is_absolute() and self.path is not None:
+            file = Path(self.path).parent / file
+        return file
+
+
+def load_card(path: str | os.PathLike[str]) -> ModelCard:
+    """Read and validate a model card JSON file (keys: see :class:`ModelCard`)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise ModelError(f"model card {path} does not exist") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelError(f"model card {path} is not readable JSON: {err}; fix or re-save the card") from err
+    if not isinstance(data, dict):
+        raise ModelError(f"model card {path} must hold a JSON object, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(ModelCard)} - {"path", "extra"}
+    missing = [k for k in ("format", "file") if k not in data]
+    if missing:
+        raise ModelError(f"model card {path} lacks {missing}; add 'format' (one of {CARD_FORMATS}) and 'file'")
+    if data["format"] not in CARD_FORMATS:
+        raise ModelError(f"model card {path}: format {data['format']!r} is unknown; use one of {CARD_FORMATS}")
+    kwargs = {k: v for k, v in data.items() if k in known}
+    for key in ("mean", "std", "class_names"):
+        if kwargs.get(key) is not None:
+            kwargs[key] = tuple(kwargs[key])
+    if kwargs.get("mpp") is not None and not float(kwargs["mpp"]) > 0:
+        raise ModelError(f"model card {path}: mpp must be > 0 um/px, got {kwargs['mpp']}")
+    if not isinstance(kwargs.get("factory_kwargs", {}), dict):
+        raise ModelError(f"model card {path}: factory_kwargs must be a JSON object")
+    extra = {k: v for k, v in data.items() if k not in known}
+    return ModelCard(**kwargs, path=path, extra=extra)
+
+
+def save_card(card: ModelCard, path: str | os.PathLike[str]) -> Path:
+    """Write ``card`` as JSON to ``path`` (atomically); ``file`` is stored as given, relative to the card."""
+    path = Path(path)
+    data: dict[str, Any] = {}
+    for f in dataclasses.fields(ModelCard):
+        value = getattr(card, f.name)
+        if f.name in ("path", "extra") or value is None or (f.name == "factory_kwargs" and not value):
+            continue
+        data[f.name] = (
+            list(value) if isinstance(value, tuple) else (dict(value) if isinstance(value, Mapping) else value)
+        )
+    data.update(card.extra)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,223 @@
+"""The model contract: a classifier split into features Phi and its final linear layer (W, b).
+
+The scale search needs, for a classifier, the feature vector entering its final linear layer and that layer's
+weights: ``logits = features(batch) @ W + b`` (Penkin et al. 2023, Sec. 3: the distances to the hyperplanes
+``W``). Patches enter as uint8 RGB, NHWC, (N, S, S, 3) with S == ``input_size``; features leave as float32
+(N, M). This module imports no framework: adapters (torch, ONNX, Keras) subclass :class:`SplitModel` and
+verify their split with :func:`check_split`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from histoscale.errors import ConfigError, ModelError
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Preprocessing",
+    "SplitModel",
+    "check_split",
+    "default_batch_size",
+    "probe_batch",
+    "resolve_class_names",
+]
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How uint8 RGB patches become model input: ``(x / 255 - mean) / std`` at ``input_size`` x ``input_size`` px.
+
+    ``mean`` and ``std`` are per RGB channel for 0..1-scaled values, as in timm's pretrained config.
+    """
+
+    input_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if int(self.input_size) <= 0:
+            raise ConfigError(f"input_size must be a positive number of pixels, got {self.input_size}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ConfigError(f"mean and std need 3 values (R, G, B), got mean={self.mean}, std={self.std}")
+        if any(float(s) <= 0 for s in self.std):
+            raise ConfigError(f"std values must be > 0, got {self.std}")
+        object.__setattr__(self, "input_size", int(self.input_size))
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+    def scale_offset(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel ``scale``, ``offset`` (float32, (3,)) such that input = uint8 * scale - offset."""
+        std = np.asarray(self.std, np.float32)
+        return (1.0 / (255.0 * std)).astype(np.float32), (np.asarray(self.mean, np.float32) / std).astype(np.float32)
+
+
+def check_split(name: str, where: str, phi: np.ndarray, W: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """Raise ModelError unless probe features reproduce the model's own probe output through (W, b)."""
+    if out.ndim != 2:
+        raise ModelError(f"{where}: model {name!r} returns shape {tuple(out.shape)}, expected (N, C) class scores")
+    if phi.ndim != 2:
+        raise ModelError(
+            f"{where}: the input of the final linear layer of {name!r} has shape {tuple(phi.shape)}, not a flat "
+            "(N, M) feature vector; histoscale needs a classifier whose head is one linear layer on pooled features"
+        )
+    if phi.shape[1] != W.shape[0] or out.shape[1] != W.shape[1]:
+        raise ModelError(
+            f"{where}: final linear layer of {name!r} maps {W.shape[0]} -> {W.shape[1]} but got features "
+            f"{tuple(phi.shape)} and output {tuple(out.shape)}"
+        )
+    if not (np.isfinite(phi).all() and np.isfinite(out).all()):
+        raise ModelError(
+            f"{where}: model {name!r} produced NaN/inf features or logits on a probe batch; check the weights "
+            "(a diverged or corrupt checkpoint)"
+        )
+    recon = phi.astype(np.float64) @ W.astype(np.float64) + b
+    diff = float(np.max(np.abs(recon - out))) if out.size else 0.0
+    if not diff <= 1e-3 * (1.0 + float(np.max(np.abs(out)))):
+        raise ModelError(
+            f"{where}: features @ W + b differs from the output of {name!r} by up to {diff:.3g}: something follows "
+            "the final linear layer (softmax, an activation, scaling); export or wrap the model so it returns the "
+            "raw logits of its last linear layer, or name the head with head=..."
+        )
+
+
+def default_batch_size(device: str) -> int:
+    """Patches per forward pass when none is given: 16 on CPUs (larger batches fall out of cache and run
+    slower: DenseNet121 18 patches/s at 8, 10 at 64, measured), 64 on accelerators."""
+    return 16 if str(device).split(":")[0] == "cpu" else 64
+
+
+def probe_batch(size: int) -> np.ndarray:
+    """Two random uint8 patches (2, size, size, 3), seed 0: the batch adapters verify their split on."""
+    return np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+
+
+def resolve_class_names(class_names: Sequence[str] | None, n: int, where: str) -> tuple[str, ...]:
+    if class_names is None:
+        return tuple(f"class{i}" for i in range(n))
+    if len(class_names) != n:
+        raise ModelError(
+            f"{where}: {len(class_names)} class names given ({list(class_names)}) but the final layer has {n} outputs; "
+            f"fix class_names in the card or the arguments to list {n} names"
+        )
+    return tuple(str(c) for c in class_names)
+
+
+class SplitModel(ABC):
+    """A classifier split into features ``Phi`` (N, M) and its final linear layer ``W`` (M, C), ``b`` (C,).
+
+    Subclasses implement :meth:`_features_chunk` and :meth:`_forward_chunk` on one chunk of at most
+    ``batch_size`` uint8 patches; this base validates input, chunks, and checks the numbers are finite.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        W: np.ndarray,
+        b: np.ndarray,
+        class_names: Sequence[str],
+        preprocessing: Preprocessing,
+        mpp: float | None,
+        device: str,
+        precision: Literal["fp32", "bf16"],
+        batch_size: int,
+        source: str,
+    ) -> None:
+        self.name = name
+        self.W = np.ascontiguousarray(W, dtype=np.float32)
+        self.b = np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
+        self.class_names = tuple(str(c) for c in class_names)
+        self.preprocessing = preprocessing
+        self.mpp = None if mpp is None else float(mpp)
+        self.device = device
+        self.precision = precision
+        if int(batch_size) < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.source = source  # the file (or object) the model came from, for messages
+        if self.b.shape[0] != self.W.shape[1] or len(self.class_names) != self.W.shape[1]:
+            raise ModelError(
+                f"{source}: {len(self.class_names)} class names and bias of {self.b.shape[0]} for a final layer with "
+                f"{self.W.shape[1]} outputs; give exactly {self.W.shape[1]} class names"
+            )
+
+    @property
+    def input_size(self) -> int:
+        """Patch side in px the model expects."""
+        return self.preprocessing.input_size
+
+    @property
+    def num_features(self) -> int:
+        """M, the length of the feature vector."""
+        return int(self.W.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        """C, the number of classes."""
+        return int(self.W.shape[1])
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, M={self.num_features}, C={self.num_classes}, "
+            f"input_size={self.input_size}, mpp={self.mpp}, device={self.device!r}, precision={self.precision!r})"
+        )
+
+    @abstractmethod
+    def _features_chunk(self, chunk: np.ndarray) -> np.ndarray:
+        """uint8 (n, S, S, 3) -> float32 (n, M)."""
+
+    @abstractmethod
+    def _forward_chunk(self, chunk: np.ndarray) -> np.ndarray:
+        """uint8 (n, S, S, 3) -> float32 (n, C), the model's own output."""
+
+    def _check_batch(self, batch: np.ndarray) -> np.ndarray:
+        if not isinstance(batch, np.ndarray) or batch.dtype != np.uint8:
+            raise ConfigError(
+                f"patches must be a uint8 numpy array, got {type(batch).__name__} {getattr(batch, 'dtype', '')}"
+            )
+        s = self.input_size
+        if batch.ndim != 4 or batch.shape[1:] != (s, s, 3):
+            raise ConfigError(f"patches must have shape (N, {s}, {s}, 3) for model {self.name!r}, got {batch.shape}")
+        return batch
+
+    def _run(self, batch: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], width: int, what: str) -> np.ndarray:
+        batch = self._check_batch(batch)
+        out = np.empty((batch.shape[0], width), np.float32)
+        for start in range(0, batch.shape[0], self.batch_size):
+            part = fn(np.ascontiguousarray(batch[start : start + self.batch_size]))
+            bad = ~np.isfinite(part).all(axis=1)
+            if bad.any():
+                raise ModelError(
+                    f"model {self.name!r} ({self.source}) produced NaN/inf {what} for {int(bad.sum())} of {len(part)} "
+                    f"patches (batch starting at patch {start}); check the weights (a diverged or corrupt checkpoint)"
+                    + (" or use precision='fp32'" if self.precision == "bf16" else "")
+                )
+            out[start : start + len(part)] = part
+        return out
+
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        """Phi: uint8 RGB patches (N, S, S, 3) -> float32 features (N, M) entering the final linear layer."""
+        return self._run(batch, self._features_chunk, self.num_features, "features")
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """``features(batch) @ W + b``: float32 (N, C) class scores computed from the split."""
+        out = self.features(batch) @ self.W + self.b
+        if not np.isfinite(out).all():
+            raise ModelError(
+                f"model {self.name!r} ({self.source}) produced NaN/inf logits; check its final layer weights"
+            )
+        return out
+
+    def forward_logits(self, batch: np.ndarray) -> np.ndarray:
+        """The model's own output (N, C) for uint8 patches, to verify the split against :meth:`logits`."""
+        return self._run(batch, self._forward_chunk, self.num_classes, "logits")

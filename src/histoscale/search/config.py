@@ -1,0 +1,96 @@
+"""One search configuration: what the CLI builds, what :func:`find_scale` takes, what a cohort ships to its
+workers and records in its settings file."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from histoscale.aggregate import AGGREGATIONS
+from histoscale.errors import ConfigError
+from histoscale.sampling import SAMPLING_MODES, SamplingMode
+from histoscale.scoring import SCORERS
+from histoscale.units import parse_scales
+
+__all__ = ["DEFAULT_AGGREGATION", "DEFAULT_SCORER", "SearchConfig"]
+
+DEFAULT_SCORER = "margin"
+DEFAULT_AGGREGATION = "pooled"
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How to search; every field is checked on construction (:class:`~histoscale.errors.ConfigError`).
+
+    Attributes:
+        points: P, the number of points sampled (>= 1).
+        scales: None (9 scales of ratio 2^(1/4) around the model's training um/px, or downsample 1),
+            ``"paper"``, or ascending scales as a comma-separated string or a tuple (um/px, or downsample with
+            ``relative`` or on a slide without um/px).
+        seed: seed of the point sampling and the bootstrap.
+        scorer: one of :data:`histoscale.scoring.SCORERS` (default: the bias-aware class margin).
+        aggregation: ``"pooled"`` (argmax of the mean standardised curve) or ``"vote"`` (the paper's).
+        sampling: ``"tissue"`` (points on the tissue mask) or ``"uniform"`` (the paper's).
+        relative: search in level-0 downsample units even when the slide declares its um/px.
+        early_stop: stop sampling once the answer is settled.
+        widen: extend the grid when the curves keep rising towards one of its edges.
+        max_widen_steps: at most this many scales added by widening.
+        batch_points: points per model call (and per early-stop check).
+        prefetch: points read ahead of the model by reader threads (0: none).
+    """
+
+    points: int = 100
+    scales: str | tuple[float, ...] | None = None
+    seed: int = 0
+    scorer: str = DEFAULT_SCORER
+    aggregation: str = DEFAULT_AGGREGATION
+    sampling: SamplingMode = "tissue"
+    relative: bool = False
+    early_stop: bool = True
+    widen: bool = True
+    max_widen_steps: int = 8
+    batch_points: int = 8
+    prefetch: int = 4
+
+    def __post_init__(self) -> None:
+        if isinstance(self.scales, (list, tuple)) or hasattr(self.scales, "tolist"):
+            object.__setattr__(self, "scales", tuple(float(v) for v in self.scales))  # type: ignore[union-attr]
+        for name in ("points", "batch_points"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)})", keyword=name)
+        for name in ("max_widen_steps", "prefetch"):
+            if int(getattr(self, name)) < 0:
+                raise ConfigError(f"{name} must be >= 0 (got {getattr(self, name)})", keyword=name)
+        if self.scorer not in SCORERS:
+            raise ConfigError(f"unknown scorer {self.scorer!r}: choose one of {', '.join(SCORERS)}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ConfigError(f"unknown aggregation {self.aggregation!r}: choose one of {', '.join(AGGREGATIONS)}")
+        if self.sampling not in SAMPLING_MODES:
+            raise ConfigError(f"unknown sampling {self.sampling!r}: choose one of {', '.join(SAMPLING_MODES)}")
+        if self.scales is not None:
+            try:
+                parse_scales(self.scales, units="downsample" if self.relative else "um/px", min_count=2)
+            except ConfigError as err:
+                raise ConfigError(str(err), keyword="scales") from None
+
+    def replace(self, **changes: Any) -> SearchConfig:
+        """A copy with ``changes`` applied (and checked)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able fields (scales as a list)."""
+        out = dataclasses.asdict(self)
+        if isinstance(self.scales, tuple):
+            out["scales"] = list(self.scales)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SearchConfig:
+        """The inverse of :meth:`to_dict`; unknown keys are refused with their names."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown search settings {unknown}: known are {sorted(known)}")
+        return cls(**dict(data))

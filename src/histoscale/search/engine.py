@@ -1,0 +1,278 @@
+"""The scale search (Penkin et al. 2023, Algorithm 1), made fast, robust and honest.
+
+For P points, N concentric patches per point are resampled to the model's input size; the model's features are
+scored per scale (:mod:`histoscale.scoring`); the points' curves give the slide's answer (:mod:`histoscale.aggregate`)
+with a continuous estimate and a bootstrap interval. Beyond the paper: the grid widens when the curves keep
+rising towards its edge, sampling stops once the answer is settled, and the answer is checked against the
+slide's declared resolution.
+
+The engine is a short loop over named steps: :func:`_plan` (units, grid, points), then per block of points
+``_Run.add_block`` (read + features), ``_Run.consensus``, ``_Run.try_widen``, and finally ``_Run.settle``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from os import PathLike
+from typing import Any
+
+import numpy as np
+
+from histoscale._compat import renamed
+from histoscale._progress import progress_bar
+from histoscale.aggregate import PointAnswers, Vote, analyse_curves, is_settled, vote
+from histoscale.errors import MissingMppError, ScaleSearchError
+from histoscale.models import SplitModel, load_model
+from histoscale.patches import iter_multiscale, read_multiscale
+from histoscale.sampling import sample_points
+from histoscale.scoring import score_points
+from histoscale.search._widen import edge_direction, widen_grid
+from histoscale.search.config import SearchConfig
+from histoscale.search.result import ScaleResult, metadata_check
+from histoscale.slide import Slide, open_slide, tissue_mask
+from histoscale.units import Units, check_upsampling, grid_around, parse_scales, to_downsamples
+
+__all__ = ["find_scale"]
+
+logger = logging.getLogger(__name__)
+
+
+def find_scale(
+    slide: Slide | str | PathLike[str],
+    model: Any = None,
+    config: SearchConfig | None = None,
+    *,
+    slide_mpp: float | None = None,
+    progress: bool = False,
+    mpp: float | None = None,
+    **settings: Any,
+) -> ScaleResult:
+    """Find the scale at which ``model`` should see ``slide``.
+
+    Args:
+        slide: an open :class:`~histoscale.slide.Slide` or a path (opened with ``slide_mpp`` as its um/px).
+        model: a loaded :class:`~histoscale.models.SplitModel`, anything :func:`~histoscale.models.load_model`
+            accepts, or None for the bundled reference model.
+        config: a :class:`SearchConfig`; ``settings`` (its field names as keywords, e.g. ``points=50``) are
+            applied on top of it (or of the defaults).
+        slide_mpp: level-0 um/px overriding what a slide path declares (``mpp`` is its deprecated name).
+        progress: show a rich progress bar.
+
+    Units: um/px when the slide's resolution is known and ``relative`` is False; otherwise level-0 downsample
+    (explicit ``scales`` on a slide without resolution need ``relative=True``: they are never silently reread).
+
+    Raises:
+        ConfigError: invalid settings. MissingMppError: um/px scales on a slide without resolution.
+        ScaleSearchError: scales the slide cannot serve, or no informative point.
+    """
+    slide_mpp = renamed("find_scale", "mpp", "slide_mpp", mpp, slide_mpp)
+    config = (config or SearchConfig()).replace(**settings) if settings else (config or SearchConfig())
+    if not hasattr(model, "features"):
+        model = load_model(model)
+    owns_slide = not isinstance(slide, Slide)
+    the_slide = open_slide(slide, slide_mpp=slide_mpp) if owns_slide else slide
+    try:
+        run = _Run(the_slide, model, config, _plan(the_slide, model, config))
+        return run.execute(progress)
+    finally:
+        if owns_slide:
+            the_slide.close()
+
+
+@dataclass
+class _Plan:
+    units: Units
+    grid: np.ndarray
+    level0_mpp: float | None  # converts um/px scales to level-0 downsamples (None in relative units)
+    xy: np.ndarray  # (points, 2) level-0 px, in draw order
+
+    def downsamples(self, scales: np.ndarray) -> np.ndarray:
+        return to_downsamples(scales, self.units, self.level0_mpp)
+
+
+def _plan(slide: Slide, model: SplitModel, config: SearchConfig) -> _Plan:
+    """Units, the candidate grid (checked against what the slide can serve) and the sampled points."""
+    units: Units = "um/px" if (slide.mpp is not None and not config.relative) else "downsample"
+    scales = config.scales
+    if units == "downsample" and not config.relative and scales is not None and scales != "paper":
+        # Explicit numbers are um/px unless the caller said otherwise: reading them as downsamples would be
+        # a silent wrong answer.
+        raise MissingMppError(
+            f"{slide.path} has no um/px metadata, so the scales {scales!r} cannot be read as um/px: give the "
+            "slide's resolution (--slide-mpp / slide_mpp=...), or search in downsample units "
+            "(--relative / relative=True)"
+        )
+    model_mpp = getattr(model, "mpp", None)
+    center = (model_mpp or 0.5) if units == "um/px" else 1.0
+    grid = grid_around(center) if scales is None else parse_scales(scales, units=units, min_count=2)
+    level0_mpp = slide.level0_mpp() if units == "um/px" else None
+    ds = to_downsamples(grid, units, level0_mpp)
+    check_upsampling(ds, grid, units, f"{slide.path} (level 0 at {slide.mpp or 1:.3g} {'um/px' if level0_mpp else 'px'})")
+    w, h = slide.dimensions
+    widest = int(model.input_size) * ds[-1]
+    if widest > max(w, h):
+        raise ScaleSearchError(
+            f"{slide.path} is {w}x{h} px, smaller than the widest field of view ({widest:.0f} level-0 px at "
+            f"{grid[-1]:.3g} {units}): choose finer scales (--scales) or a larger slide"
+        )
+    mask = tissue_mask(slide) if config.sampling == "tissue" else None
+    xy = sample_points(
+        (w, h), config.points, seed=config.seed, mode=config.sampling, margin_px=widest / 2, mask=mask,
+        where=str(slide.path),
+    )
+    return _Plan(units, grid, level0_mpp, xy)
+
+
+@dataclass
+class _Run:
+    """The state of one search: features of the points so far over the current grid, and what happened."""
+
+    slide: Slide
+    model: SplitModel
+    config: SearchConfig
+    plan: _Plan
+    features: list[np.ndarray] = field(default_factory=list)  # blocks of (p, N, M)
+    used: int = 0
+    widenings: list[str] = field(default_factory=list)
+    widened: int = 0  # direction of the widenings so far: +1 coarser, -1 finer
+    stopped_early: bool = False
+    timings: dict[str, float] = field(default_factory=lambda: {"read_and_model_s": 0.0, "widen_s": 0.0})
+
+    @property
+    def grid(self) -> np.ndarray:
+        return self.plan.grid
+
+    def _patches(self, start: int) -> Any:
+        return iter_multiscale(
+            self.slide, self.plan.xy[start:], self.plan.downsamples(self.grid), int(self.model.input_size),
+            prefetch=self.config.prefetch,
+        )
+
+    def _features_of(self, patches: np.ndarray) -> np.ndarray:
+        """(p, N, S, S, 3) uint8 patches -> (p, N, M) features."""
+        p, n = patches.shape[:2]
+        return self.model.features(patches.reshape(p * n, *patches.shape[2:])).reshape(p, n, -1)
+
+    def execute(self, progress: bool) -> ScaleResult:
+        config, points = self.config, self.config.points
+        t0 = time.perf_counter()
+        with progress_bar(progress) as bar:
+            task = bar.add_task("scale search", total=points) if bar is not None else None
+            patches = self._patches(0)
+            try:
+                while self.used < points:
+                    self.add_block(patches)
+                    if bar is not None:
+                        bar.update(task, completed=self.used)
+                    answers, interim = self.consensus(n_boot=100)
+                    if config.widen and self.used >= min(points, 2 * config.batch_points) and self.try_widen(
+                        interim.winner, answers
+                    ):
+                        patches.close()
+                        patches = self._patches(self.used)
+                        continue
+                    remaining = points - self.used
+                    if config.early_stop and is_settled(
+                        interim, config.aggregation, remaining, min_points=4 * config.batch_points
+                    ):
+                        self.stopped_early = remaining > 0
+                        break
+            finally:
+                patches.close()
+        self.timings["read_and_model_s"] = time.perf_counter() - t0 - self.timings["widen_s"]
+        return self.settle()
+
+    def add_block(self, patches: Any) -> None:
+        """Read and run the model on the next block of points."""
+        n = min(self.config.batch_points, self.config.points - self.used)
+        self.features.append(self._features_of(np.stack([next(patches) for _ in range(n)])))
+        self.used += n
+
+    def consensus(self, n_boot: int | None = None, curves: np.ndarray | None = None) -> tuple[PointAnswers, Vote]:
+        """The slide's answer from the points so far (``curves``: their scores, when already computed)."""
+        if curves is None:
+            curves = score_points(np.concatenate(self.features), self.model.W, self.model.b, self.config.scorer).curve
+        log2_grid = np.log2(self.grid)
+        answers = analyse_curves(curves, log2_grid)
+        kwargs = {} if n_boot is None else {"n_boot": n_boot}
+        return answers, vote(
+            answers, log2_grid, curves=curves, method=self.config.aggregation, seed=self.config.seed, **kwargs
+        )
+
+    def try_widen(self, winner: int, answers: PointAnswers) -> bool:
+        """Extend the grid beyond the edge the curves rise towards, re-reading the points used so far at the
+        new scales only; True when the grid changed."""
+        direction = edge_direction(winner, len(self.grid), answers)
+        if self.widened and direction == -self.widened:
+            return False  # never turn back: the first widening already said where the answer lies
+        new = widen_grid(
+            self.grid, direction, self.plan.downsamples, int(self.model.input_size), self.slide.dimensions,
+            len(self.widenings), self.config.max_widen_steps,
+        )
+        if new is None:
+            return False
+        t1 = time.perf_counter()
+        self.widenings.append(f"{'coarser' if direction > 0 else 'finer'}: +{len(new)} scales after {self.used} points")
+        logger.info("widening the grid %s", self.widenings[-1])
+        out_px = int(self.model.input_size)
+        extra = np.stack([
+            read_multiscale(self.slide, c, self.plan.downsamples(new), out_px) for c in self.plan.xy[: self.used]
+        ])
+        extra_feats = self._features_of(extra)
+        old = np.concatenate(self.features)
+        pair = [extra_feats, old] if direction < 0 else [old, extra_feats]
+        self.features = [np.concatenate(pair, axis=1)]
+        self.plan.grid = np.concatenate([new, self.grid] if direction < 0 else [self.grid, new])
+        self.widened = direction
+        self.timings["widen_s"] += time.perf_counter() - t1
+        return True
+
+    def settle(self) -> ScaleResult:
+        """The final answer from every point used, with the full bootstrap and the metadata check."""
+        scored = score_points(np.concatenate(self.features), self.model.W, self.model.b, self.config.scorer)
+        answers, result_vote = self.consensus(curves=scored.curve)
+        units, grid = self.plan.units, self.grid
+        if result_vote.winner < 0:
+            raise ScaleSearchError(
+                f"no informative point in {self.slide.path}: every curve was flat over {grid.round(3).tolist()} "
+                f"{units} (background or blank tissue?); sample more points or check the tissue mask"
+            )
+        chosen = float(grid[result_vote.winner])
+        interval = (2.0 ** result_vote.log2_interval[0], 2.0 ** result_vote.log2_interval[1])
+        estimate = 2.0**result_vote.log2_estimate
+        res = self.slide.resolution
+        check = metadata_check(
+            res.mpp if res is not None else None, res.source if res is not None else None, units,
+            getattr(self.model, "mpp", None), chosen, estimate, interval,
+        )
+        config = self.config
+        return ScaleResult(
+            slide=str(self.slide.path),
+            model=str(getattr(self.model, "name", type(self.model).__name__)),
+            units=units,
+            scorer=config.scorer,
+            aggregation=config.aggregation,
+            sampling=config.sampling,
+            seed=config.seed,
+            scales=grid,
+            chosen_index=result_vote.winner,
+            chosen_scale=chosen,
+            estimate=estimate,
+            interval=interval,
+            confidence=result_vote.confidence,
+            votes=result_vote.counts,
+            points_requested=config.points,
+            points_used=self.used,
+            points_informative=result_vote.n_informative,
+            stopped_early=self.stopped_early,
+            widenings=tuple(self.widenings),
+            check=check,
+            class_names=tuple(self.model.class_names),
+            points_xy=self.plan.xy[: self.used],
+            curves=scored.curve,
+            class_scores=scored.matrix,
+            point_answers=answers,
+            timings=self.timings,
+        )

@@ -1,0 +1,156 @@
+"""What a search found: the answer, its uncertainty, the per-point evidence, and the metadata check."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from histoscale._files import json_safe
+from histoscale.aggregate import PointAnswers
+from histoscale.units import Units, steps_between
+
+__all__ = ["MetadataCheck", "ScaleResult", "metadata_check"]
+
+
+@dataclass(frozen=True)
+class MetadataCheck:
+    """The content-based estimate against the slide's declared resolution.
+
+    ``implied_mpp`` is the slide's level-0 um/px implied by the answer (the vote's grid scale) and the model's
+    training um/px; ``implied_estimate`` is the same from the continuous estimate, and ``implied_interval`` its
+    bootstrap 95% interval; ``disagreement_steps`` is log2(implied / declared) in grid steps; ``status`` is ``OK`` (within one step),
+    ``MISMATCH``, ``MISSING-METADATA`` (no declared um/px: the implied one is the only one) or
+    ``UNKNOWN-MODEL-MPP`` (the model's training um/px is unknown: nothing to compare).
+    """
+
+    status: str
+    declared_mpp: float | None
+    declared_source: str | None
+    model_mpp: float | None
+    implied_mpp: float | None
+    implied_estimate: float | None
+    implied_interval: tuple[float, float] | None
+    disagreement_steps: float | None
+
+
+@dataclass(frozen=True)
+class ScaleResult:
+    """Everything the search found; ``to_dict()`` / ``to_json()`` serialise it."""
+
+    slide: str
+    model: str
+    units: Units
+    scorer: str
+    aggregation: str
+    sampling: str
+    seed: int
+    scales: np.ndarray
+    chosen_index: int
+    chosen_scale: float
+    estimate: float
+    interval: tuple[float, float]
+    confidence: float
+    votes: np.ndarray
+    points_requested: int
+    points_used: int
+    points_informative: int
+    stopped_early: bool
+    widenings: tuple[str, ...]
+    check: MetadataCheck
+    class_names: tuple[str, ...]
+    points_xy: np.ndarray = field(repr=False)
+    curves: np.ndarray = field(repr=False)
+    class_scores: np.ndarray = field(repr=False)
+    point_answers: PointAnswers = field(repr=False)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def point_classes(self) -> np.ndarray:
+        """Per point, the class whose score is highest at the point's chosen scale."""
+        rows = np.arange(len(self.curves))
+        return self.class_scores[rows, self.point_answers.best_index].argmax(axis=1)
+
+    def summary(self) -> str:
+        unit = "um/px" if self.units == "um/px" else "x downsample"
+        lo, hi = self.interval
+        text = (
+            f"apply at {self.chosen_scale:.3g} {unit} (continuous {self.estimate:.3g}, 95% CI {lo:.3g}-{hi:.3g}); "
+            f"{self.points_informative}/{self.points_used} informative points, confidence {self.confidence:.0%}"
+        )
+        c = self.check
+        if c.implied_mpp is not None:
+            lo_mpp, hi_mpp = c.implied_interval or (math.nan, math.nan)
+            text += f"; slide um/px implied {c.implied_mpp:.3g} (continuous {c.implied_estimate:.3g}, {lo_mpp:.3g}-{hi_mpp:.3g})"
+            if c.declared_mpp is not None:
+                text += f" vs declared {c.declared_mpp:.3g} ({c.disagreement_steps:+.1f} steps)"
+        return text + f" -> {c.status}"
+
+    def to_dict(self, *, per_point: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "slide": self.slide,
+            "model": self.model,
+            "units": self.units,
+            "scorer": self.scorer,
+            "aggregation": self.aggregation,
+            "sampling": self.sampling,
+            "seed": self.seed,
+            "scales": self.scales.tolist(),
+            "chosen_index": self.chosen_index,
+            "chosen_scale": self.chosen_scale,
+            "estimate": self.estimate,
+            "interval": list(self.interval),
+            "confidence": self.confidence,
+            "votes": self.votes.tolist(),
+            "points_requested": self.points_requested,
+            "points_used": self.points_used,
+            "points_informative": self.points_informative,
+            "stopped_early": self.stopped_early,
+            "widenings": list(self.widenings),
+            "check": asdict(self.check),
+            "class_names": list(self.class_names),
+            "timings_s": self.timings,
+        }
+        if per_point:
+            out["points"] = {
+                "xy_level0": self.points_xy.round(1).tolist(),
+                "curves": self.curves.tolist(),
+                "best_index": self.point_answers.best_index.tolist(),
+                "shape": self.point_answers.shape.tolist(),
+                "estimate": (2.0 ** self.point_answers.log2_estimate).tolist(),
+                "informative": self.point_answers.informative.tolist(),
+                "class": self.point_classes.tolist(),
+            }
+        return out
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(json_safe(self.to_dict(**kwargs)), indent=2)
+
+
+def metadata_check(
+    declared: float | None, source: str | None, units: Units, model_mpp: float | None, chosen: float,
+    estimate: float, interval: tuple[float, float],
+) -> MetadataCheck:
+    """Compare the answer (``chosen`` grid scale, continuous ``estimate`` and its ``interval``, in ``units``)
+    with the ``declared`` level-0 um/px (None: the slide declares none) through the model's training um/px."""
+    if model_mpp is None:
+        return MetadataCheck("UNKNOWN-MODEL-MPP", declared, source, None, None, None, None, None)
+
+    def implied(scale: float) -> float:
+        # The model saw one of its px where the search applied it: `scale` um/px, or `scale` level-0 px.
+        return model_mpp / (scale / declared if units == "um/px" else scale)
+
+    # A coarser scale implies a finer slide: the interval's ends swap.
+    implied_interval = (implied(interval[1]), implied(interval[0]))
+    if declared is None:
+        return MetadataCheck(
+            "MISSING-METADATA", None, None, model_mpp, implied(chosen), implied(estimate), implied_interval, None
+        )
+    steps = steps_between(implied(chosen), declared)
+    status = "OK" if abs(steps) <= 1.0 else "MISMATCH"
+    return MetadataCheck(
+        status, declared, source, model_mpp, implied(chosen), implied(estimate), implied_interval, steps
+    )

@@ -1,0 +1,213 @@
+"""The open slide: pyramid geometry, resolution, white-padded reads at physical scale, thumbnails."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Union
+
+import numpy as np
+
+from histoscale.errors import ConfigError, MissingMppError, SlideError
+from histoscale.patches import resample
+from histoscale.slide._backends import Backend
+from histoscale.slide.resolution import Resolution, as_positive
+
+__all__ = ["Slide"]
+
+_LEVEL_MATCH_RTOL = 1e-3
+_STRIP_BYTES = 64 * 2**20  # bounded memory when reading whole levels (thumbnails)
+
+
+class Slide:
+    """An open slide: pyramid geometry, resolution, and white-padded reads. Use as a context manager."""
+
+    def __init__(self, path: Path, impl: Backend, resolution: Resolution | None) -> None:
+        self.path = path
+        self._impl: Backend | None = impl
+        self.backend: str = impl.name
+        self.level_dimensions: tuple[tuple[int, int], ...] = impl.level_dimensions
+        self.level_downsamples: tuple[float, ...] = impl.level_downsamples
+        self.dimensions: tuple[int, int] = self.level_dimensions[0]
+        self.level_count: int = len(self.level_dimensions)
+        self.resolution = resolution
+        self.objective_power: float | None = impl.objective_power
+        self.vendor: str | None = impl.vendor
+        self.properties: Mapping[str, str] = MappingProxyType(dict(impl.properties))
+
+    # -- lifecycle
+    def close(self) -> None:
+        """Release the backend (idempotent)."""
+        if self._impl is not None:
+            self._impl.close()
+            self._impl = None
+
+    def __enter__(self) -> "Slide":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"Slide({str(self.path)!r}, backend={self.backend!r}, dimensions={self.dimensions}, "
+            f"levels={self.level_count}, mpp={self.mpp})"
+        )
+
+    # -- resolution
+    @property
+    def mpp(self) -> float | None:
+        """Level-0 um/px (geometric mean of x and y), or None when the slide declares none."""
+        return self.resolution.mpp if self.resolution is not None else None
+
+    def level0_mpp(self) -> float:
+        """The one um/px that converts physical scales on this slide (both axes), for :mod:`histoscale.units`.
+
+        Raises:
+            MissingMppError: the slide has no resolution (and none was passed to :func:`open_slide`).
+            SlideError: the slide declares anisotropic pixels (x and y um/px differ by more than
+                ``ANISOTROPY_TOLERANCE``) and no override was given: one number cannot convert both axes.
+        """
+        res = self.resolution
+        if res is None:
+            raise MissingMppError(
+                f"slide {self.path} has no um/px metadata: give it (CLI: --slide-mpp; Python: slide_mpp=...) "
+                "or use relative downsample units (--relative; Python: relative=True)"
+            )
+        if res.is_anisotropic and res.source != "override":
+            raise SlideError(
+                f"slide {self.path} declares contradictory pixel sizes: {res.mpp_x:.4g} um/px along x but "
+                f"{res.mpp_y:.4g} um/px along y ({res.source}); absolute units would be wrong along one axis. "
+                "Give the true resolution (CLI: --slide-mpp; Python: slide_mpp=...) "
+                "or use relative downsample units (--relative; Python: relative=True)"
+            )
+        return res.mpp
+
+    def downsample_for(self, mpp: float) -> float:
+        """Level-0 pixels per output pixel for an output resolution of ``mpp`` um/px (see :meth:`level0_mpp`)."""
+        if as_positive(mpp) is None:
+            raise ConfigError(f"mpp must be a positive number of um/px, got {mpp!r}")
+        return float(mpp) / self.level0_mpp()
+
+    def best_level(self, downsample: float) -> int:
+        """Index of the coarsest level that is still at least as fine as ``downsample`` (level-0 px per
+        output px), with a 1e-3 relative tolerance so a level reported as 3.9999 serves 4."""
+        best, best_ds = 0, self.level_downsamples[0]
+        for i, d in enumerate(self.level_downsamples):
+            if d <= downsample * (1.0 + _LEVEL_MATCH_RTOL) and d > best_ds:
+                best, best_ds = i, d
+        return best
+
+    # -- pixels
+    def _backend(self) -> Backend:
+        if self._impl is None:
+            raise SlideError(f"slide {self.path} is closed")
+        return self._impl
+
+    def _check_level(self, level: int) -> None:
+        if not 0 <= int(level) < self.level_count:
+            raise ConfigError(f"level {level} out of range for {self.path} ({self.level_count} levels)")
+
+    def _read_level_px(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """(h, w, 3) uint8 box at integer pixels of ``level``; white outside the level."""
+        impl = self._backend()
+        out = np.full((h, w, 3), 255, np.uint8)
+        lw, lh = self.level_dimensions[level]
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, lw), min(y + h, lh)
+        if x1 <= x0 or y1 <= y0:
+            return out
+        try:
+            box = impl.read_px(level, x0, y0, x1 - x0, y1 - y0)
+        except Exception as err:
+            raise SlideError(
+                f"failed to read slide {self.path} at level {level}, box x={x0} y={y0} w={x1 - x0} h={y1 - y0} "
+                f"(level px): {type(err).__name__}: {err}"
+            ) from err
+        out[y0 - y : y1 - y, x0 - x : x1 - x] = box
+        return out
+
+    def read_level(self, level: int, location_xy: tuple[float, float], size_wh: tuple[int, int]) -> np.ndarray:
+        """Raw pixels of one level as (h, w, 3) uint8, white outside the slide.
+
+        ``location_xy`` is the top-left in level-0 px (OpenSlide's rule); it is snapped to the nearest
+        whole pixel of ``level`` (OpenSlide would otherwise interpolate a sub-pixel shift, slower and
+        blurred). ``size_wh`` is in pixels of ``level``.
+        """
+        self._check_level(level)
+        w, h = int(size_wh[0]), int(size_wh[1])
+        if w < 0 or h < 0:
+            raise ConfigError(f"read size must be non-negative, got {(w, h)}")
+        ds = self.level_downsamples[level]
+        return self._read_level_px(level, round(location_xy[0] / ds), round(location_xy[1] / ds), w, h)
+
+    def read_region_at(
+        self,
+        center_xy: tuple[float, float],
+        size_px: Union[int, tuple[int, int]],
+        *,
+        mpp: float | None = None,
+        downsample: float | None = None,
+    ) -> np.ndarray:
+        """Field of view centred on ``center_xy`` (level-0 px, continuous) as (h, w, 3) uint8.
+
+        Exactly one of ``mpp`` (um/px of the output) or ``downsample`` (level-0 px per output px).
+        The output is exactly ``size_px`` = (w, h) (or w = h = int) pixels and covers
+        ``w*downsample x h*downsample`` level-0 px. The box is read from :meth:`best_level` (the
+        level just finer than asked) on whole level pixels, then resampled with :func:`resample`.
+
+        Precision: each edge of the field of view is within 0.5 px of the chosen level (hence at most
+        0.5 output px, less when the level is finer than the output) of its exact position; on
+        OpenSlide levels with a non-integer downsample add < 0.5/downsample level px.
+        """
+        if (mpp is None) == (downsample is None):
+            raise ConfigError("read_region_at needs exactly one of mpp= (um/px) or downsample=")
+        if isinstance(size_px, (int, np.integer)):
+            ow = oh = int(size_px)
+        else:
+            ow, oh = int(size_px[0]), int(size_px[1])
+        if ow < 1 or oh < 1:
+            raise ConfigError(f"region size must be positive, got {(ow, oh)}")
+        d = self.downsample_for(mpp) if mpp is not None else as_positive(downsample)
+        if d is None:
+            raise ConfigError(f"downsample must be a positive number, got {downsample!r}")
+        level = self.best_level(d)
+        ds = self.level_downsamples[level]
+        cx, cy = float(center_xy[0]), float(center_xy[1])
+        # field of view in continuous level coordinates
+        fx0, fx1 = (cx - ow * d / 2) / ds, (cx + ow * d / 2) / ds
+        fy0, fy1 = (cy - oh * d / 2) / ds, (cy + oh * d / 2) / ds
+        bx0, by0 = math.floor(fx0 + 0.5), math.floor(fy0 + 0.5)
+        bw, bh = max(1, math.floor(fx1 + 0.5) - bx0), max(1, math.floor(fy1 + 0.5) - by0)
+        box = self._read_level_px(level, bx0, by0, bw, bh)
+        return resample(box, (ow, oh))
+
+    def thumbnail(self, max_side: int = 1024) -> tuple[np.ndarray, float]:
+        """RGB thumbnail whose longer side is ``max_side`` (never enlarged) and its downsample
+        (level-0 px per thumbnail px, exact along the longer side). Read from the coarsest adequate
+        level in horizontal strips (bounded memory), then resampled.
+
+        A pyramid level between ``max_side / 2`` and ``max_side`` is returned as it is (a smaller
+        thumbnail): the next finer level would cost 16x the pixels for a picture barely sharper."""
+        if max_side < 1:
+            raise ConfigError(f"max_side must be positive, got {max_side}")
+        w0, h0 = self.dimensions
+        scale = max(1.0, max(w0, h0) / max_side)
+        for lw, lh in reversed(self.level_dimensions):
+            if max(lw, lh) >= max_side / 2:
+                scale = max(scale, max(w0, h0) / max(lw, lh))
+                break
+        tw, th = max(1, round(w0 / scale)), max(1, round(h0 / scale))
+        level = self.best_level(scale)
+        lw, lh = self.level_dimensions[level]
+        out = np.empty((th, tw, 3), np.uint8)
+        level_rows = max(1, _STRIP_BYTES // (4 * lw))
+        out_rows = max(1, int(level_rows * th / lh))
+        for r0 in range(0, th, out_rows):
+            r1 = min(th, r0 + out_rows)
+            y0, y1 = round(r0 * lh / th), round(r1 * lh / th)
+            block = self._read_level_px(level, 0, y0, lw, max(1, y1 - y0))
+            out[r0:r1] = resample(block, (tw, r1 - r0))
+        return out, scale
+
