@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from histoscale.models.architectures import DenseNet121, SmallCNN
 from histoscale.models import SplitModel, load_model
-from histoscale.models.torch_adapter import bf16_supported
-from histoscale.models.onnx_adapter import export_onnx
+from histoscale.models.architectures import DenseNet121, SmallCNN
+from histoscale.models.torch_adapter import bf16_supported, export_onnx
 
 
 def rate(model: SplitModel, batch: int, seconds: float) -> float:

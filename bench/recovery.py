@@ -38,8 +38,8 @@ Writes bench/results/recovery.json and bench/results/recovery.md.
 from __future__ import annotations
 
 import argparse
-import inspect
 import datetime as _dt
+import inspect
 import json
 import math
 import os
@@ -54,14 +54,14 @@ import numpy as np
 from histoscale.aggregate import AGGREGATIONS, analyse_curves, is_settled, vote
 from histoscale.models import load_model
 from histoscale.models.torch_adapter import bf16_supported
+from histoscale.patches import resample
 from histoscale.phantom import write_phantom
+from histoscale.reports import machine
 from histoscale.scoring import SCORERS, score_points
 from histoscale.search import DEFAULT_AGGREGATION, DEFAULT_SCORER, find_scale
-from histoscale.units import STEPS_PER_OCTAVE
-from histoscale.reports import machine
-from histoscale.patches import resample
 from histoscale.slide import open_slide
 from histoscale.slide.write import write_slide
+from histoscale.units import STEPS_PER_OCTAVE
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

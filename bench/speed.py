@@ -163,8 +163,8 @@ def e2e(name: str, slide_path: Path, model: Any, naive_model: Any | None, points
 def speed_rows(args: argparse.Namespace, device: str, naive: bool) -> list[dict[str, Any]]:
     import torch
 
-    from histoscale.models.architectures import DenseNet121
     from histoscale.models import load_model
+    from histoscale.models.architectures import DenseNet121
 
     slide_path, _ = phantom_svs(args.workdir, SMALL_SIDE)
     rows = []

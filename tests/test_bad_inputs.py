@@ -27,15 +27,15 @@ from PIL import Image
 from torch import nn
 
 from conftest import SYNTH_MPP
+from histoscale._files import atomic_write
 from histoscale.cli import main
 from histoscale.errors import ConfigError, HistoscaleError, MissingMppError, ModelError, ScaleSearchError, SlideError
 from histoscale.models import load_model
 from histoscale.patches import read_multiscale
-from histoscale._files import atomic_write
 from histoscale.reports import write_search_report
 from histoscale.search import find_scale
-from histoscale.units import parse_scales
 from histoscale.slide import open_slide
+from histoscale.units import parse_scales
 
 CLASSES = ["tumour", "stroma", "background"]
 FAST = dict(points=8, seed=0, prefetch=0, early_stop=False)

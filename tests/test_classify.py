@@ -11,10 +11,10 @@ import pytest
 
 from histoscale import classify as classify_mod
 from histoscale.classify import ClassMap, classify_slide
-from histoscale.reports.classify import classmap_geojson, read_search_scale, write_classify_report
 from histoscale.cli import main
 from histoscale.errors import ConfigError, MissingMppError
 from histoscale.phantom import CLASS_NAMES, classes_at, write_phantom
+from histoscale.reports.classify import classmap_geojson, read_search_scale, write_classify_report
 from histoscale.slide import open_slide
 
 PHANTOM_MPP = 0.25

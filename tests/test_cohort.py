@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 
 from _faults import die_on_crashme
-
 from histoscale.cohort import COLUMNS, read_manifest, read_results, run_cohort
 from histoscale.errors import ConfigError
 from histoscale.search import SearchConfig

@@ -14,9 +14,9 @@ from histoscale.cli import main
 from histoscale.errors import ConfigError, MissingMppError
 from histoscale.evaluate import evaluate_scales
 from histoscale.labels import UNLABELLED, load_labels
-from histoscale.units import parse_scales
 from histoscale.phantom import CLASS_NAMES, classes_at, write_phantom
 from histoscale.slide import open_slide
+from histoscale.units import parse_scales
 
 PHANTOM_MPP = 0.25
 PHANTOM_SIZE = (3072, 3072)

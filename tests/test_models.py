@@ -13,11 +13,10 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from histoscale.models.architectures import DenseNet121, SmallCNN
 from histoscale.errors import ConfigError, ModelError
 from histoscale.models import ModelCard, Preprocessing, SplitModel, load_card, load_model, save_card
-from histoscale.models.torch_adapter import bf16_supported
-from histoscale.models.onnx_adapter import export_onnx
+from histoscale.models.architectures import DenseNet121, SmallCNN
+from histoscale.models.torch_adapter import export_onnx
 
 RNG = np.random.default_rng(42)
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from histoscale import ConfigError, MissingMppError, ScaleSearchError, find_scale, load_model, open_slide
-from histoscale.units import grid_around, parse_scales
 from histoscale.cli import main
 from histoscale.phantom import write_phantom
 from histoscale.reports import write_search_report
+from histoscale.units import grid_around, parse_scales
 
 STEP = 2 ** 0.25  # one grid step
 

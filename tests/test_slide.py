@@ -184,7 +184,7 @@ def test_tissue_mask_finds_blobs(synthetic_slides: dict[str, Path]) -> None:
         tm = tissue_mask(s, max_side=512)
     assert tm.mask.dtype == bool and tm.mask.shape == (384, 512)
     assert tm.downsample == pytest.approx(4.0) and tm.mpp == pytest.approx(2.0)
-    for cx, cy, rx, ry in SYNTH_BLOBS:
+    for cx, cy, rx, _ry in SYNTH_BLOBS:
         assert tm.mask[int(cy / 4), int(cx / 4)]
         assert tm.mask[int(cy / 4), int((cx + 0.8 * rx) / 4)]
     assert not tm.mask[int(200 / 4), int(1800 / 4)]  # white background

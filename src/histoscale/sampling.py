@@ -23,8 +23,11 @@ class Mask(Protocol):
     """A coarse boolean mask: ``mask[j, i]`` covers level-0 px ``[i*d, (i+1)*d) x [j*d, (j+1)*d)``, d =
     ``downsample`` (:class:`histoscale.slide.TissueMask` is one)."""
 
-    mask: np.ndarray
-    downsample: float
+    @property
+    def mask(self) -> np.ndarray: ...
+
+    @property
+    def downsample(self) -> float: ...
 
 
 def _inside(xy: np.ndarray, size_wh: tuple[int, int], margin: float) -> np.ndarray:

@@ -310,25 +310,3 @@ def _load(request: LoadRequest) -> OnnxSplitModel:
 
 
 register_format(ModelFormat("onnx", _claims, _load))
-
-
-def export_onnx(module: Any, path: str | os.PathLike[str], input_size: int) -> Path:
-    """Export a torch classifier to ONNX the way this adapter reads it back: NCHW float input ``input`` of
-    ``input_size`` px (normalised as the model expects), output ``logits``, any batch size. Returns ``path``."""
-    import warnings
-
-    import torch
-
-    path = Path(path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
-        torch.onnx.export(
-            module.eval(),
-            (torch.zeros(1, 3, input_size, input_size),),
-            str(path),
-            dynamo=False,  # the dynamo exporter needs onnxscript, which the project does not require
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
-        )
-    return path

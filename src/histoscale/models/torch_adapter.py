@@ -34,7 +34,7 @@ from histoscale.models.contract import (
 )
 from histoscale.models.registry import LoadRequest, ModelFormat, register_format
 
-__all__ = ["TorchSplitModel", "build_torch", "load_torch_file"]
+__all__ = ["TorchSplitModel", "bf16_supported", "build_torch", "export_onnx", "load_torch_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -481,3 +481,25 @@ def _load(request: LoadRequest) -> TorchSplitModel:
 
 
 register_format(ModelFormat("torch", _claims, _load, fallback=True))
+
+
+def export_onnx(module: Any, path: str | os.PathLike[str], input_size: int) -> Path:
+    """Export a torch classifier to ONNX the way the ONNX adapter reads it back: NCHW float input ``input`` of
+    ``input_size`` px (normalised as the model expects), output ``logits``, any batch size. Returns ``path``."""
+    import warnings
+
+
+
+    path = Path(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
+        torch.onnx.export(
+            module.eval(),
+            (torch.zeros(1, 3, input_size, input_size),),
+            str(path),
+            dynamo=False,  # the dynamo exporter needs onnxscript, which the project does not require
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+        )
+    return path

@@ -71,13 +71,12 @@ def find_scale(
     config = (config or SearchConfig()).replace(**settings) if settings else (config or SearchConfig())
     if not hasattr(model, "features"):
         model = load_model(model)
-    owns_slide = not isinstance(slide, Slide)
-    the_slide = open_slide(slide, slide_mpp=slide_mpp) if owns_slide else slide
+    the_slide = slide if isinstance(slide, Slide) else open_slide(slide, slide_mpp=slide_mpp)
     try:
         run = _Run(the_slide, model, config, _plan(the_slide, model, config))
         return run.execute(progress)
     finally:
-        if owns_slide:
+        if the_slide is not slide:
             the_slide.close()
 
 

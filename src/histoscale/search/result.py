@@ -141,7 +141,10 @@ def metadata_check(
 
     def implied(scale: float) -> float:
         # The model saw one of its px where the search applied it: `scale` um/px, or `scale` level-0 px.
-        return model_mpp / (scale / declared if units == "um/px" else scale)
+        if units == "downsample":
+            return model_mpp / scale
+        assert declared is not None  # um/px units exist only on slides that declare their um/px
+        return model_mpp / (scale / declared)
 
     # A coarser scale implies a finer slide: the interval's ends swap.
     implied_interval = (implied(interval[1]), implied(interval[0]))

@@ -6,7 +6,6 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Union
 
 import numpy as np
 
@@ -44,7 +43,7 @@ class Slide:
             self._impl.close()
             self._impl = None
 
-    def __enter__(self) -> "Slide":
+    def __enter__(self) -> Slide:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -145,7 +144,7 @@ class Slide:
     def read_region_at(
         self,
         center_xy: tuple[float, float],
-        size_px: Union[int, tuple[int, int]],
+        size_px: int | tuple[int, int],
         *,
         mpp: float | None = None,
         downsample: float | None = None,

@@ -29,7 +29,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -125,8 +125,8 @@ def _format_mag(mpp: float) -> str:
 
 
 def write_slide(
-    path: Union[str, os.PathLike[str]],
-    source: Union[np.ndarray, RegionSource],
+    path: str | os.PathLike[str],
+    source: np.ndarray | RegionSource,
     size_wh: tuple[int, int] | None = None,
     *,
     mpp: float | None,
