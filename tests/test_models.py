@@ -426,3 +426,43 @@ def test_reference_model() -> None:
         onnx_model = load_model(onnx_card)
         x = patches(3, model.input_size)
         np.testing.assert_allclose(onnx_model.features(x), model.features(x), rtol=1e-3, atol=1e-3)
+
+
+# ------------------------------------------------------------------------------------ model-specific preprocessing
+
+
+def _two_channel_net() -> nn.Module:
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(2, 6, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3)).eval()
+
+
+def test_preprocess_function_feeds_torch_and_onnx_models(tmp_path: Path) -> None:
+    from _preprocess import optical_density
+    from histoscale.models.torch_adapter import export_onnx
+
+    net = _two_channel_net()
+    x = patches(4, 32)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(optical_density(x))).numpy()
+    via_torch = load_model(net, input_size=32, preprocess="_preprocess:optical_density", precision="fp32")
+    assert via_torch.preprocessing.function == "_preprocess:optical_density"
+    np.testing.assert_allclose(via_torch.logits(x), expected, rtol=1e-4, atol=1e-4)
+
+    export_onnx(net, tmp_path / "od.onnx", input_size=32, channels=2)
+    card = {"format": "onnx", "file": "od.onnx", "input_size": 32, "preprocess": "_preprocess:optical_density",
+            "class_names": ["a", "b", "c"]}
+    (tmp_path / "od.json").write_text(json.dumps(card))
+    via_onnx = load_model(tmp_path / "od.json")
+    np.testing.assert_allclose(via_onnx.logits(x), expected, rtol=1e-4, atol=1e-4)
+    assert_split(via_onnx, 32)
+
+
+def test_preprocess_function_errors_name_the_function() -> None:
+    with pytest.raises(ModelError, match="cannot import preprocess '_preprocess:missing'"):
+        load_model(_two_channel_net(), input_size=32, preprocess="_preprocess:missing")
+    with pytest.raises(ModelError, match="module:callable"):
+        load_model(_two_channel_net(), input_size=32, preprocess="no_colon")
+    with pytest.raises(ModelError, match=r"wrong_shape.*\(N, C, 32, 32\)"):
+        load_model(_two_channel_net(), input_size=32, preprocess="_preprocess:wrong_shape")
+    with pytest.raises(ModelError, match="3 channel|in_channels|RGB"):  # without it, a 2-channel model is refused
+        load_model(_two_channel_net(), input_size=32)

@@ -37,6 +37,7 @@ class ModelCard:
     class_names: tuple[str, ...] | None = None
     mpp: float | None = None
     head: str | None = None
+    preprocess: str | None = None
     name: str | None = None
     path: Path | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)

@@ -9,10 +9,12 @@ verify their split with :func:`check_split`.
 
 from __future__ import annotations
 
+import functools
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -25,6 +27,7 @@ __all__ = [
     "SplitModel",
     "check_split",
     "default_batch_size",
+    "import_callable",
     "probe_batch",
     "resolve_class_names",
 ]
@@ -38,11 +41,15 @@ class Preprocessing:
     """How uint8 RGB patches become model input: ``(x / 255 - mean) / std`` at ``input_size`` x ``input_size`` px.
 
     ``mean`` and ``std`` are per RGB channel for 0..1-scaled values, as in timm's pretrained config.
+    ``function`` (``"module:function"``, a model card's ``"preprocess"``) replaces that normalisation for models
+    that do not take normalised RGB (e.g. stain-derived channels): it receives uint8 RGB patches (N, S, S, 3)
+    and returns the model's input as float32 (N, C, S, S), NCHW whatever the model's own layout.
     """
 
     input_size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    function: str | None = None
 
     def __post_init__(self) -> None:
         if int(self.input_size) <= 0:
@@ -54,11 +61,60 @@ class Preprocessing:
         object.__setattr__(self, "input_size", int(self.input_size))
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if self.function is not None:
+            import_callable(self.function, "preprocess")  # fail at load, not at the first patch
+
+    def to_nchw(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 (N, S, S, 3) patches -> float32 (N, C, S, S) model input.
+
+        Raises:
+            ModelError: a ``function`` returned something else than (N, C, S, S) finite numbers.
+        """
+        if self.function is None:
+            scale, offset = self.scale_offset()
+            return np.ascontiguousarray((batch.astype(np.float32) * scale - offset).transpose(0, 3, 1, 2))
+        out = np.asarray(import_callable(self.function, "preprocess")(batch), dtype=np.float32)
+        n, s = batch.shape[0], self.input_size
+        if out.ndim != 4 or out.shape[0] != n or out.shape[2:] != (s, s):
+            raise ModelError(
+                f"preprocess function {self.function!r} returned shape {out.shape} for {n} patches of {s} px; it "
+                f"must return float32 (N, C, {s}, {s}) NCHW input"
+            )
+        return np.ascontiguousarray(out)
 
     def scale_offset(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel ``scale``, ``offset`` (float32, (3,)) such that input = uint8 * scale - offset."""
         std = np.asarray(self.std, np.float32)
         return (1.0 / (255.0 * std)).astype(np.float32), (np.asarray(self.mean, np.float32) / std).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _import(spec: str) -> Any:
+    mod_name, _, attr = spec.partition(":")
+    obj: Any = importlib.import_module(mod_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def import_callable(spec: str | Callable[..., Any], what: str) -> Callable[..., Any]:
+    """The callable named ``"module:callable"`` (``what`` names its role in messages), or ``spec`` if callable.
+
+    Raises:
+        ModelError: malformed, not importable, or not callable.
+    """
+    if callable(spec):
+        return spec
+    mod_name, sep, attr = str(spec).partition(":")
+    if not sep or not mod_name or not attr:
+        raise ModelError(f"{what} {spec!r} must read 'module:callable', e.g. 'histoscale.models.architectures:SmallCNN'")
+    try:
+        obj = _import(str(spec))
+    except (ImportError, AttributeError) as err:
+        raise ModelError(f"cannot import {what} {spec!r}: {err}; check the module is installed and the name") from err
+    if not callable(obj):
+        raise ModelError(f"{what} {spec!r} is a {type(obj).__name__}, not a callable")
+    return obj
 
 
 def check_split(name: str, where: str, phi: np.ndarray, W: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:

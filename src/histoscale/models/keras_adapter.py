@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from histoscale.errors import ModelError
+from histoscale.errors import ConfigError, ModelError
 from histoscale.models.contract import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -160,6 +160,11 @@ def _claims(request: LoadRequest) -> bool:
 
 
 def _load(request: LoadRequest) -> KerasSplitModel:
+    if request.preprocess is not None:
+        raise ConfigError(
+            f"{request.where}: a preprocess function is supported for torch and ONNX models; export the Keras model "
+            "to ONNX (tf2onnx) or drop 'preprocess' from the card"
+        )
     return load_keras(
         request.spec, where=request.where, name=request.name, device=request.device, precision=request.precision,
         batch_size=request.batch_size, class_names=request.class_names, mpp=request.mpp,

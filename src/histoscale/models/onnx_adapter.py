@@ -57,9 +57,12 @@ class OnnxSplitModel(SplitModel):
         self._scale, self._offset = scale, offset
 
     def _run_session(self, chunk: np.ndarray) -> list[np.ndarray]:
-        x = chunk.astype(np.float32) * self._scale - self._offset
-        if self._nchw:
-            x = x.transpose(0, 3, 1, 2)
+        if self.preprocessing.function is not None:
+            x = self.preprocessing.to_nchw(chunk)
+            x = x if self._nchw else x.transpose(0, 2, 3, 1)
+        else:
+            x = chunk.astype(np.float32) * self._scale - self._offset
+            x = x.transpose(0, 3, 1, 2) if self._nchw else x
         x = np.ascontiguousarray(x)
         n = len(x)
         if self._fixed_batch is not None and n != self._fixed_batch:
@@ -169,7 +172,7 @@ def _locate_head(model: Any, where: str) -> tuple[str, str, np.ndarray, np.ndarr
     raise fail("not Gemm, MatMul or Add")
 
 
-def _input_layout(model: Any, where: str) -> tuple[str, bool, int | None, int | None]:
+def _input_layout(model: Any, where: str, rgb: bool) -> tuple[str, bool, int | None, int | None]:
     """(input name, is NCHW, static input side in px or None, static batch size or None)."""
     inits = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
@@ -190,7 +193,7 @@ def _input_layout(model: Any, where: str) -> tuple[str, bool, int | None, int | 
     else:
         nchw = True  # symbolic channels: the PyTorch convention
     channels = dims[1] if nchw else dims[3]
-    if channels is not None and channels != 3:
+    if rgb and channels is not None and channels != 3:
         raise ModelError(
             f"{where}: input {inp.name!r} has {channels} channel(s) (shape {dims}), but histoscale feeds RGB patches "
             "(3 channels); use a model trained on RGB"
@@ -213,6 +216,7 @@ def load_onnx(
     input_size: int | None,
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
+    preprocess: str | None = None,
 ) -> OnnxSplitModel:
     """Split an ONNX model (path or ``onnx.ModelProto``) and verify the split on a probe batch."""
     import onnx
@@ -235,7 +239,7 @@ def load_onnx(
             onnx.checker.check_model(model)
         except Exception as err:
             raise ModelError(f"{where}: not a valid ONNX model: {err}; re-export it") from err
-    input_name, nchw, side, fixed_batch = _input_layout(model, where)
+    input_name, nchw, side, fixed_batch = _input_layout(model, where, rgb=preprocess is None)
     feat_name, logits_name, W, b = _locate_head(model, where)
     if input_size is None:
         input_size = side or 224
@@ -266,6 +270,7 @@ def load_onnx(
         int(input_size),
         tuple(mean or IMAGENET_MEAN),
         tuple(std or IMAGENET_STD),  # type: ignore[arg-type]
+        preprocess,
     )
     split = OnnxSplitModel(
         session,
@@ -305,7 +310,7 @@ def _load(request: LoadRequest) -> OnnxSplitModel:
     return load_onnx(
         request.spec, where=request.where, name=request.name, device=request.device, precision=request.precision,
         batch_size=request.batch_size, class_names=request.class_names, mpp=request.mpp,
-        input_size=request.input_size, mean=request.mean, std=request.std,
+        input_size=request.input_size, mean=request.mean, std=request.std, preprocess=request.preprocess,
     )
 
 

@@ -56,6 +56,7 @@ class LoadRequest:
     factory: str | Callable[..., Any] | None
     factory_kwargs: Mapping[str, Any] = field(default_factory=dict)
     allow_pickle: bool = False
+    preprocess: str | None = None
 
     @property
     def suffix(self) -> str:
@@ -123,6 +124,7 @@ def load_model(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     mpp: float | None = None,
+    preprocess: str | None = None,
 ) -> SplitModel:
     """Load a classifier and split it into features (Phi) and its final linear layer (W, b).
 
@@ -141,6 +143,8 @@ def load_model(
         batch_size: patches per forward pass; None: 16 on CPU (larger batches fall out of cache and run slower,
             measured on DenseNet121: 18 patches/s at 8, 10 at 64), 64 on GPUs.
         class_names, input_size (px), mean, std (0..1 RGB), mpp (um/px at training): override the card.
+        preprocess: ``"module:function"`` turning uint8 RGB (N, S, S, 3) into the model's float32 (N, C, S, S)
+            input, for models that do not take normalised RGB (see :class:`Preprocessing`); torch and ONNX.
 
     Raises:
         ModelError: the model cannot be loaded or split; the message names the file and the fix.
@@ -176,6 +180,7 @@ def load_model(
         input_size=pick(input_size, "input_size"), mean=pick(mean, "mean"), std=pick(std, "std"),
         head=pick(head, "head"), factory=pick(factory, "factory"),
         factory_kwargs=card.factory_kwargs if card is not None else {}, allow_pickle=allow_pickle,
+        preprocess=pick(preprocess, "preprocess"),
     )
     for fmt in _formats_to_try():
         if fmt.claims(request):

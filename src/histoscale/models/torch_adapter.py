@@ -8,7 +8,6 @@ TorchScript modules take no hooks: compiled timm methods or a scripted ``nn.Sequ
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import pickle
@@ -29,6 +28,7 @@ from histoscale.models.contract import (
     SplitModel,
     check_split,
     default_batch_size,
+    import_callable,
     probe_batch,
     resolve_class_names,
 )
@@ -84,6 +84,8 @@ class TorchSplitModel(SplitModel):
         self._offset = torch.from_numpy(offset).view(1, 3, 1, 1).to(self._torch_device)
 
     def _to_input(self, chunk: np.ndarray) -> torch.Tensor:
+        if self.preprocessing.function is not None:
+            return torch.from_numpy(self.preprocessing.to_nchw(chunk)).to(self._torch_device)
         # NHWC uint8 permuted to NCHW is already channels_last in memory: no copy before the first conv.
         x = torch.from_numpy(np.require(chunk, requirements=("C", "W")))  # read-only input: copy, not warn
         x = x.to(self._torch_device, non_blocking=True).permute(0, 3, 1, 2)
@@ -166,7 +168,8 @@ def build_torch(
     input_size_from: str,
 ) -> TorchSplitModel:
     """Split a torch module (eval mode and moved to ``device`` in place) and verify the split on a probe batch."""
-    _check_rgb(module, where)
+    if pre.function is None:  # a preprocess function may feed other channels than RGB
+        _check_rgb(module, where)
     scripted = isinstance(module, torch.jit.ScriptModule)
     module.eval()
     module.to(device)
@@ -328,20 +331,10 @@ def _scripted_split(
 
 
 def _resolve_factory(factory: str | Callable[..., nn.Module], where: str) -> Callable[..., nn.Module]:
-    if callable(factory):
-        return factory
-    mod_name, sep, attr = str(factory).partition(":")
-    if not sep or not mod_name or not attr:
-        raise ModelError(
-            f"{where}: factory {factory!r} must read 'module:callable', e.g. 'histoscale.architectures:SmallCNN'"
-        )
     try:
-        obj: Any = importlib.import_module(mod_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as err:
-        raise ModelError(f"{where}: cannot import factory {factory!r}: {err}") from err
-    return obj
+        return import_callable(factory, "factory")
+    except ModelError as err:
+        raise ModelError(f"{where}: {err}") from err
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -469,6 +462,7 @@ def _load(request: LoadRequest) -> TorchSplitModel:
         int(input_size),
         tuple(mean if mean is not None else cfg.get("mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
         tuple(std if std is not None else cfg.get("std", IMAGENET_STD)),  # type: ignore[arg-type]
+        request.preprocess,
     )
     if isinstance(module, torch.jit.ScriptModule) and name == "RecursiveScriptModule":
         name = getattr(module, "original_name", name)
@@ -483,9 +477,10 @@ def _load(request: LoadRequest) -> TorchSplitModel:
 register_format(ModelFormat("torch", _claims, _load, fallback=True))
 
 
-def export_onnx(module: Any, path: str | os.PathLike[str], input_size: int) -> Path:
+def export_onnx(module: Any, path: str | os.PathLike[str], input_size: int, channels: int = 3) -> Path:
     """Export a torch classifier to ONNX the way the ONNX adapter reads it back: NCHW float input ``input`` of
-    ``input_size`` px (normalised as the model expects), output ``logits``, any batch size. Returns ``path``."""
+    ``input_size`` px with ``channels`` channels (as the model expects its input), output ``logits``, any batch size.
+    Returns ``path``."""
     import warnings
 
 
@@ -495,7 +490,7 @@ def export_onnx(module: Any, path: str | os.PathLike[str], input_size: int) -> P
         warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
         torch.onnx.export(
             module.eval(),
-            (torch.zeros(1, 3, input_size, input_size),),
+            (torch.zeros(1, channels, input_size, input_size),),
             str(path),
             dynamo=False,  # the dynamo exporter needs onnxscript, which the project does not require
             input_names=["input"],
