@@ -64,3 +64,21 @@ def white_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     d = tmp_path_factory.mktemp("white_slide")
     return write_slide(d / "white.svs", np.full((768, 1024, 3), 255, np.uint8), mpp=SYNTH_MPP, fmt="svs")
+
+
+# --------------------------------------------------------------------------------------------------
+# issue 12: a big plain JPEG slide (generators for small TIFF layouts are in _wsi_files.py)
+
+
+@pytest.fixture(scope="session")
+def big_jpeg(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """13500 x 13500 RGB JPEG, JFIF density 50800 dpi (= 0.5 um/px); 2.8 MB on disk, ~0.7 GB RAM and
+    ~1.6 s to write once per session."""
+    from PIL import Image, ImageDraw
+
+    path = tmp_path_factory.mktemp("bigjpeg") / "big.jpg"
+    im = Image.new("RGB", (13500, 13500), (230, 225, 235))
+    ImageDraw.Draw(im).rectangle((1000, 2000, 1299, 2199), fill=(120, 40, 160))  # _wsi_files.PURPLE
+    im.save(path, quality=90, dpi=(50800, 50800))
+    del im
+    return path

@@ -1,4 +1,4 @@
-"""``histoscale info SLIDE``: levels, um/px and where it came from."""
+"""``histoscale info SLIDE``: levels, um/px, where it came from and every other pixel size the file carries."""
 
 from __future__ import annotations
 
@@ -28,6 +28,14 @@ def run(args: argparse.Namespace) -> int:
             for level in value:
                 print(f"{'level ' + str(level['level']):>18}: {level['width']}x{level['height']} px, "
                       f"downsample {level['downsample']:.4g}")
+        elif key == "mpp_candidates":
+            if not value:
+                print(f"{key:>18}: none found")
+            for c in value:
+                value_txt = "no value" if c["mpp_x"] is None else f"{c['mpp_x']:.6g} x {c['mpp_y']:.6g} um/px"
+                status = "CHOSEN" if c["chosen"] else "accepted" if c["accepted"] else f"rejected: {c['reason']}"
+                note = f" ({c['note']})" if c["note"] else ""
+                print(f"{'candidate':>18}: {c['source']}: {value_txt}, {status}{note}")
         else:
             print(f"{key:>18}: {value}")
     return 0

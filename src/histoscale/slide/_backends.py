@@ -1,23 +1,32 @@
-"""Reader backends behind :class:`~histoscale.slide.Slide`: OpenSlide, tiffslide and plain images in memory.
+"""Reader backends behind :class:`~histoscale.slide.Slide`: OpenSlide, tiffslide, tifffile (one chosen series),
+plain JPEG/PNG images decoded on first read, and other images in memory.
 
-Each backend exposes the pyramid geometry, its properties, the declared :class:`Resolution` and ``read_px``
-(an in-bounds box in integer pixels of one level). Coordinates follow OpenSlide (level-0 px, (x, y)).
+Each backend exposes the pyramid geometry, its properties and ``read_px`` (an in-bounds box in integer pixels
+of one level). Coordinates follow OpenSlide (level-0 px, (x, y)). The resolution is chosen by the opener
+from every convention the file carries (:mod:`histoscale.slide.resolution`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from histoscale.errors import SlideError
+from histoscale.slide._layout import PlainImage
 from histoscale.slide._pixels import to_rgb_u8
-from histoscale.slide.resolution import Resolution, as_positive, make_resolution
+from histoscale.slide.resolution import as_positive
 
-__all__ = ["Backend", "ImageBackend", "OpenSlideBackend", "TiffSlideBackend"]
+__all__ = [
+    "Backend",
+    "ImageBackend",
+    "OpenSlideBackend",
+    "PlainImageBackend",
+    "TiffSlideBackend",
+    "TifffileBackend",
+]
 
 
 class Backend(Protocol):
@@ -25,7 +34,6 @@ class Backend(Protocol):
     level_dimensions: tuple[tuple[int, int], ...]
     level_downsamples: tuple[float, ...]
     properties: dict[str, str]
-    resolution: Resolution | None
     vendor: str | None
     objective_power: float | None
 
@@ -34,13 +42,6 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-def _vendor_resolution(path: Path, props: Mapping[str, str], prefix: str, generic: bool) -> Resolution | None:
-    key = f"{prefix}.mpp-x"
-    # generic TIFFs have no vendor mpp: the reader derived it from XResolution/YResolution
-    source = "tiff-resolution-tag" if generic and "tiff.XResolution" in props else f"metadata:{key}"
-    return make_resolution(path, props.get(key), props.get(f"{prefix}.mpp-y"), source)
 
 
 class OpenSlideBackend:
@@ -55,7 +56,6 @@ class OpenSlideBackend:
         self.properties = {str(k): str(v) for k, v in self._osr.properties.items()}
         self.vendor = self.properties.get("openslide.vendor")
         self.objective_power = as_positive(self.properties.get("openslide.objective-power"))
-        self.resolution = _vendor_resolution(path, self.properties, "openslide", self.vendor == "generic-tiff")
 
     def read_px(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         ds = self.level_downsamples[level]
@@ -81,7 +81,6 @@ class TiffSlideBackend:
         self.properties = {str(k): str(v) for k, v in self._ts.properties.items() if v is not None}
         self.vendor = self.properties.get("tiffslide.vendor")
         self.objective_power = as_positive(self.properties.get("tiffslide.objective-power"))
-        self.resolution = _vendor_resolution(path, self.properties, "tiffslide", self.vendor in (None, "generic-tiff"))
 
     def read_px(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         ds = self.level_downsamples[level]
@@ -103,17 +102,15 @@ class TiffSlideBackend:
 
 
 class ImageBackend:
+    """The first page of a (stripped, small) TIFF held in memory as a one-level slide."""
+
     name = "image"
 
-    def __init__(self, path: Path, kind: str) -> None:
-        self.properties: dict[str, str] = {}
-        self.resolution: Resolution | None = None
+    def __init__(self, path: Path) -> None:
+        self.properties: dict[str, str] = {"image.format": "TIFF"}
         self.vendor = None
         self.objective_power = None
-        if kind == "tiff":
-            self._img = self._load_tiff(path)
-        else:
-            self._img = self._load_pil(path)
+        self._img = self._load_tiff(path)
         h, w = self._img.shape[:2]
         self.level_dimensions = ((w, h),)
         self.level_downsamples = (1.0,)
@@ -124,55 +121,11 @@ class ImageBackend:
         with tifffile.TiffFile(path) as tf:
             page = tf.pages.first
             arr = page.asarray()
-            tags = page.tags
-            self.properties["image.format"] = "TIFF"
-            unit_tag = tags.get("ResolutionUnit")
-            xr, yr = tags.get("XResolution"), tags.get("YResolution")
-            if unit_tag is not None and xr is not None and yr is not None:
-                unit = int(unit_tag.value)
-                self.properties["tiff.ResolutionUnit"] = str(unit)
-                self.properties["tiff.XResolution"] = str(xr.value[0] / xr.value[1] if xr.value[1] else 0)
-                self.properties["tiff.YResolution"] = str(yr.value[0] / yr.value[1] if yr.value[1] else 0)
-                um_per_unit = {2: 25400.0, 3: 10000.0}.get(unit)  # 1 = no absolute unit
-                if um_per_unit is not None:
-                    try:
-                        mx = um_per_unit * xr.value[1] / xr.value[0]
-                        my = um_per_unit * yr.value[1] / yr.value[0]
-                    except ZeroDivisionError:
-                        mx = my = None
-                    self.resolution = make_resolution(path, mx, my, "tiff-resolution-tag")
         if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (3, 4):
             arr = np.moveaxis(arr, 0, -1)  # planar (S, Y, X) -> (Y, X, S)
         if arr.ndim not in (2, 3):
             raise SlideError(f"{path}: first TIFF page has shape {arr.shape}, not a 2-D RGB/grey image")
         return to_rgb_u8(arr)
-
-    def _load_pil(self, path: Path) -> np.ndarray:
-        from PIL import Image
-
-        with Image.open(path) as im:
-            im.load()
-            fmt = im.format or "unknown"
-            self.properties["image.format"] = fmt
-            info = im.info
-            if fmt == "PNG" and "dpi" in info:
-                # PIL sets "dpi" only for pHYs unit = metre; unit 0 (aspect ratio) gives "aspect"
-                dx, dy = info["dpi"]
-                self.properties["png.pHYs.dpi"] = f"{dx},{dy}"
-                self.resolution = make_resolution(path, _div(25400.0, dx), _div(25400.0, dy), "metadata:png.pHYs")
-            elif fmt == "JPEG" and info.get("jfif_unit") in (1, 2) and "jfif_density" in info:
-                unit = info["jfif_unit"]
-                dx, dy = info["jfif_density"]
-                self.properties["jfif.density"] = f"{dx},{dy} per {'inch' if unit == 1 else 'cm'}"
-                um = 25400.0 if unit == 1 else 10000.0
-                self.resolution = make_resolution(path, _div(um, dx), _div(um, dy), "metadata:jfif.density")
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in info):
-                im2 = im.convert("RGBA")
-            elif im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                return to_rgb_u8((np.asarray(im).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8))
-            else:
-                im2 = im.convert("RGB")
-            return to_rgb_u8(np.asarray(im2))
 
     def read_px(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         return self._img[y : y + h, x : x + w]
@@ -181,9 +134,73 @@ class ImageBackend:
         self._img = np.zeros((0, 0, 3), np.uint8)
 
 
-def _div(a: float, b: Any) -> float | None:
-    try:
-        return a / float(b) if float(b) > 0 else None
-    except (TypeError, ValueError):
-        return None
+class PlainImageBackend:
+    """A JPEG/PNG (or other Pillow raster) as a one-level slide: the header is read at open, the pixels are
+    decoded once at the first read under a memory budget (no Pillow decompression-bomb limit: the user named
+    the file). Too big for the budget: one-line :class:`~histoscale.errors.SlideError` naming size and fix."""
 
+    name = "image"
+
+    def __init__(self, img: PlainImage) -> None:
+        self._img = img
+        self.properties: dict[str, str] = {"image.format": img.format}
+        self.vendor = None
+        self.objective_power = None
+        self.level_dimensions = img.level_dimensions
+        self.level_downsamples = (1.0,)
+
+    def read_px(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        return self._img.read_region(x, y, w, h)
+
+    def close(self) -> None:
+        self._img.close()
+
+
+class TifffileBackend:
+    """One tifffile series of a TIFF (the slide pyramid when it is not series 0, e.g. after a label page),
+    levels from ``series.levels`` (main IFD chain, SubIFDs or OME), read through tifffile's zarr store."""
+
+    name = "tifffile"
+
+    def __init__(self, path: Path, series_index: int) -> None:
+        import tifffile
+        import zarr
+
+        self._tf = tifffile.TiffFile(path)
+        try:
+            series = self._tf.series[series_index]
+            self._levels = []
+            dims = []
+            for i, lvl in enumerate(series.levels):
+                axes = lvl.axes
+                shape = dict(zip(axes, lvl.shape))
+                dims.append((int(shape["X"]), int(shape["Y"])))
+                self._levels.append((zarr.open_array(series.aszarr(level=i), mode="r"), axes))
+        except Exception:
+            self._tf.close()
+            raise
+        self.level_dimensions = tuple(dims)
+        w0 = dims[0][0]
+        self.level_downsamples = tuple(w0 / w for w, _ in dims)
+        page = series.levels[0].keyframe
+        self.properties: dict[str, str] = {"tifffile.series-index": str(series_index)}
+        for tag in ("XResolution", "YResolution", "ResolutionUnit"):
+            if tag in page.tags:
+                self.properties[f"tiff.{tag}"] = str(page.tags[tag].value)
+        self.vendor = None
+        self.objective_power = None
+
+    def read_px(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        arr, axes = self._levels[level]
+        index = tuple(
+            slice(y, y + h) if a == "Y" else slice(x, x + w) if a == "X" else slice(None) if a == "S" else 0
+            for a in axes
+        )
+        out = np.asarray(arr[index])
+        kept = "".join(a for a in axes if a in "YXS")
+        if kept == "SYX":
+            out = np.moveaxis(out, 0, -1)
+        return to_rgb_u8(out)
+
+    def close(self) -> None:
+        self._tf.close()

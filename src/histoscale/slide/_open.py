@@ -10,9 +10,18 @@ from typing import Union
 
 from histoscale._compat import renamed
 from histoscale.errors import ConfigError, SlideError
-from histoscale.slide._backends import Backend, ImageBackend, OpenSlideBackend, TiffSlideBackend
+from histoscale.slide._backends import (
+    Backend,
+    ImageBackend,
+    OpenSlideBackend,
+    PlainImageBackend,
+    TifffileBackend,
+    TiffSlideBackend,
+)
+from histoscale.slide._conventions import Candidate, candidates_from_tifffile, from_reader_mpp, from_vendor_keys
+from histoscale.slide._layout import TiffLayout, inspect_tiff, open_plain_image
 from histoscale.slide._slide import Slide
-from histoscale.slide.resolution import Resolution, as_positive
+from histoscale.slide.resolution import Resolution, as_positive, resolve
 
 __all__ = ["open_slide"]
 
@@ -116,15 +125,21 @@ def open_slide(
         path: slide file (.svs, .tif, .ndpi, .mrxs, ... or .png/.jpg).
         slide_mpp: level-0 resolution in um/px overriding whatever the file declares
             (``resolution.source == "override"``); ``mpp`` is its deprecated name.
-        backend: force ``"openslide"``, ``"tiffslide"`` or ``"image"`` (default: first that works).
+        backend: force ``"openslide"``, ``"tiffslide"``, ``"tifffile"`` or ``"image"``. Default: chosen by
+            content. TIFFs are inspected first (:func:`histoscale.slide._layout.inspect_tiff`): the slide is the
+            largest tiled series, never a label/macro/thumbnail page; OpenSlide reads it when it sees the same
+            levels (vendor formats, plain tiled pyramids), tiffslide when it does not (OME-TIFF, SubIFD
+            pyramids), tifffile on the right series when the slide is not the file's first series (a label
+            page first). JPEG/PNG open as one level, decoded at the first read (no Pillow pixel limit).
+            Other files: OpenSlide (MRXS, VMS, DICOM, ...).
 
     Raises:
         SlideError: the file is missing, not a file, empty, not a slide, damaged or truncated;
             the message names the file and the problem, the backend error is chained.
     """
     p = Path(os.fspath(path))
-    if backend not in (None, "openslide", "tiffslide", "image"):
-        raise ConfigError(f"backend must be 'openslide', 'tiffslide' or 'image', got {backend!r}")
+    if backend not in (None, "openslide", "tiffslide", "tifffile", "image"):
+        raise ConfigError(f"backend must be 'openslide', 'tiffslide', 'tifffile' or 'image', got {backend!r}")
     mpp = renamed("open_slide", "mpp", "slide_mpp", mpp, slide_mpp)
     if mpp is not None and as_positive(mpp) is None:
         raise ConfigError(f"slide_mpp (the slide's um/px) must be a positive number, got {mpp!r}")
@@ -139,13 +154,43 @@ def open_slide(
         raise SlideError(f"slide {p} cannot be read: {err.strerror or err}") from err
     if size == 0:
         raise SlideError(f"slide {p} is empty (0 bytes)")
+    layout: TiffLayout | None = None
     if kind == "tiff":
         _check_tiff_complete(p)
+        layout = inspect_tiff(p)
 
-    order = [backend] if backend else ["openslide", "tiffslide", "image"]
+    impl = _pick_backend(p, kind, head, backend, layout)
+    _check_geometry(p, impl)
+    candidates = _candidates(p, kind, impl, layout)
+    resolution, every = resolve(p, candidates)
+    if mpp is not None:
+        resolution = Resolution(float(mpp), float(mpp), "override", None, every)
+    if impl.name == "openslide":
+        associated = _openslide_associated(impl)
+    else:
+        associated = tuple(layout.associated) if layout is not None else ()
+    return Slide(p, impl, resolution, candidates=every, associated=associated)
+
+
+def _order(kind: str, layout: TiffLayout | None) -> list[str]:
+    """Readers to try, chosen by content: OpenSlide only where it sees the same levels as the layout
+    (vendor formats, plain tiled pyramids); OME/SubIFD pyramids through tiffslide; a slide that is not
+    series 0 (label page first) through tifffile on that series."""
+    if kind in ("png", "jpeg"):
+        return ["image"]
+    if layout is None:
+        return ["openslide", "image"]
+    if layout.reader == "openslide":
+        return ["openslide", "tiffslide", "tifffile", "image"]
+    if layout.needs_series_override:
+        return ["tifffile"]
+    return ["tiffslide", "tifffile", "image"]
+
+
+def _pick_backend(p: Path, kind: str, head: bytes, backend: str | None, layout: TiffLayout | None) -> Backend:
+    order = [backend] if backend else _order(kind, layout)
     reasons: list[str] = []
     last_err: BaseException | None = None
-    impl: Backend | None = None
     for name in order:
         try:
             if name == "openslide":
@@ -155,37 +200,64 @@ def open_slide(
                 if fmt is None:
                     reasons.append("OpenSlide does not recognise the format")
                     continue
-                impl = OpenSlideBackend(p)
-            elif name == "tiffslide":
+                return OpenSlideBackend(p)
+            if name in ("tiffslide", "tifffile"):
                 if kind != "tiff":
-                    reasons.append("tiffslide reads only TIFF files")
+                    reasons.append(f"{name} reads only TIFF files")
                     continue
-                impl = TiffSlideBackend(p)
-            else:
-                if kind == "other":
-                    reasons.append("not a PNG, JPEG or TIFF image")
-                    continue
-                impl = ImageBackend(p, kind)
-            break
+                if name == "tifffile":
+                    return TifffileBackend(p, layout.series_index if layout else 0)
+                return TiffSlideBackend(p)
+            if kind == "other":
+                reasons.append("not a PNG, JPEG or TIFF image")
+                continue
+            if kind == "tiff":
+                return ImageBackend(p)
+            return PlainImageBackend(open_plain_image(p))
+        except SlideError as err:
+            if name == "image" and kind != "tiff":
+                raise  # one-line header/size message from the plain-image reader
+            last_err = err
+            reasons.append(f"{name}: {err}")
         except Exception as err:
             last_err = err
             reasons.append(f"{name}: {type(err).__name__}: {err}")
             logger.debug("backend %s failed on %s", name, p, exc_info=True)
-    if impl is None:
-        if kind == "other" and backend is None and last_err is None:
-            what = f"not a slide or image file (it starts with {head[:8]!r})"
-        else:
-            what = "unreadable"
-        raise SlideError(
-            f"slide {p} is {what}: " + "; ".join(reasons) + ". Expected a whole-slide image OpenSlide or "
-            "tiffslide reads (.svs, .tif, .ndpi, .mrxs, OME-TIFF, ...) or a PNG/JPEG/TIFF image"
-        ) from last_err
+    if kind == "other" and backend is None and last_err is None:
+        what = f"not a slide or image file (it starts with {head[:8]!r})"
+    else:
+        what = "unreadable"
+    raise SlideError(
+        f"slide {p} is {what}: " + "; ".join(reasons) + ". Expected a whole-slide image OpenSlide or "
+        "tiffslide reads (.svs, .tif, .ndpi, .mrxs, OME-TIFF, ...) or a PNG/JPEG/TIFF image"
+    ) from last_err
 
-    _check_geometry(p, impl)
-    resolution = impl.resolution
-    if mpp is not None:
-        resolution = Resolution(float(mpp), float(mpp), "override")
-    return Slide(p, impl, resolution)
+
+def _candidates(p: Path, kind: str, impl: Backend, layout: TiffLayout | None) -> list[Candidate]:
+    """Every resolution candidate the file carries: reader properties (vendor keys, reader mpp), and for
+    TIFFs the OME-XML, ImageJ calibration and resolution tags of the slide's series; for JPEG/PNG the
+    JFIF density / pHYs."""
+    props = impl.properties
+    cands: list[Candidate] = []
+    for prefix in ("openslide", "tiffslide"):
+        cands += from_reader_mpp(props, prefix)
+    cands += from_vendor_keys(props)
+    if kind == "tiff" and layout is not None:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(p) as tf:
+                cands += candidates_from_tifffile(tf, layout.series_index)
+        except Exception as err:  # the metadata is optional; the pixels were readable
+            logger.debug("reading TIFF metadata of %s failed: %s", p, err)
+    elif isinstance(impl, PlainImageBackend):
+        cands += impl._img.candidates
+    return cands
+
+
+def _openslide_associated(impl: Backend) -> tuple[str, ...]:
+    osr = getattr(impl, "_osr", None)
+    return tuple(str(n) for n in osr.associated_images) if osr is not None else ()
 
 
 def _check_geometry(path: Path, impl: Backend) -> None:

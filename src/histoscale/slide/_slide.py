@@ -12,7 +12,7 @@ import numpy as np
 from histoscale.errors import ConfigError, MissingMppError, SlideError
 from histoscale.patches import resample
 from histoscale.slide._backends import Backend
-from histoscale.slide.resolution import Resolution, as_positive
+from histoscale.slide.resolution import Candidate, Resolution, as_positive
 
 __all__ = ["Slide"]
 
@@ -23,7 +23,15 @@ _STRIP_BYTES = 64 * 2**20  # bounded memory when reading whole levels (thumbnail
 class Slide:
     """An open slide: pyramid geometry, resolution, and white-padded reads. Use as a context manager."""
 
-    def __init__(self, path: Path, impl: Backend, resolution: Resolution | None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        impl: Backend,
+        resolution: Resolution | None,
+        *,
+        candidates: tuple[Candidate, ...] = (),
+        associated: tuple[str, ...] = (),
+    ) -> None:
         self.path = path
         self._impl: Backend | None = impl
         self.backend: str = impl.name
@@ -32,6 +40,10 @@ class Slide:
         self.dimensions: tuple[int, int] = self.level_dimensions[0]
         self.level_count: int = len(self.level_dimensions)
         self.resolution = resolution
+        #: every pixel-size candidate the file carries, best first, rejected ones with their reason
+        self.resolution_candidates: tuple[Candidate, ...] = candidates
+        #: names of the associated images (label, macro, thumbnail, ...) that are not the slide
+        self.associated_images: tuple[str, ...] = associated
         self.objective_power: float | None = impl.objective_power
         self.vendor: str | None = impl.vendor
         self.properties: Mapping[str, str] = MappingProxyType(dict(impl.properties))
@@ -71,8 +83,10 @@ class Slide:
         """
         res = self.resolution
         if res is None:
+            found = "; ".join(str(c) for c in self.resolution_candidates)
             raise MissingMppError(
-                f"slide {self.path} has no um/px metadata: give it (CLI: --slide-mpp; Python: slide_mpp=...) "
+                f"slide {self.path} has no um/px metadata{f' (found only: {found})' if found else ''}: give it "
+                "(CLI: --slide-mpp; Python: slide_mpp=...) "
                 "or use relative downsample units (--relative; Python: relative=True)"
             )
         if res.is_anisotropic and res.source != "override":

@@ -5,14 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from histoscale.slide._slide import Slide
+from histoscale.slide.resolution import PRECEDENCE
 from histoscale.slide.tissue import tissue_mask
 
 __all__ = ["slide_info"]
 
 
 def slide_info(slide: Slide, *, tissue: bool = False) -> dict[str, Any]:
-    """JSON-able summary: path, backend, vendor, geometry, resolution and its provenance
-    (um/px), objective power, and optionally the tissue fraction (computes a tissue mask)."""
+    """JSON-able summary: path, backend, vendor, geometry, resolution and its provenance (um/px), every
+    resolution candidate the file carries (accepted/rejected with the reason, the chosen one and why),
+    associated images (label, macro, thumbnail), objective power, and optionally the tissue fraction
+    (computes a tissue mask)."""
     res = slide.resolution
     info: dict[str, Any] = {
         "path": str(slide.path),
@@ -29,9 +32,38 @@ def slide_info(slide: Slide, *, tissue: bool = False) -> dict[str, Any]:
         "mpp_y": res.mpp_y if res else None,
         "mpp_source": res.source if res else None,
         "anisotropic": res.is_anisotropic if res else None,
+        "mpp_chosen_because": _why(slide),
+        "mpp_candidates": [
+            {
+                "source": c.source,
+                "kind": c.kind,
+                "mpp_x": c.mpp_x,
+                "mpp_y": c.mpp_y,
+                "accepted": c.accepted,
+                "chosen": res is not None and c is res.chosen,
+                "reason": c.reason,
+                "note": c.note,
+            }
+            for c in slide.resolution_candidates
+        ],
+        "associated_images": list(slide.associated_images),
         "objective_power": slide.objective_power,
     }
     if tissue:
         info["tissue_fraction"] = tissue_mask(slide).fraction
     return info
 
+
+
+def _why(slide: Slide) -> str:
+    res = slide.resolution
+    if res is None:
+        return (
+            "no accepted pixel size in the file: give it (CLI: --slide-mpp; Python: slide_mpp=...)"
+            if not slide.resolution_candidates
+            else "every pixel size in the file was rejected (see mpp_candidates): give it "
+            "(CLI: --slide-mpp; Python: slide_mpp=...)"
+        )
+    if res.source == "override":
+        return "given by the user (CLI: --slide-mpp; Python: slide_mpp=...), overrides the file"
+    return "first accepted candidate in the precedence " + " > ".join(PRECEDENCE)

@@ -1,0 +1,101 @@
+"""Generators for slide-layout tests: every file is written by tifffile/Pillow into tmp_path (small images)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+
+PURPLE = (120, 40, 160)
+
+
+def image(h: int, w: int, fill: tuple[int, int, int] = (200, 200, 200)) -> np.ndarray:
+    """Mostly uniform RGB image (compresses fast) with a purple block in the upper-left quadrant."""
+    a = np.empty((h, w, 3), np.uint8)
+    a[...] = fill
+    a[h // 4 : h // 2, w // 4 : w // 2] = PURPLE
+    return a
+
+
+def write_pyramid(
+    path: Path,
+    layout: str,
+    *,
+    size: int = 512,
+    levels: int = 3,
+    tile: int = 128,
+    label_at: int | None = None,
+    label_shape: tuple[int, int] = (300, 100),
+    label_description: str | None = "label",
+    resolution: tuple[float, float] | None = (20000, 20000),
+    resolutionunit: str = "CENTIMETER",
+    ome_metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write a tiled RGB pyramid in one of these layouts:
+
+    * ``pages``: levels in the main IFD chain, reduced levels with NewSubfileType = 1;
+    * ``pages-noflag``: same without the reduced-image bit;
+    * ``subifd``: plain TIFF, reduced levels as SubIFDs of page 0;
+    * ``ome``: OME-TIFF, reduced levels as SubIFDs (OME pyramid convention), pixel size in OME-XML;
+    * ``ome-series``: OME-TIFF with each level as its own OME Image.
+
+    ``label_at``: insert a stripped label page before main-chain level ``label_at`` (``levels`` = last).
+    """
+    lv = [image(size >> i, size >> i) for i in range(levels)]
+    label = image(*label_shape, fill=(250, 250, 250))
+    res = dict(resolution=resolution, resolutionunit=resolutionunit) if resolution else {}
+    ome = layout.startswith("ome")
+    with tifffile.TiffWriter(path, ome=ome) as tw:
+
+        def put_label() -> None:
+            tw.write(label, photometric="rgb", metadata=None, description=label_description, rowsperstrip=64)
+
+        if layout in ("pages", "pages-noflag"):
+            for i, a in enumerate(lv):
+                if label_at == i:
+                    put_label()
+                flag = 1 if i and layout == "pages" else 0
+                tw.write(a, tile=(tile, tile), photometric="rgb", metadata=None, subfiletype=flag, **res)
+            if label_at == levels:
+                put_label()
+        elif layout in ("subifd", "ome"):
+            if label_at == 0:
+                put_label()
+            md = ({"axes": "YXS"} | (ome_metadata or {})) if ome else None
+            tw.write(lv[0], subifds=levels - 1, tile=(tile, tile), photometric="rgb", metadata=md, **res)
+            for a in lv[1:]:
+                tw.write(a, tile=(tile, tile), photometric="rgb", subfiletype=1, metadata=None)
+            if label_at is not None and label_at > 0:
+                put_label()
+        elif layout == "ome-series":
+            for a in lv:
+                tw.write(
+                    a, tile=(tile, tile), photometric="rgb", metadata={"axes": "YXS"} | (ome_metadata or {}), **res
+                )
+        else:
+            raise ValueError(layout)
+    return path
+
+
+def write_aperio(path: Path, mpp: float = 0.499) -> Path:
+    """Aperio SVS layout: base (tiled), thumbnail (stripped), 2 reduced levels, label, macro; 72 dpi tags."""
+    lv = [image(512 >> i, 512 >> i) for i in range(3)]
+    head = "Aperio Image Library v12.0.15\r\n"
+    kw: dict[str, Any] = dict(photometric="rgb", metadata=None)
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(
+            lv[0],
+            tile=(128, 128),
+            description=head + f"512x512 (128x128) RAW|AppMag = 20|MPP = {mpp}",
+            resolution=(72, 72),
+            resolutionunit="INCH",
+            **kw,
+        )
+        tw.write(image(128, 128), description=head + "512x512 -> 128x128", **kw)
+        for a in lv[1:]:
+            tw.write(a, tile=(128, 128), description=head, **kw)
+        tw.write(image(100, 90), subfiletype=1, description=head + "label 90x100", **kw)
+        tw.write(image(100, 300), subfiletype=9, description=head + "macro 300x100", **kw)
+    return path
