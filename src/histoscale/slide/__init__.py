@@ -9,9 +9,12 @@ Conventions (as in OpenSlide):
   output pixel.
 * Everything outside the slide reads as white (255), never as an error.
 
-Backends, tried in this order: OpenSlide (anything it detects), tiffslide (TIFF-based files OpenSlide
-does not read: OME-TIFF, stripped or odd generic TIFFs), then plain images (PNG, JPEG, TIFF) as a
-single-level slide held in memory.
+Backends, chosen by content: a TIFF is inspected first (the slide is its largest tiled series, never a
+label, macro or thumbnail page, which are named as associated images); OpenSlide reads it when it sees the
+same levels (vendor formats, plain tiled pyramids), tiffslide when it does not (OME-TIFF, SubIFD pyramids),
+tifffile on the right series when the slide is not the file's first series. Other files go to OpenSlide
+(MRXS, VMS, DICOM, ...). JPEG/PNG open as a single-level slide decoded at the first read. The pixel size is
+chosen among every convention the file carries (:mod:`histoscale.slide.resolution`); none means MISSING.
 """
 
 from histoscale.slide._open import open_slide
