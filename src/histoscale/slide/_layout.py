@@ -442,8 +442,8 @@ class PlainImage:
             w, h = self.dimensions
             raise LayoutError(
                 f"{self.path}: decoding this {w}x{h} px {self.format} needs {self.decode_bytes / 1e6:.0f} MB, "
-                f"over the {self.max_decode_bytes / 1e6:.0f} MB limit (max_decode_bytes); convert it to a tiled "
-                "pyramidal TIFF (e.g. vips tiffsave --tile --pyramid) or raise the limit"
+                f"over the {self.max_decode_bytes / 1e6:.0f} MB a plain image may take in memory; convert it to a "
+                "tiled pyramidal TIFF (e.g. vips tiffsave --tile --pyramid), which is read tile by tile"
             )
 
     def _decode(self) -> np.ndarray:
