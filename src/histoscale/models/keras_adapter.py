@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,21 +66,18 @@ class KerasSplitModel(SplitModel):
         return self._predict(self._logits_model, chunk)
 
 
-def load_keras(
-    spec: Any,
-    *,
-    where: str,
-    name: str,
-    device: str | None,
-    precision: str,
-    batch_size: int | None,
-    class_names: Sequence[str] | None,
-    mpp: float | None,
-    input_size: int | None,
-    mean: Sequence[float] | None,
-    std: Sequence[float] | None,
-) -> KerasSplitModel:
+def load_keras(request: LoadRequest) -> KerasSplitModel:
     """Split a Keras 3 model (path or model object) at its last Dense layer and verify on a probe batch."""
+    spec, where, name, device, precision = (
+        request.spec, request.where, request.name, request.device, request.precision
+    )
+    batch_size, class_names, mpp = request.batch_size, request.class_names, request.mpp
+    input_size, mean, std = request.input_size, request.mean, request.std
+    if request.preprocess is not None:
+        raise ConfigError(
+            f"{where}: a preprocess function is supported for torch and ONNX models; export the Keras model "
+            "to ONNX (tf2onnx) or drop 'preprocess' from the card"
+        )
     keras = _import_keras()
     if isinstance(spec, (str, os.PathLike)):
         path = Path(spec)
@@ -159,17 +155,4 @@ def _claims(request: LoadRequest) -> bool:
     )
 
 
-def _load(request: LoadRequest) -> KerasSplitModel:
-    if request.preprocess is not None:
-        raise ConfigError(
-            f"{request.where}: a preprocess function is supported for torch and ONNX models; export the Keras model "
-            "to ONNX (tf2onnx) or drop 'preprocess' from the card"
-        )
-    return load_keras(
-        request.spec, where=request.where, name=request.name, device=request.device, precision=request.precision,
-        batch_size=request.batch_size, class_names=request.class_names, mpp=request.mpp,
-        input_size=request.input_size, mean=request.mean, std=request.std,
-    )
-
-
-register_format(ModelFormat("keras", _claims, _load))
+register_format(ModelFormat("keras", _claims, load_keras))

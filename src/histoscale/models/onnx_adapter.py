@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -203,22 +202,14 @@ def _input_layout(model: Any, where: str, rgb: bool) -> tuple[str, bool, int | N
     return inp.name, nchw, side, dims[0]
 
 
-def load_onnx(
-    spec: Any,
-    *,
-    where: str,
-    name: str,
-    device: str | None,
-    precision: str,
-    batch_size: int | None,
-    class_names: Sequence[str] | None,
-    mpp: float | None,
-    input_size: int | None,
-    mean: Sequence[float] | None,
-    std: Sequence[float] | None,
-    preprocess: str | None = None,
-) -> OnnxSplitModel:
+def load_onnx(request: LoadRequest) -> OnnxSplitModel:
     """Split an ONNX model (path or ``onnx.ModelProto``) and verify the split on a probe batch."""
+    spec, where, name, device, precision = (
+        request.spec, request.where, request.name, request.device, request.precision
+    )
+    batch_size, class_names, mpp = request.batch_size, request.class_names, request.mpp
+    input_size, mean, std = request.input_size, request.mean, request.std
+    preprocess = request.preprocess
     import onnx
     import onnxruntime as ort
 
@@ -306,12 +297,4 @@ def _claims(request: LoadRequest) -> bool:
     return request.fmt == "onnx" or request.suffix == ".onnx" or type(request.spec).__name__ == "ModelProto"
 
 
-def _load(request: LoadRequest) -> OnnxSplitModel:
-    return load_onnx(
-        request.spec, where=request.where, name=request.name, device=request.device, precision=request.precision,
-        batch_size=request.batch_size, class_names=request.class_names, mpp=request.mpp,
-        input_size=request.input_size, mean=request.mean, std=request.std, preprocess=request.preprocess,
-    )
-
-
-register_format(ModelFormat("onnx", _claims, _load))
+register_format(ModelFormat("onnx", _claims, load_onnx))
