@@ -276,11 +276,16 @@ def test_all_background(white_slide: Path, capsys: pytest.CaptureFixture[str], m
 
 def test_slide_smaller_than_widest_field(tmp_path: Path, capsys: pytest.CaptureFixture[str], model_files) -> None:
     small = tmp_path / "small.png"
-    Image.fromarray(tissue_image(40, 40)).save(small)  # relative grid 0.5..2 x 32 px: widest field 64 px
-    with pytest.raises(ScaleSearchError) as exc:
-        find_scale(small, tiny_model(), **FAST)
+    Image.fromarray(tissue_image(40, 40)).save(small)
+    with pytest.raises(ScaleSearchError) as exc:  # relative grid up to 2 x 32 px: widest field 64 px
+        find_scale(small, tiny_model(), scales=(0.5, 1.0, 2.0), relative=True, **FAST)
     assert str(small) in str(exc.value) and "smaller than the widest field of view" in str(exc.value)
-    assert_cli_error(capsys, ["search", small, "--model", model_files["card"], "--points", 8], "--scales")
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(tissue_image(20, 20)).save(tiny)  # the default range needs one octave: 32 px at 0.5..1
+    with pytest.raises(ScaleSearchError) as exc:
+        find_scale(tiny, tiny_model(), **FAST)
+    assert str(tiny) in str(exc.value) and "too little room to search" in str(exc.value)
+    assert_cli_error(capsys, ["search", tiny, "--model", model_files["card"], "--points", 8], "--scales")
 
 
 def test_points_at_the_border_are_padded_not_refused(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """Multiscale patches: for one point, N concentric patches at N scales, all resampled to the model's input size.
 
-Each point is read ONCE, at its widest field of view, from the pyramid level just finer than its finest scale;
-the N patches are crops of that one read, each shrunk with anti-aliasing. Reading the next points overlaps
+Each point is read once per group of nearby scales (one read for a usual grid of up to 2 octaves), at the group's
+widest field of view, from the pyramid level just finer than its finest scale; the patches are crops of that read,
+each shrunk with anti-aliasing. Reading the next points overlaps
 inference through a small thread pool (OpenSlide and tifffile release the GIL while decoding).
 """
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from histoscale.errors import ConfigError
 
-__all__ = ["LevelReader", "iter_multiscale", "read_multiscale", "resample"]
+__all__ = ["MAX_SCALE_RATIO_PER_READ", "LevelReader", "iter_multiscale", "read_multiscale", "resample"]
 
 
 class LevelReader(Protocol):
@@ -56,12 +57,33 @@ def resample(image: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
 
 
 
+# A wide scan (e.g. 0.5..16 level-0 px per output px) read in one piece would pull a huge level-0 region; scales
+# within this ratio of each other share one read, each group from the pyramid level that serves its finest scale.
+MAX_SCALE_RATIO_PER_READ = 4.0
+
+
 def read_multiscale(slide: LevelReader, center_xy: Sequence[float], downsamples: np.ndarray, out_px: int) -> np.ndarray:
     """Patches (N, out_px, out_px, 3) uint8 centred on ``center_xy`` (level-0 px).
 
-    ``downsamples`` (N,) are level-0 px per output px: patch i spans ``out_px * downsamples[i]`` level-0 px.
+    ``downsamples`` (N,) ascending, level-0 px per output px: patch i spans ``out_px * downsamples[i]`` level-0 px.
+    Scales within :data:`MAX_SCALE_RATIO_PER_READ` of each other are cropped from one read at the pyramid level
+    just finer than the group's finest scale, so a wide range costs a few small reads, not one huge one.
     """
     downsamples = np.asarray(downsamples, dtype=np.float64)
+    patches = np.empty((len(downsamples), out_px, out_px, 3), dtype=np.uint8)
+    start = 0
+    while start < len(downsamples):
+        stop = start + 1
+        while stop < len(downsamples) and downsamples[stop] <= downsamples[start] * MAX_SCALE_RATIO_PER_READ * (1 + 1e-9):
+            stop += 1
+        _read_group(slide, center_xy, downsamples[start:stop], out_px, patches[start:stop])
+        start = stop
+    return patches
+
+
+def _read_group(
+    slide: LevelReader, center_xy: Sequence[float], downsamples: np.ndarray, out_px: int, out: np.ndarray
+) -> None:
     level = slide.best_level(float(downsamples.min()))
     level_ds = float(slide.level_downsamples[level])
     cx, cy = (float(c) / level_ds for c in center_xy)  # centre in this level's px
@@ -70,13 +92,11 @@ def read_multiscale(slide: LevelReader, center_xy: Sequence[float], downsamples:
     x0, y0 = math.floor(cx - half), math.floor(cy - half)
     side = math.ceil(cx + half) - x0
     region = slide.read_level(level, (round(x0 * level_ds), round(y0 * level_ds)), (side, side))
-    patches = np.empty((len(downsamples), out_px, out_px, 3), dtype=np.uint8)
     for i, ds in enumerate(downsamples):
         r = out_px * ds / level_ds / 2
         left, top = round(cx - r - x0), round(cy - r - y0)
         size = max(1, round(2 * r))
-        patches[i] = resample(region[top : top + size, left : left + size], (out_px, out_px))
-    return patches
+        out[i] = resample(region[top : top + size, left : left + size], (out_px, out_px))
 
 
 def iter_multiscale(

@@ -7,12 +7,9 @@ from collections.abc import Callable
 import numpy as np
 
 from histoscale.aggregate import FALLING, RISING, PointAnswers
+from histoscale.search._range import MIN_AUTO_DOWNSAMPLE
 
-__all__ = ["MIN_WIDEN_DOWNSAMPLE", "edge_direction", "widen_grid"]
-
-# Widening stops at 2x upsampling: blurred, upsampled patches lie far from the training data, where hyperplane
-# distances grow without meaning (seen on phantoms: votes run away to the finest scale).
-MIN_WIDEN_DOWNSAMPLE = 0.5
+__all__ = ["edge_direction", "widen_grid"]
 
 
 def edge_direction(winner: int, n_scales: int, answers: PointAnswers, min_share: float = 1 / 3) -> int:
@@ -33,7 +30,7 @@ def widen_grid(
     """Up to 2 new scales beyond the grid's edge in ``direction``, within what the slide allows; None if none.
 
     Coarser scales must still fit the slide (``out_px`` model px at their downsample); finer ones stop at
-    :data:`MIN_WIDEN_DOWNSAMPLE`; ``done`` widenings so far, at most ``limit`` new scales in all.
+    :data:`MIN_AUTO_DOWNSAMPLE`; ``done`` widenings so far, at most ``limit`` new scales in all.
     """
     if direction == 0 or done * 2 >= limit:
         return None
@@ -43,5 +40,5 @@ def widen_grid(
         new = new[out_px * to_downsamples(new) <= max(size_wh)]
     else:
         new = grid[0] / ratio ** np.arange(2, 0, -1)
-        new = new[to_downsamples(new) >= MIN_WIDEN_DOWNSAMPLE]
+        new = new[to_downsamples(new) >= MIN_AUTO_DOWNSAMPLE]
     return new if len(new) else None

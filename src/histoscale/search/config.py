@@ -26,17 +26,20 @@ class SearchConfig:
 
     Attributes:
         points: P, the number of points sampled (>= 1).
-        scales: None (9 scales of ratio 2^(1/4) around the model's training um/px, or downsample 1),
-            ``"paper"``, or ascending scales as a comma-separated string or a tuple (um/px, or downsample with
-            ``relative`` or on a slide without um/px).
+        scales: None (the default, coarse to fine: a half-octave scan over the whole plausible range in level-0
+            downsample, whatever the slide declares, then quarter-octave steps around its peak), ``"paper"``, or
+            ascending scales as a comma-separated string or a tuple (um/px, or downsample with ``relative`` or on
+            a slide without um/px): a fixed grid.
         seed: seed of the point sampling and the bootstrap.
         scorer: one of :data:`histoscale.scoring.SCORERS` (default: the bias-aware class margin).
         aggregation: ``"pooled"`` (argmax of the mean standardised curve) or ``"vote"`` (the paper's).
         sampling: ``"tissue"`` (points on the tissue mask) or ``"uniform"`` (the paper's).
-        relative: search in level-0 downsample units even when the slide declares its um/px.
+        relative: report (and read explicit ``scales``) in level-0 downsample units even when the slide
+            declares its um/px.
         early_stop: stop sampling once the answer is settled.
         widen: extend the grid when the curves keep rising towards one of its edges.
         max_widen_steps: at most this many scales added by widening.
+        scan_points: points of the default search's sparse scan (the fine stage re-reads them with the rest).
         batch_points: points per model call (and per early-stop check).
         prefetch: points read ahead of the model by reader threads (0: none).
     """
@@ -51,13 +54,14 @@ class SearchConfig:
     early_stop: bool = True
     widen: bool = True
     max_widen_steps: int = 8
+    scan_points: int = 16
     batch_points: int = 8
     prefetch: int = 4
 
     def __post_init__(self) -> None:
         if isinstance(self.scales, (list, tuple)) or hasattr(self.scales, "tolist"):
             object.__setattr__(self, "scales", tuple(float(v) for v in self.scales))  # type: ignore[union-attr]
-        for name in ("points", "batch_points"):
+        for name in ("points", "batch_points", "scan_points"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)})", keyword=name)
         for name in ("max_widen_steps", "prefetch"):
@@ -74,6 +78,15 @@ class SearchConfig:
                 parse_scales(self.scales, units="downsample" if self.relative else "um/px", min_count=2)
             except ConfigError as err:
                 raise ConfigError(str(err), keyword="scales") from None
+
+    @classmethod
+    def paper(cls, **changes: Any) -> SearchConfig:
+        """The paper's Algorithm 1 exactly (Penkin et al. 2023): its nine magnifications, the bias-free hyperplane
+        projection, a majority vote over uniformly sampled points, all P points, no widening."""
+        settings: dict[str, Any] = dict(
+            scales="paper", scorer="paper", aggregation="vote", sampling="uniform", early_stop=False, widen=False
+        )
+        return cls(**(settings | changes))
 
     def replace(self, **changes: Any) -> SearchConfig:
         """A copy with ``changes`` applied (and checked)."""

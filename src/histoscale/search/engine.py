@@ -2,12 +2,14 @@
 
 For P points, N concentric patches per point are resampled to the model's input size; the model's features are
 scored per scale (:mod:`histoscale.scoring`); the points' curves give the slide's answer (:mod:`histoscale.aggregate`)
-with a continuous estimate and a bootstrap interval. Beyond the paper: the grid widens when the curves keep
-rising towards its edge, sampling stops once the answer is settled, and the answer is checked against the
-slide's declared resolution.
+with a continuous estimate and a bootstrap interval. Beyond the paper: by default the search is coarse to fine over
+the whole plausible range in level-0 downsample (:mod:`histoscale.search._range`), placed without looking at the
+declared um/px, so that the metadata check can catch a declaration off by any factor; the fine grid widens when the
+curves keep rising towards its edge; sampling stops once the answer is settled.
 
-The engine is a short loop over named steps: :func:`_plan` (units, grid, points), then per block of points
-``_Run.add_block`` (read + features), ``_Run.consensus``, ``_Run.try_widen``, and finally ``_Run.settle``.
+The engine is a short loop over named steps: :func:`_plan` (units, grid, points), ``_Run.scan`` (default search
+only: the sparse scan that places the fine grid), then per block of points ``_Run.add_block`` (read + features),
+``_Run.consensus``, ``_Run.try_widen``, and finally ``_Run.settle``.
 """
 
 from __future__ import annotations
@@ -22,17 +24,18 @@ import numpy as np
 
 from histoscale._compat import renamed
 from histoscale._progress import progress_bar
-from histoscale.aggregate import PointAnswers, Vote, analyse_curves, is_settled, vote
+from histoscale.aggregate import PointAnswers, Vote, analyse_curves, is_settled, pooled_curve, vote
 from histoscale.errors import MissingMppError, ScaleSearchError
 from histoscale.models import SplitModel, load_model
 from histoscale.patches import iter_multiscale, read_multiscale
 from histoscale.sampling import sample_points
 from histoscale.scoring import score_points
+from histoscale.search._range import fine_grid, plausible_range, scan_grid
 from histoscale.search._widen import edge_direction, widen_grid
 from histoscale.search.config import SearchConfig
-from histoscale.search.result import ScaleResult, metadata_check
+from histoscale.search.result import ScaleResult, ScanSummary, metadata_check
 from histoscale.slide import Slide, open_slide, tissue_mask
-from histoscale.units import Units, check_upsampling, grid_around, parse_scales, to_downsamples
+from histoscale.units import Units, check_upsampling, parse_scales, to_downsamples
 
 __all__ = ["find_scale"]
 
@@ -62,6 +65,8 @@ def find_scale(
 
     Units: um/px when the slide's resolution is known and ``relative`` is False; otherwise level-0 downsample
     (explicit ``scales`` on a slide without resolution need ``relative=True``: they are never silently reread).
+    The default search (``scales=None``) is placed in level-0 downsample whatever the slide declares; its answer is
+    then expressed in the units above and compared with the declared um/px (``result.check``).
 
     Raises:
         ConfigError: invalid settings. MissingMppError: um/px scales on a slide without resolution.
@@ -86,9 +91,13 @@ class _Plan:
     grid: np.ndarray
     level0_mpp: float | None  # converts um/px scales to level-0 downsamples (None in relative units)
     xy: np.ndarray  # (points, 2) level-0 px, in draw order
+    search_range: tuple[float, float] | None  # default search: (finest, coarsest) level-0 downsample; grid = scan
 
     def downsamples(self, scales: np.ndarray) -> np.ndarray:
         return to_downsamples(scales, self.units, self.level0_mpp)
+
+    def scales(self, downsamples: np.ndarray) -> np.ndarray:
+        return np.asarray(downsamples, dtype=np.float64) * (self.level0_mpp or 1.0)
 
 
 def _plan(slide: Slide, model: SplitModel, config: SearchConfig) -> _Plan:
@@ -103,25 +112,33 @@ def _plan(slide: Slide, model: SplitModel, config: SearchConfig) -> _Plan:
             "slide's resolution (--slide-mpp / slide_mpp=...), or search in downsample units "
             "(--relative / relative=True)"
         )
-    model_mpp = getattr(model, "mpp", None)
-    center = (model_mpp or 0.5) if units == "um/px" else 1.0
-    grid = grid_around(center) if scales is None else parse_scales(scales, units=units, min_count=2)
     level0_mpp = slide.level0_mpp() if units == "um/px" else None
-    ds = to_downsamples(grid, units, level0_mpp)
-    check_upsampling(ds, grid, units, f"{slide.path} (level 0 at {slide.mpp or 1:.3g} {'um/px' if level0_mpp else 'px'})")
     w, h = slide.dimensions
-    widest = int(model.input_size) * ds[-1]
-    if widest > max(w, h):
-        raise ScaleSearchError(
-            f"{slide.path} is {w}x{h} px, smaller than the widest field of view ({widest:.0f} level-0 px at "
-            f"{grid[-1]:.3g} {units}): choose finer scales (--scales) or a larger slide"
-        )
-    mask = tissue_mask(slide) if config.sampling == "tissue" else None
+    input_px = int(model.input_size)
+    search_range = None
+    if scales is None:
+        search_range = plausible_range(getattr(model, "mpp", None), input_px, (w, h), str(slide.path))
+        ds = scan_grid(*search_range)
+        grid = ds * (level0_mpp or 1.0)
+        margin = input_px * float(np.sqrt(ds[0] * ds[-1])) / 2  # the scan's widest patches may touch the border
+    else:
+        grid = parse_scales(scales, units=units, min_count=2)
+        ds = to_downsamples(grid, units, level0_mpp)
+        where = f"{slide.path} (level 0 at {slide.mpp or 1:.3g} {'um/px' if level0_mpp else 'px'})"
+        check_upsampling(ds, grid, units, where)
+        widest = input_px * ds[-1]
+        if widest > max(w, h):
+            raise ScaleSearchError(
+                f"{slide.path} is {w}x{h} px, smaller than the widest field of view ({widest:.0f} level-0 px at "
+                f"{grid[-1]:.3g} {units}): choose finer scales (--scales) or a larger slide"
+            )
+        margin = widest / 2
+    mask = tissue_mask(slide, use_mpp=search_range is None) if config.sampling == "tissue" else None
     xy = sample_points(
-        (w, h), config.points, seed=config.seed, mode=config.sampling, margin_px=widest / 2, mask=mask,
+        (w, h), config.points, seed=config.seed, mode=config.sampling, margin_px=margin, mask=mask,
         where=str(slide.path),
     )
-    return _Plan(units, grid, level0_mpp, xy)
+    return _Plan(units, grid, level0_mpp, xy, search_range)
 
 
 @dataclass
@@ -137,6 +154,8 @@ class _Run:
     widenings: list[str] = field(default_factory=list)
     widened: int = 0  # direction of the widenings so far: +1 coarser, -1 finer
     stopped_early: bool = False
+    patches_scored: int = 0
+    scan: ScanSummary | None = None
     timings: dict[str, float] = field(default_factory=lambda: {"read_and_model_s": 0.0, "widen_s": 0.0})
 
     @property
@@ -152,6 +171,7 @@ class _Run:
     def _features_of(self, patches: np.ndarray) -> np.ndarray:
         """(p, N, S, S, 3) uint8 patches -> (p, N, M) features."""
         p, n = patches.shape[:2]
+        self.patches_scored += p * n
         return self.model.features(patches.reshape(p * n, *patches.shape[2:])).reshape(p, n, -1)
 
     def execute(self, progress: bool) -> ScaleResult:
@@ -159,6 +179,8 @@ class _Run:
         t0 = time.perf_counter()
         with progress_bar(progress) as bar:
             task = bar.add_task("scale search", total=points) if bar is not None else None
+            if self.plan.search_range is not None:
+                self.scan_range()
             patches = self._patches(0)
             try:
                 while self.used < points:
@@ -182,6 +204,38 @@ class _Run:
                 patches.close()
         self.timings["read_and_model_s"] = time.perf_counter() - t0 - self.timings["widen_s"]
         return self.settle()
+
+    def scan_range(self) -> None:
+        """The sparse scan over the whole range on the first ``scan_points`` points; the fine grid (quarter-octave
+        steps, the one the answer comes from) is centred on its peak. Every point, the scan's included, is then
+        read on the fine grid."""
+        n = min(self.config.scan_points, self.config.points)
+        patches = iter_multiscale(
+            self.slide, self.plan.xy[:n], self.plan.downsamples(self.grid), int(self.model.input_size),
+            prefetch=self.config.prefetch,
+        )
+        try:
+            feats = self._features_of(np.stack([next(patches) for _ in range(n)]))
+        finally:
+            patches.close()
+        curves = score_points(feats, self.model.W, self.model.b, self.config.scorer).curve
+        answers, scan_vote = self.consensus(n_boot=20, curves=curves)
+        scan_grid_units = self.grid
+        if scan_vote.winner < 0:
+            raise ScaleSearchError(
+                f"no informative point in {self.slide.path}: every curve was flat over the scan "
+                f"{scan_grid_units.round(3).tolist()} {self.plan.units} (background or blank tissue?); sample more "
+                "points or check the tissue mask"
+            )
+        informative = curves[answers.informative]
+        peak_ds = float(self.plan.downsamples(np.array([2.0**scan_vote.log2_estimate]))[0])
+        self.plan.grid = self.plan.scales(fine_grid(peak_ds, *self.plan.search_range))  # type: ignore[misc]
+        self.scan = ScanSummary(
+            scales=scan_grid_units, pooled_curve=pooled_curve(informative), peak=2.0**scan_vote.log2_estimate,
+            points=n, patches=n * len(scan_grid_units),
+        )
+        logger.info("scan over %s: peak at %.3g; fine grid %s", scan_grid_units.round(3).tolist(),
+                    self.scan.peak, self.grid.round(3).tolist())
 
     def add_block(self, patches: Any) -> None:
         """Read and run the model on the next block of points."""
@@ -269,6 +323,8 @@ class _Run:
             widenings=tuple(self.widenings),
             check=check,
             class_names=tuple(self.model.class_names),
+            patches_scored=self.patches_scored,
+            scan=self.scan,
             points_xy=self.plan.xy[: self.used],
             curves=scored.curve,
             class_scores=scored.matrix,

@@ -13,7 +13,7 @@ from histoscale._files import json_safe
 from histoscale.aggregate import PointAnswers
 from histoscale.units import Units, steps_between
 
-__all__ = ["MetadataCheck", "ScaleResult", "metadata_check"]
+__all__ = ["MetadataCheck", "ScaleResult", "ScanSummary", "metadata_check"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,23 @@ class MetadataCheck:
     implied_estimate: float | None
     implied_interval: tuple[float, float] | None
     disagreement_steps: float | None
+
+
+@dataclass(frozen=True)
+class ScanSummary:
+    """The default search's sparse scan over the whole plausible range: its ``scales`` (N,) in the result's units,
+    the ``pooled_curve`` (N,) of its informative points (mean standardised score), the ``peak`` the fine grid was
+    centred on, and the ``points`` and ``patches`` it cost."""
+
+    scales: np.ndarray
+    pooled_curve: np.ndarray
+    peak: float
+    points: int
+    patches: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scales": self.scales.tolist(), "pooled_curve": self.pooled_curve.tolist(), "peak": self.peak,
+                "points": self.points, "patches": self.patches}
 
 
 @dataclass(frozen=True)
@@ -67,6 +84,8 @@ class ScaleResult:
     class_scores: np.ndarray = field(repr=False)
     point_answers: PointAnswers = field(repr=False)
     timings: dict[str, float] = field(default_factory=dict)
+    patches_scored: int = 0  # patches the model saw, the scan's included
+    scan: ScanSummary | None = None  # the default search's sparse scan (None for a fixed grid)
 
     @property
     def point_classes(self) -> np.ndarray:
@@ -87,6 +106,11 @@ class ScaleResult:
             text += f"; slide um/px implied {c.implied_mpp:.3g} (continuous {c.implied_estimate:.3g}, {lo_mpp:.3g}-{hi_mpp:.3g})"
             if c.declared_mpp is not None:
                 text += f" vs declared {c.declared_mpp:.3g} ({c.disagreement_steps:+.1f} steps)"
+        if c.status == "MISMATCH" and c.declared_mpp and c.model_mpp:
+            # The declared um/px is wrong, so a scale in um/px is only a name: say what to read.
+            ds = self.chosen_scale / c.declared_mpp if self.units == "um/px" else self.chosen_scale
+            text += (f"; the declared um/px is off: read level 0 at downsample {ds:.3g}"
+                     f" to give the model its {c.model_mpp:.3g} um/px")
         return text + f" -> {c.status}"
 
     def to_dict(self, *, per_point: bool = True) -> dict[str, Any]:
@@ -110,6 +134,8 @@ class ScaleResult:
             "points_informative": self.points_informative,
             "stopped_early": self.stopped_early,
             "widenings": list(self.widenings),
+            "patches_scored": self.patches_scored,
+            "scan": self.scan.to_dict() if self.scan is not None else None,
             "check": asdict(self.check),
             "class_names": list(self.class_names),
             "timings_s": self.timings,

@@ -36,6 +36,7 @@ def tissue_mask(
     min_object_px: int | None = None,
     saturation_floor: int = 8,
     saturation_cap: int = 10,
+    use_mpp: bool = True,
 ) -> TissueMask:
     """Tissue vs background from the thumbnail: Otsu threshold on HSV saturation (0..255).
 
@@ -43,13 +44,14 @@ def tissue_mask(
     an empty mask instead of Otsu-split noise. ``saturation_cap`` is an upper bound: on a slide that is
     all tissue, Otsu would split pale stroma from dense nuclei and call the stroma background. Objects and holes smaller than ``min_object_px`` mask
     px are removed; by default that is ``min_object_um2`` um^2 converted with the mask's um/px, or
-    1e-4 of the mask area when the slide has no resolution.
+    1e-4 of the mask area when the slide has no resolution or ``use_mpp`` is False (a check of the declared
+    um/px must not let that value decide where it looks).
     """
     from skimage.filters import threshold_otsu
     from skimage.morphology import remove_small_holes, remove_small_objects
 
     thumb, ds = slide.thumbnail(max_side)
-    mask_mpp = slide.mpp * ds if slide.mpp is not None else None
+    mask_mpp = slide.mpp * ds if (slide.mpp is not None and use_mpp) else None
     sat = cv2.medianBlur(cv2.cvtColor(thumb, cv2.COLOR_RGB2HSV)[:, :, 1], 3)  # JPEG speckle on glass
     if int(sat.max()) <= saturation_floor:
         mask = np.zeros(sat.shape, bool)

@@ -1,0 +1,65 @@
+"""The default search's range and grids, in level-0 downsample: placed by the slide and the model, never by the
+slide's declared um/px (a check must not trust what it checks).
+
+The range runs from the finest scale worth reading (at most 2x upsampling) to the coarsest at which the model's
+field of view still fits on the slide, capped, when the model's training um/px is known, where the slide's level 0
+would have to be finer than any brightfield scanner gives. A sparse scan over it (half-octave steps) finds the
+region of the answer; a fine grid (quarter-octave steps) around the scan's peak gives the answer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from histoscale.errors import ScaleSearchError
+from histoscale.units import STEPS_PER_OCTAVE
+
+__all__ = [
+    "FINEST_PLAUSIBLE_MPP", "MAX_DOWNSAMPLE_UNKNOWN_MODEL", "MIN_AUTO_DOWNSAMPLE", "SCAN_STEPS_PER_OCTAVE",
+    "fine_grid", "plausible_range", "scan_grid",
+]
+
+# Upsampled patches are blur, far from any training data, where hyperplane distances grow without meaning (seen
+# on phantoms: curves rise again towards 4x upsampling); 2x is the most the default search and widening ask for.
+MIN_AUTO_DOWNSAMPLE = 0.5
+#: Level-0 um/px finer than this is not a brightfield slide (x80-x100 scanners give ~0.1-0.12 um/px).
+FINEST_PLAUSIBLE_MPP = 0.1
+#: Without the model's training um/px nothing bounds the coarse end physically: 5 octaves above 2x upsampling.
+MAX_DOWNSAMPLE_UNKNOWN_MODEL = 16.0
+SCAN_STEPS_PER_OCTAVE = 2
+
+
+def plausible_range(model_mpp: float | None, input_px: int, size_wh: tuple[int, int], where: str) -> tuple[float, float]:
+    """(finest, coarsest) level-0 downsample worth searching for a model with ``input_px`` inputs.
+
+    Raises:
+        ScaleSearchError: the slide is too small for even one octave of search.
+    """
+    fit = min(size_wh) / float(input_px)
+    cap = model_mpp / FINEST_PLAUSIBLE_MPP if model_mpp else MAX_DOWNSAMPLE_UNKNOWN_MODEL
+    lo, hi = MIN_AUTO_DOWNSAMPLE, min(fit, cap)
+    if hi < 2 * lo:
+        raise ScaleSearchError(
+            f"{where} is {size_wh[0]}x{size_wh[1]} px: the model's {input_px} px field of view fits only up to "
+            f"downsample {fit:.2g}, too little room to search for the scale; give explicit scales (--scales / "
+            "scales=...) or a larger image"
+        )
+    return lo, hi
+
+
+def scan_grid(lo: float, hi: float) -> np.ndarray:
+    """Geometric grid from ``lo`` to ``hi`` (both included) with steps of at most half an octave."""
+    n = math.ceil(math.log2(hi / lo) * SCAN_STEPS_PER_OCTAVE) + 1
+    return np.geomspace(lo, hi, n)
+
+
+def fine_grid(center: float, lo: float, hi: float, half_width: int = 4) -> np.ndarray:
+    """``2 * half_width + 1`` quarter-octave steps centred on ``center``, shifted to lie within [lo, hi] where the
+    range allows (a peak at the range's edge keeps its neighbours on the inside)."""
+    log_lo, log_hi = math.log2(lo), math.log2(hi)
+    span = 2 * half_width / STEPS_PER_OCTAVE
+    start = math.log2(center) - half_width / STEPS_PER_OCTAVE
+    start = min(max(start, log_lo), max(log_lo, log_hi - span))
+    return 2.0 ** (start + np.arange(2 * half_width + 1) / STEPS_PER_OCTAVE)
