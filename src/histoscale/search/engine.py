@@ -210,10 +210,7 @@ class _Run:
         steps, the one the answer comes from) is centred on its peak. Every point, the scan's included, is then
         read on the fine grid."""
         n = min(self.config.scan_points, self.config.points)
-        patches = iter_multiscale(
-            self.slide, self.plan.xy[:n], self.plan.downsamples(self.grid), int(self.model.input_size),
-            prefetch=self.config.prefetch,
-        )
+        patches = self._patches(0)
         try:
             feats = self._features_of(np.stack([next(patches) for _ in range(n)]))
         finally:
