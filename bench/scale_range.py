@@ -95,6 +95,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=HERE / ".work")
     args = ap.parse_args()
     t0 = time.perf_counter()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
     model = load_model(None)
     cohort = phantoms(args.workdir, args.slides)
     runs: dict[str, list[dict[str, Any]]] = {"default": [], "fixed 15-scale grid": [], "previous default": []}
@@ -132,7 +133,6 @@ def main() -> None:
             "expected_status": float(np.mean([r["status"] == expected for r in rows])),
             "implied_within_1_step": float(np.mean([abs(r["steps"]) <= 1 + 1e-9 for r in rows])),
         }
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
     out = {
         "date": _dt.datetime.now().isoformat(timespec="seconds"), "commit": commit, "seconds": time.perf_counter() - t0,
         "slides": args.slides, "seeds": [SEED0, SEED0 + args.slides - 1], "summary": summary,
