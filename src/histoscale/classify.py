@@ -275,7 +275,7 @@ def classify_slide(
     Raises:
         MissingMppError: absolute scale asked of a slide without um/px. ConfigError: bad arguments.
     """
-    if not hasattr(model, "logits"):
+    if not hasattr(model, "patch_logits"):
         model = load_model(model)
     owns = not isinstance(slide, Slide)
     the_slide = open_slide(slide, mpp=slide_mpp) if owns else slide
@@ -322,7 +322,7 @@ def _classify(
         if not pending:
             return
         t = time.perf_counter()
-        p_all = softmax(model.logits(np.concatenate([patches for _, _, patches in pending]))).astype(np.float32)
+        p_all = softmax(model.patch_logits(np.concatenate([patches for _, _, patches in pending]))).astype(np.float32)
         start = 0
         for a, part, _ in pending:
             p = p_all[start : start + len(part)]
