@@ -181,7 +181,7 @@ def check_split(name: str, where: str, phi: np.ndarray, W: np.ndarray, b: np.nda
         layer = "1x1 convolution" if dense else "linear layer"
         raise ModelError(
             f"{where}: features @ W + b differs from the output of {name!r} by up to {diff:.3g}: something follows "
-            f"the final {layer} (an activation, scaling, resizing); export or wrap the model so it returns the "
+            f"the final {layer} (softmax, an activation, scaling); export or wrap the model so it returns the "
             f"raw logits of its last {layer}, or name the head with head=..."
         )
 
