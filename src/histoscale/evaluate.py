@@ -4,7 +4,8 @@ Positions are drawn once, per class, from a label map (a phantom's truth, a user
 annotations), away from class boundaries and from the slide's border where the labels allow; every scale is
 evaluated on the SAME positions (one read per position at its widest field of view, concentric patches shrunk
 with anti-aliasing, as in the search). With ``--search`` the content-based scale search runs too and its choice
-is marked, so one sees whether the search lands on the accuracy-optimal scale.
+is marked, so one sees whether the search lands on the accuracy-optimal scale. A segmentation model's answer at a
+position is the mean of its cells' logits over the patch (:meth:`~histoscale.models.SplitModel.patch_logits`).
 """
 
 from __future__ import annotations
