@@ -103,7 +103,7 @@ def load_keras(request: LoadRequest) -> KerasSplitModel:
     activation = getattr(head.activation, "__name__", str(head.activation))
     if activation not in ("linear", "softmax") + (("sigmoid",) if conv else ()):
         raise ModelError(
-            f"{where}: the last {type(head).__name__} layer {head.name!r} applies {activation!r}; expected linear or "
+            f"{where}: the head, {type(head).__name__} layer {head.name!r}, applies {activation!r}; expected linear or "
             "softmax" + (" or sigmoid" if conv else "")
         )
     shape = tuple(model.input_shape)
