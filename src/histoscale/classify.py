@@ -11,6 +11,9 @@ for every class, coverage 0 and class index ``-1`` ("not tissue / not classified
 class, if it has one, is only called on windows that the tissue mask let through. Pass ``mask=False`` to run
 every window of the slide.
 
+A segmentation model (a 1x1-convolution head) gives one answer per window, the mean of its cells' logits
+(:meth:`~histoscale.models.SplitModel.patch_logits`), so the map has the window grid's resolution.
+
 Streaming: window rows are processed top to bottom; their pixels come from a rolling band of ``input_size``
 model-px rows, extended by ``stride`` new rows per window row, read from the pyramid level just finer than the
 model scale in column chunks of at most ``MAX_READ_PX`` level px and resampled once (area averaging). Each
@@ -275,7 +278,7 @@ def classify_slide(
     Raises:
         MissingMppError: absolute scale asked of a slide without um/px. ConfigError: bad arguments.
     """
-    if not hasattr(model, "logits"):
+    if not hasattr(model, "patch_logits"):
         model = load_model(model)
     owns = not isinstance(slide, Slide)
     the_slide = open_slide(slide, mpp=slide_mpp) if owns else slide
@@ -322,7 +325,7 @@ def _classify(
         if not pending:
             return
         t = time.perf_counter()
-        p_all = softmax(model.logits(np.concatenate([patches for _, _, patches in pending]))).astype(np.float32)
+        p_all = softmax(model.patch_logits(np.concatenate([patches for _, _, patches in pending]))).astype(np.float32)
         start = 0
         for a, part, _ in pending:
             p = p_all[start : start + len(part)]

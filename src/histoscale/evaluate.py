@@ -4,7 +4,8 @@ Positions are drawn once, per class, from a label map (a phantom's truth, a user
 annotations), away from class boundaries and from the slide's border where the labels allow; every scale is
 evaluated on the SAME positions (one read per position at its widest field of view, concentric patches shrunk
 with anti-aliasing, as in the search). With ``--search`` the content-based scale search runs too and its choice
-is marked, so one sees whether the search lands on the accuracy-optimal scale.
+is marked, so one sees whether the search lands on the accuracy-optimal scale. A segmentation model's answer at a
+position is the mean of its cells' logits over the patch (:meth:`~histoscale.models.SplitModel.patch_logits`).
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ def evaluate_scales(
         margin_px: level-0 px every position keeps from other labels (default: half the field of view at the
             finest scale, so the finest patch is of one class).
     """
-    if not hasattr(model, "logits"):
+    if not hasattr(model, "patch_logits"):
         model = load_model(model)
     owns = not isinstance(slide, Slide)
     sl = open_slide(slide, mpp=slide_mpp) if owns else slide
@@ -186,7 +187,7 @@ def evaluate_scales(
             patches = iter_multiscale(sl, xy, ds, out_px, prefetch=prefetch)
             for start in range(0, n, block):
                 stack = np.stack([next(patches) for _ in range(min(block, n - start))])
-                logits = model.logits(stack.reshape(-1, *stack.shape[2:])).reshape(len(stack), k, -1)
+                logits = model.patch_logits(stack.reshape(-1, *stack.shape[2:])).reshape(len(stack), k, -1)
                 rows = slice(start, start + len(stack))
                 preds[rows] = logits.argmax(axis=2)
                 p_true[rows] = softmax(logits)[np.arange(len(stack)), :, truth[rows]]

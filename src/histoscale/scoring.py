@@ -7,6 +7,24 @@ For one point the model gives a feature matrix X (N scales x M features). A scor
 
 All functions broadcast over leading axes, so a whole batch of points (P, N, M) is scored at once.
 
+Segmentation models (features (P, N, G, M): a feature map averaged over G cells, see
+:mod:`histoscale.models.contract`) are scored cell by cell with the same scorer, then pooled over cells: the
+point's curve is the **mean of the per-cell curves over its tissue cells**, cells whose top class (largest logit)
+is the model's ``background`` class being left out, and the class matrix is the mean over the same cells. Why:
+
+* per cell, not on the patch's mean logits: a patch half epithelium, half stroma would have a small margin of its
+  mean logits even where every cell is decided, which favours the finest scales (most homogeneous patches); the
+  mean of per-cell margins measures how decided the model is about each part of what it sees;
+* mean, not max: one confident cell is noise, the mean follows the whole field of view;
+* background left out: a model is usually most certain about empty glass, and a coarser field of view holds more
+  of it, so counting it makes the curve rise towards coarse scales for a reason that says nothing about tissue.
+  Without a named background every cell counts. A scale at which none of a point's cells is tissue takes the
+  point's lowest pooled value (no evidence for that scale) and the class matrix of all its cells; a point without
+  tissue at any scale is flat.
+
+Sigmoid (multi-label) heads and softmax heads alike: the scorers work on the logits, before any activation; the
+``margin`` (top-1 minus top-2 logit distance) is then how decisively one channel wins, for both.
+
 Scorers
 -------
 ``paper``       D = X W / ||w_c||, bias ignored, r = max_c D    (Penkin et al. 2023, Algorithm 1, exactly)
@@ -75,11 +93,42 @@ def _activation_peaks(features: np.ndarray, rel_tol: float = 1e-3) -> np.ndarray
     return one_hot.sum(axis=-1).astype(np.float32)
 
 
-def score_points(features: np.ndarray, W: np.ndarray, b: np.ndarray, scorer: str = "margin") -> CurveScores:
-    """Score features of shape (P, N, M) (P points, N scales, M features) with the named scorer."""
+def score_points(
+    features: np.ndarray, W: np.ndarray, b: np.ndarray, scorer: str = "margin", *, background: int | None = None
+) -> CurveScores:
+    """Score features of shape (P, N, M) (P points, N scales, M features) with the named scorer.
+
+    Features (P, N, G, M) of a segmentation model are scored per cell and pooled over the cells that are not
+    ``background`` (a class index; see the module docstring); the result has the same shapes, (P, N, C), (P, N).
+    """
     if scorer not in SCORERS:
         raise ConfigError(f"unknown scorer {scorer!r}: choose one of {', '.join(SCORERS)}")
     features = np.asarray(features, dtype=np.float32)
+    if features.ndim == 4:
+        return _pool_over_cells(features, W, b, scorer, background)
+    return _score(features, W, b, scorer)
+
+
+def _pool_over_cells(features: np.ndarray, W: np.ndarray, b: np.ndarray, scorer: str, background: int | None) -> CurveScores:
+    """Per-cell scores of (P, N, G, M) features, averaged over each point's tissue cells: (P, N, C), (P, N)."""
+    cells = _score(features.transpose(0, 2, 1, 3), W, b, scorer)  # scales next to last, as _score expects
+    matrix, curve = cells.matrix.transpose(0, 2, 1, 3), cells.curve.transpose(0, 2, 1)  # (P, N, G, C), (P, N, G)
+    if background is None:
+        return CurveScores(matrix.mean(axis=2), curve.mean(axis=2))
+    tissue = ((features @ W + b).argmax(axis=-1) != background).astype(np.float32)  # (P, N, G)
+    count = tissue.sum(axis=2)
+    with np.errstate(invalid="ignore"):
+        pooled = (curve * tissue).sum(axis=2) / count
+        pooled_matrix = (matrix * tissue[..., None]).sum(axis=2) / count[..., None]
+    empty = count == 0
+    floor = np.where(empty, np.inf, pooled).min(axis=1, keepdims=True)  # the point's lowest tissue value
+    pooled = np.where(empty, np.where(np.isfinite(floor), floor, 0.0), pooled)
+    pooled_matrix = np.where(empty[..., None], matrix.mean(axis=2), pooled_matrix)  # all background: say so
+    return CurveScores(pooled_matrix.astype(np.float32), pooled.astype(np.float32))
+
+
+def _score(features: np.ndarray, W: np.ndarray, b: np.ndarray, scorer: str) -> CurveScores:
+    """:func:`score_points` on (..., N, M) features, scales on the next-to-last axis."""
     if scorer == "paper":
         matrix = hyperplane_distances(features, W, None)
         return CurveScores(matrix, matrix.max(axis=-1))

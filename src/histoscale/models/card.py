@@ -24,7 +24,10 @@ class ModelCard:
     """A model card: what file holds the model, how to build it and how it expects its input.
 
     ``file`` is relative to the card's folder (``path``). ``mpp`` is the resolution in um/px the model was trained
-    at, if known. ``extra`` keeps unknown keys so that :func:`save_card` round-trips them.
+    at, if known. ``head`` names the final layer when it is not found automatically (a torch submodule, an ONNX
+    node, a Keras layer: a linear layer, or a 1x1 convolution for a segmentation model); ``background`` names the
+    class a segmentation model's scale search leaves out (see :mod:`histoscale.scoring`). ``extra`` keeps unknown
+    keys so that :func:`save_card` round-trips them.
     """
 
     format: str
@@ -38,6 +41,7 @@ class ModelCard:
     mpp: float | None = None
     head: str | None = None
     preprocess: str | None = None
+    background: str | None = None
     name: str | None = None
     path: Path | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)

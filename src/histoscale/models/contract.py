@@ -5,6 +5,14 @@ weights: ``logits = features(batch) @ W + b`` (Penkin et al. 2023, Sec. 3: the d
 ``W``). Patches enter as uint8 RGB, NHWC, (N, S, S, 3) with S == ``input_size``; features leave as float32
 (N, M). This module imports no framework: adapters (torch, ONNX, Keras) subclass :class:`SplitModel` and
 verify their split with :func:`check_split`.
+
+Segmentation models (dense heads): a network whose last layer is a 1x1 convolution (stride 1) is a per-pixel
+linear classifier: its map entering that convolution (N, M, H, W) is Phi, the convolution's kernel is W, its bias
+b. A dense map of every patch at every scale would not fit in memory (32 x 256 x 256 floats per patch), but the
+per-pixel logits are linear in the features, so averaging the feature map over a coarse grid of ``cells`` x
+``cells`` blocks (:func:`pool_cells`) averages the logits exactly: a dense :class:`SplitModel` returns features
+(N, G, M) with G = ``cells``\ :sup:`2`, and ``features @ W + b`` (N, G, C) are the model's own per-pixel logits
+averaged over each cell. The scorer pools the per-cell curves (:func:`histoscale.scoring.score_points`).
 """
 
 from __future__ import annotations
@@ -25,15 +33,42 @@ __all__ = [
     "IMAGENET_STD",
     "Preprocessing",
     "SplitModel",
+    "DENSE_CELLS",
     "check_split",
     "default_batch_size",
     "import_callable",
+    "pool_cells",
     "probe_batch",
     "resolve_class_names",
 ]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+#: Cells per side of the grid a segmentation model's map is averaged over (64 cells: 100 points x 9 scales x
+#: 64 cells x 32 features is 7 MB, where the dense maps of 256 px patches would be 7 GB).
+DENSE_CELLS = 8
+
+
+def pool_cells(maps: np.ndarray, cells: int, *, channels_last: bool = False) -> np.ndarray:
+    """Average feature or logit maps over a ``cells`` x ``cells`` grid: (N, K, H, W) -> float32 (N, G, K).
+
+    G = ``cells``\ :sup:`2`, row-major over the grid. Cell i spans rows ``floor(i H / cells)`` to
+    ``ceil((i + 1) H / cells)`` (PyTorch's ``adaptive_avg_pool2d`` rule, so all adapters pool alike); with
+    ``channels_last`` the maps are (N, H, W, K), as Keras gives them.
+    """
+    maps = np.asarray(maps, np.float32)
+    if channels_last:
+        maps = maps.transpose(0, 3, 1, 2)
+    n, k, h, w = maps.shape
+    if h % cells == 0 and w % cells == 0:  # the common case: one reshape
+        out = maps.reshape(n, k, cells, h // cells, cells, w // cells).mean(axis=(3, 5))
+    else:
+        rows = [(i * h // cells, -(-(i + 1) * h // cells)) for i in range(cells)]
+        cols = [(j * w // cells, -(-(j + 1) * w // cells)) for j in range(cells)]
+        out = np.stack([maps[:, :, r0:r1, c0:c1].mean(axis=(2, 3)) for r0, r1 in rows for c0, c1 in cols], axis=2)
+        out = out.reshape(n, k, cells, cells)
+    return np.ascontiguousarray(out.reshape(n, k, cells * cells).transpose(0, 2, 1))
 
 
 @dataclass(frozen=True)
@@ -118,15 +153,19 @@ def import_callable(spec: str | Callable[..., Any], what: str) -> Callable[..., 
 
 
 def check_split(name: str, where: str, phi: np.ndarray, W: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
-    """Raise ModelError unless probe features reproduce the model's own probe output through (W, b)."""
-    if out.ndim != 2:
+    """Raise ModelError unless probe features reproduce the model's own probe output through (W, b).
+
+    Classifiers: ``phi`` (N, M), ``out`` (N, C); segmentation models: both pooled per cell, (N, G, M) and (N, G, C).
+    """
+    dense = out.ndim == 3
+    if out.ndim not in (2, 3):
         raise ModelError(f"{where}: model {name!r} returns shape {tuple(out.shape)}, expected (N, C) class scores")
-    if phi.ndim != 2:
+    if phi.ndim != out.ndim or phi.shape[:-1] != out.shape[:-1]:
         raise ModelError(
             f"{where}: the input of the final linear layer of {name!r} has shape {tuple(phi.shape)}, not a flat "
             "(N, M) feature vector; histoscale needs a classifier whose head is one linear layer on pooled features"
         )
-    if phi.shape[1] != W.shape[0] or out.shape[1] != W.shape[1]:
+    if phi.shape[-1] != W.shape[0] or out.shape[-1] != W.shape[1]:
         raise ModelError(
             f"{where}: final linear layer of {name!r} maps {W.shape[0]} -> {W.shape[1]} but got features "
             f"{tuple(phi.shape)} and output {tuple(out.shape)}"
@@ -139,10 +178,11 @@ def check_split(name: str, where: str, phi: np.ndarray, W: np.ndarray, b: np.nda
     recon = phi.astype(np.float64) @ W.astype(np.float64) + b
     diff = float(np.max(np.abs(recon - out))) if out.size else 0.0
     if not diff <= 1e-3 * (1.0 + float(np.max(np.abs(out)))):
+        layer = "1x1 convolution" if dense else "linear layer"
         raise ModelError(
             f"{where}: features @ W + b differs from the output of {name!r} by up to {diff:.3g}: something follows "
-            "the final linear layer (softmax, an activation, scaling); export or wrap the model so it returns the "
-            "raw logits of its last linear layer, or name the head with head=..."
+            f"the final {layer} (softmax, an activation, scaling); export or wrap the model so it returns the "
+            f"raw logits of its last {layer}, or name the head with head=..."
         )
 
 
@@ -168,8 +208,28 @@ def resolve_class_names(class_names: Sequence[str] | None, n: int, where: str) -
     return tuple(str(c) for c in class_names)
 
 
+def _background_index(class_names: Sequence[str], background: str | None, where: str) -> int | None:
+    """Index of the class named ``background`` (None: none named).
+
+    Raises:
+        ModelError: no class has that name.
+    """
+    if background is None:
+        return None
+    if background not in class_names:
+        raise ModelError(
+            f"{where}: background class {background!r} is not one of the model's classes {list(class_names)}; fix "
+            "'background' in the card (or background=...) to name one of them"
+        )
+    return list(class_names).index(background)
+
+
 class SplitModel(ABC):
     """A classifier split into features ``Phi`` (N, M) and its final linear layer ``W`` (M, C), ``b`` (C,).
+
+    A segmentation model (``cells`` set: a 1x1-convolution head, see the module docstring) returns features
+    (N, G, M), its feature map averaged over G = ``cells`` ** 2 cells, and logits (N, G, C). ``background`` is the
+    index of a class whose cells the scale search leaves out of its pooling (None: every cell counts).
 
     Subclasses implement :meth:`_features_chunk` and :meth:`_forward_chunk` on one chunk of at most
     ``batch_size`` uint8 patches; this base validates input, chunks, and checks the numbers are finite.
@@ -188,8 +248,11 @@ class SplitModel(ABC):
         precision: Literal["fp32", "bf16"],
         batch_size: int,
         source: str,
+        cells: int | None = None,
+        background: str | None = None,
     ) -> None:
         self.name = name
+        self.cells = None if cells is None else int(cells)
         self.W = np.ascontiguousarray(W, dtype=np.float32)
         self.b = np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
         self.class_names = tuple(str(c) for c in class_names)
@@ -206,6 +269,7 @@ class SplitModel(ABC):
                 f"{source}: {len(self.class_names)} class names and bias of {self.b.shape[0]} for a final layer with "
                 f"{self.W.shape[1]} outputs; give exactly {self.W.shape[1]} class names"
             )
+        self.background = _background_index(self.class_names, background, source)
 
     @property
     def input_size(self) -> int:
@@ -222,19 +286,26 @@ class SplitModel(ABC):
         """C, the number of classes."""
         return int(self.W.shape[1])
 
+    @property
+    def num_cells(self) -> int | None:
+        """G, the cells a segmentation model's map is pooled over; None for a classifier."""
+        return None if self.cells is None else self.cells**2
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(name={self.name!r}, M={self.num_features}, C={self.num_classes}, "
-            f"input_size={self.input_size}, mpp={self.mpp}, device={self.device!r}, precision={self.precision!r})"
+            f"input_size={self.input_size}, mpp={self.mpp}, device={self.device!r}, precision={self.precision!r}"
+            + ("" if self.cells is None else f", cells={self.cells}x{self.cells}")
+            + ")"
         )
 
     @abstractmethod
     def _features_chunk(self, chunk: np.ndarray) -> np.ndarray:
-        """uint8 (n, S, S, 3) -> float32 (n, M)."""
+        """uint8 (n, S, S, 3) -> float32 (n, M), or (n, G, M) pooled per cell for a segmentation model."""
 
     @abstractmethod
     def _forward_chunk(self, chunk: np.ndarray) -> np.ndarray:
-        """uint8 (n, S, S, 3) -> float32 (n, C), the model's own output."""
+        """uint8 (n, S, S, 3) -> float32 (n, C) (or (n, G, C) pooled per cell), the model's own output."""
 
     def _check_batch(self, batch: np.ndarray) -> np.ndarray:
         if not isinstance(batch, np.ndarray) or batch.dtype != np.uint8:
@@ -248,10 +319,11 @@ class SplitModel(ABC):
 
     def _run(self, batch: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], width: int, what: str) -> np.ndarray:
         batch = self._check_batch(batch)
-        out = np.empty((batch.shape[0], width), np.float32)
+        cells = () if self.num_cells is None else (self.num_cells,)
+        out = np.empty((batch.shape[0], *cells, width), np.float32)
         for start in range(0, batch.shape[0], self.batch_size):
             part = fn(np.ascontiguousarray(batch[start : start + self.batch_size]))
-            bad = ~np.isfinite(part).all(axis=1)
+            bad = ~np.isfinite(part.reshape(len(part), -1)).all(axis=1)
             if bad.any():
                 raise ModelError(
                     f"model {self.name!r} ({self.source}) produced NaN/inf {what} for {int(bad.sum())} of {len(part)} "
@@ -262,11 +334,13 @@ class SplitModel(ABC):
         return out
 
     def features(self, batch: np.ndarray) -> np.ndarray:
-        """Phi: uint8 RGB patches (N, S, S, 3) -> float32 features (N, M) entering the final linear layer."""
+        """Phi: uint8 RGB patches (N, S, S, 3) -> float32 features (N, M) entering the final linear layer
+        ((N, G, M), averaged per cell, for a segmentation model)."""
         return self._run(batch, self._features_chunk, self.num_features, "features")
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        """``features(batch) @ W + b``: float32 (N, C) class scores computed from the split."""
+        """``features(batch) @ W + b``: float32 (N, C) class scores computed from the split ((N, G, C) per cell
+        for a segmentation model)."""
         out = self.features(batch) @ self.W + self.b
         if not np.isfinite(out).all():
             raise ModelError(
@@ -274,6 +348,14 @@ class SplitModel(ABC):
             )
         return out
 
+    def patch_logits(self, batch: np.ndarray) -> np.ndarray:
+        """One answer per patch, float32 (N, C): :meth:`logits` of a classifier; for a segmentation model the mean
+        of its cells' logits, which is the patch-level linear classifier on its mean-pooled map (what
+        ``classify`` and ``evaluate`` use: the label there is one class per window or position)."""
+        out = self.logits(batch)
+        return out if out.ndim == 2 else out.mean(axis=1)
+
     def forward_logits(self, batch: np.ndarray) -> np.ndarray:
-        """The model's own output (N, C) for uint8 patches, to verify the split against :meth:`logits`."""
+        """The model's own output (N, C) ((N, G, C) pooled per cell) for uint8 patches, to verify the split
+        against :meth:`logits`."""
         return self._run(batch, self._forward_chunk, self.num_classes, "logits")

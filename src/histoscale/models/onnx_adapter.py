@@ -1,8 +1,13 @@
 """ONNX models split into features and final linear layer, run with ONNX Runtime.
 
-The node producing the logits (a ``Gemm``, or ``MatMul`` followed by ``Add``; behind an optional ``Softmax``) is
-located in the graph, W and b are read from its initializers, and its input tensor is added as an extra graph
-output, so one session run returns both the features (N, M) and the logits (N, C).
+The node producing the logits (a ``Gemm``, or ``MatMul`` followed by ``Add``; behind an optional ``Softmax`` or
+``Sigmoid``) is located in the graph, or named by ``head``; W and b are read from its initializers, and its input
+tensor is added as an extra graph output, so one session run returns both the features (N, M) and the logits (N, C).
+
+Segmentation models: a ``Conv`` with a 1x1 kernel, stride 1, no padding and one group is a per-pixel linear layer;
+its input map (N, M, H, W) and output map (N, C, H, W) are averaged over cells
+(:func:`~histoscale.models.contract.pool_cells`) into features (N, G, M) and logits (N, G, C). A named head's
+own output is the logits, whatever follows it in the graph (an upsampling, say).
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ import numpy as np
 
 from histoscale.errors import ModelError
 from histoscale.models.contract import (
+    DENSE_CELLS,
     IMAGENET_MEAN,
     IMAGENET_STD,
     Preprocessing,
     SplitModel,
     check_split,
     default_batch_size,
+    pool_cells,
     probe_batch,
     resolve_class_names,
 )
@@ -31,7 +38,7 @@ __all__ = ["OnnxSplitModel", "load_onnx"]
 
 logger = logging.getLogger(__name__)
 
-_PASS_THROUGH = ("Identity", "Softmax", "LogSoftmax")
+_PASS_THROUGH = ("Identity", "Softmax", "LogSoftmax", "Sigmoid")
 
 
 class OnnxSplitModel(SplitModel):
@@ -77,11 +84,15 @@ class OnnxSplitModel(SplitModel):
             x = np.concatenate([x, np.zeros((self._fixed_batch - n, *x.shape[1:]), x.dtype)])  # type: ignore[operator]
         return [np.asarray(o, np.float32)[:n] for o in self.session.run(self._outputs, {self._input_name: x})]
 
+    def _pooled(self, chunk: np.ndarray, k: int) -> np.ndarray:
+        out = self._run_session(chunk)[k]
+        return out if self.cells is None else pool_cells(out, self.cells)
+
     def _features_chunk(self, chunk: np.ndarray) -> np.ndarray:
-        return self._run_session(chunk)[0]
+        return self._pooled(chunk, 0)
 
     def _forward_chunk(self, chunk: np.ndarray) -> np.ndarray:
-        return self._run_session(chunk)[1]
+        return self._pooled(chunk, 1)
 
 
 def _constant(graph: Any, name: str, producers: dict[str, Any], inits: dict[str, Any]) -> np.ndarray | None:
@@ -107,13 +118,21 @@ def _constant(graph: Any, name: str, producers: dict[str, Any], inits: dict[str,
     return None
 
 
-def _locate_head(model: Any, where: str) -> tuple[str, str, np.ndarray, np.ndarray]:
-    """(features tensor, logits tensor, W (M, C), b (C,)) of the final linear layer of an ONNX graph."""
-    from onnx import helper
-
+def _locate_head(model: Any, where: str, head: str | None) -> tuple[str, str, np.ndarray, np.ndarray, bool]:
+    """(features tensor, logits tensor, W (M, C), b (C,), dense) of the final linear layer of an ONNX graph, or of
+    the node named ``head``; ``dense``: a 1x1 convolution (a segmentation head)."""
     graph = model.graph
     producers = {out: node for node in graph.node for out in node.output}
     inits = {t.name: t for t in graph.initializer}
+    if head is not None:
+        node = next((n for n in graph.node if n.name == head), None)
+        if node is None:
+            layers = [n.name for n in graph.node if n.op_type in ("Gemm", "MatMul", "Add", "Conv")]
+            raise ModelError(
+                f"{where}: the ONNX graph has no node named {head!r}; fix head= (the card's 'head') to one of its "
+                f"linear or convolution nodes: {layers[-20:]}"
+            )
+        return _parse_head(graph, node, node.output[0], producers, inits, where)
     logits = graph.output[0].name
     if len(graph.output) > 1:
         logger.info("%s has %d outputs; using the first, %r, as the class scores", where, len(graph.output), logits)
@@ -129,16 +148,44 @@ def _locate_head(model: Any, where: str) -> tuple[str, str, np.ndarray, np.ndarr
         node = producers.get(logits)
     if node is None:
         raise ModelError(f"{where}: no final linear layer found: the graph output {logits!r} is not computed by a node")
+    return _parse_head(graph, node, logits, producers, inits, where)
+
+
+def _parse_head(
+    graph: Any, node: Any, logits: str, producers: dict[str, Any], inits: dict[str, Any], where: str
+) -> tuple[str, str, np.ndarray, np.ndarray, bool]:
+    """:func:`_locate_head`'s answer for ``node`` (Gemm, MatMul(+Add) or a 1x1 Conv) computing ``logits``."""
+    from onnx import helper
 
     def fail(detail: str) -> ModelError:
         return ModelError(
-            f"{where}: no final linear layer found: the logits come from a {node.op_type} node ({detail}); histoscale "
-            "needs a graph ending in Gemm or MatMul+Add with constant weights (optionally followed by Softmax); "
-            "re-export the classifier so that its last layer is linear"
+            f"{where}: no final linear layer found: the logits come from a {node.op_type} node {node.name!r} "
+            f"({detail}); histoscale needs a graph ending in Gemm or MatMul+Add with constant weights, or a 1x1 Conv "
+            "for a segmentation model (optionally followed by Softmax or Sigmoid); re-export the model so that its "
+            "last layer is linear, or name that layer with head=..."
         )
 
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Conv":
+        weight = _constant(graph, node.input[1], producers, inits)
+        if weight is None or weight.ndim != 4:
+            raise fail("its weight is not a constant 2D kernel")
+        pads = [int(p) for p in attrs.get("pads", [])]
+        auto_pad = attrs.get("auto_pad", b"NOTSET")
+        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+        strides = [int(v) for v in attrs.get("strides", [1, 1])]
+        if weight.shape[2:] != (1, 1) or any(v != 1 for v in strides) or int(attrs.get("group", 1)) != 1 or any(
+            pads
+        ) or auto_pad not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
+            raise fail(
+                f"kernel {list(weight.shape[2:])}, strides {strides}, pads {pads}, group {attrs.get('group', 1)}: "
+                "not a 1x1 convolution of stride 1, a per-pixel linear classifier"
+            )
+        W = weight.reshape(weight.shape[0], weight.shape[1]).T
+        bias = _constant(graph, node.input[2], producers, inits) if len(node.input) > 2 and node.input[2] else None
+        b = np.zeros(W.shape[1], np.float32) if bias is None else bias.reshape(-1)
+        return node.input[0], logits, W.astype(np.float32), np.asarray(b, np.float32), True
     if node.op_type == "Gemm":
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if attrs.get("transA", 0):
             raise fail("transA=1")
         B = _constant(graph, node.input[1], producers, inits)
@@ -151,7 +198,7 @@ def _locate_head(model: Any, where: str) -> tuple[str, str, np.ndarray, np.ndarr
             if C is None
             else float(attrs.get("beta", 1.0)) * np.broadcast_to(C, (1, W.shape[1])).reshape(-1)
         )
-        return node.input[0], logits, W.astype(np.float32), np.asarray(b, np.float32)
+        return node.input[0], logits, W.astype(np.float32), np.asarray(b, np.float32), False
     b = None
     if node.op_type == "Add":
         for i in (0, 1):
@@ -167,8 +214,8 @@ def _locate_head(model: Any, where: str) -> tuple[str, str, np.ndarray, np.ndarr
         if W is None or W.ndim != 2:
             raise fail("its right operand is not a constant matrix")
         b = np.zeros(W.shape[1], np.float32) if b is None else np.broadcast_to(b, (1, W.shape[1])).reshape(-1)
-        return node.input[0], logits, W.astype(np.float32), np.asarray(b, np.float32)
-    raise fail("not Gemm, MatMul or Add")
+        return node.input[0], logits, W.astype(np.float32), np.asarray(b, np.float32), False
+    raise fail("not Gemm, MatMul, Add or Conv")
 
 
 def _input_layout(model: Any, where: str, rgb: bool) -> tuple[str, bool, int | None, int | None]:
@@ -231,7 +278,7 @@ def load_onnx(request: LoadRequest) -> OnnxSplitModel:
         except Exception as err:
             raise ModelError(f"{where}: not a valid ONNX model: {err}; re-export it") from err
     input_name, nchw, side, fixed_batch = _input_layout(model, where, rgb=preprocess is None)
-    feat_name, logits_name, W, b = _locate_head(model, where)
+    feat_name, logits_name, W, b, dense = _locate_head(model, where, request.head)
     if input_size is None:
         input_size = side or 224
     elif side is not None and side != int(input_size):
@@ -263,23 +310,14 @@ def load_onnx(request: LoadRequest) -> OnnxSplitModel:
         tuple(std or IMAGENET_STD),  # type: ignore[arg-type]
         preprocess,
     )
-    split = OnnxSplitModel(
-        session,
-        input_name,
-        nchw,
-        fixed_batch,
-        (feat_name, logits_name),
-        name=name,
-        W=W,
-        b=b,
-        class_names=resolve_class_names(class_names, W.shape[1], where),
-        preprocessing=pre,
-        mpp=mpp,
-        device="cuda" if providers[0].startswith("CUDA") else "cpu",
-        precision="fp32",
-        batch_size=batch_size or default_batch_size("cuda" if providers[0].startswith("CUDA") else "cpu"),
-        source=where,
+    device_name = "cuda" if providers[0].startswith("CUDA") else "cpu"
+    common: dict[str, Any] = dict(
+        name=name, W=W, b=b, class_names=resolve_class_names(class_names, W.shape[1], where), preprocessing=pre,
+        mpp=mpp, device=device_name, precision="fp32", batch_size=batch_size or default_batch_size(device_name),
+        source=where, background=request.background,
     )
+    layout = (session, input_name, nchw, fixed_batch, (feat_name, logits_name))
+    split = OnnxSplitModel(*layout, **common)
     probe = probe_batch(pre.input_size)
     try:
         feats, out = split._run_session(probe)
@@ -288,6 +326,15 @@ def load_onnx(request: LoadRequest) -> OnnxSplitModel:
             f"{where}: model {name!r} failed on a probe batch of {pre.input_size} x {pre.input_size} px: {err}; set "
             "input_size to the size the model was trained at"
         ) from err
+    if dense:  # the maps are only known now: pool them over at most DENSE_CELLS cells per side
+        if feats.ndim != 4 or out.ndim != 4:
+            raise ModelError(
+                f"{where}: the 1x1 Conv head of {name!r} gives maps of shape {feats.shape} -> {out.shape}, not "
+                "(N, M, H, W) -> (N, C, H, W)"
+            )
+        cells = min(DENSE_CELLS, *out.shape[2:])
+        split = OnnxSplitModel(*layout, cells=cells, **common)
+        feats, out = pool_cells(feats, cells), pool_cells(out, cells)
     check_split(name, where, feats, W, b, out)
     logger.info("loaded ONNX %r from %s: M=%d, C=%d, %s", name, where, W.shape[0], W.shape[1], providers[0])
     return split

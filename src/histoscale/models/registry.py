@@ -57,6 +57,7 @@ class LoadRequest:
     factory_kwargs: Mapping[str, Any] = field(default_factory=dict)
     allow_pickle: bool = False
     preprocess: str | None = None
+    background: str | None = None
 
     @property
     def suffix(self) -> str:
@@ -125,6 +126,7 @@ def load_model(
     std: Sequence[float] | None = None,
     mpp: float | None = None,
     preprocess: str | None = None,
+    background: str | None = None,
 ) -> SplitModel:
     """Load a classifier and split it into features (Phi) and its final linear layer (W, b).
 
@@ -134,7 +136,9 @@ def load_model(
             state dict / pickled checkpoint (``.pt``, ``.pth``, ``.ts``, ...), ``.safetensors``, ``.onnx``,
             ``.keras``.
         card: a model card (object or JSON path) describing ``spec``; its keys fill what is not given here.
-        head: name of the final linear submodule (torch), when automatic detection is not wanted.
+        head: name of the final layer when automatic detection is not wanted: a torch submodule, an ONNX node or
+            a Keras layer; a linear layer, or a 1x1 convolution for a segmentation model (whose split features
+            are its map averaged over cells, see :mod:`histoscale.models.contract`).
         factory: ``"module:callable"`` or a callable building the architecture for a state dict.
         allow_pickle: allow full unpickling of checkpoints (runs code stored in the file). A card saying
             ``"torch-pickle"`` does not grant it: only the caller does.
@@ -145,6 +149,8 @@ def load_model(
         class_names, input_size (px), mean, std (0..1 RGB), mpp (um/px at training): override the card.
         preprocess: ``"module:function"`` turning uint8 RGB (N, S, S, 3) into the model's float32 (N, C, S, S)
             input, for models that do not take normalised RGB (see :class:`Preprocessing`); torch and ONNX.
+        background: the class a segmentation model's scale search leaves out of its pooling over cells (see
+            :mod:`histoscale.scoring`); None: every cell counts.
 
     Raises:
         ModelError: the model cannot be loaded or split; the message names the file and the fix.
@@ -180,7 +186,7 @@ def load_model(
         input_size=pick(input_size, "input_size"), mean=pick(mean, "mean"), std=pick(std, "std"),
         head=pick(head, "head"), factory=pick(factory, "factory"),
         factory_kwargs=card.factory_kwargs if card is not None else {}, allow_pickle=allow_pickle,
-        preprocess=pick(preprocess, "preprocess"),
+        preprocess=pick(preprocess, "preprocess"), background=pick(background, "background"),
     )
     for fmt in _formats_to_try():
         if fmt.claims(request):

@@ -4,6 +4,12 @@ The feature vector is taken from timm's ``forward_head(forward_features(x), pre_
 it, otherwise captured with a forward pre-hook on the final ``nn.Linear`` (found automatically: the linear layer
 whose output is the model's output on a probe batch, last registered first, or named by ``head``).
 TorchScript modules take no hooks: compiled timm methods or a scripted ``nn.Sequential`` are used.
+
+Segmentation models (output (N, C, H, W)): the head is the ``nn.Conv2d`` with a 1x1 kernel, stride 1 and C outputs
+whose output is the model's output, possibly through a sigmoid or softmax (found automatically, last registered
+first), or the 1x1 convolution named by ``head``, whose own output is then the logits whatever follows it (an
+upsampling, say); forward hooks capture its input and output maps, averaged over cells on the device
+(:func:`~histoscale.models.contract.pool_cells`' rule, which is ``adaptive_avg_pool2d``'s).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from torch import nn
 
 from histoscale.errors import ConfigError, ModelError
 from histoscale.models.contract import (
+    DENSE_CELLS,
     IMAGENET_MEAN,
     IMAGENET_STD,
     Preprocessing,
@@ -72,12 +79,20 @@ def resolve_precision(precision: str, device: torch.device) -> Literal["fp32", "
 
 
 class TorchSplitModel(SplitModel):
-    """A torch module (or TorchScript module) with a feature function ``phi(x) -> (N, M)``."""
+    """A torch module (or TorchScript module) with a feature function ``phi(x) -> (N, M)`` (or (N, G, M)) and the
+    function giving the head's output, ``forward`` (the module itself unless given)."""
 
-    def __init__(self, module: nn.Module, phi: Callable[[torch.Tensor], torch.Tensor], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        phi: Callable[[torch.Tensor], torch.Tensor],
+        forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.module = module
         self._phi = phi
+        self._forward = module if forward is None else forward
         self._torch_device = torch.device(self.device)
         scale, offset = self.preprocessing.scale_offset()
         self._scale = torch.from_numpy(scale).view(1, 3, 1, 1).to(self._torch_device)
@@ -103,7 +118,7 @@ class TorchSplitModel(SplitModel):
         return self._call(self._phi, chunk)
 
     def _forward_chunk(self, chunk: np.ndarray) -> np.ndarray:
-        return self._call(self.module, chunk)
+        return self._call(self._forward, chunk)
 
 
 
@@ -166,6 +181,7 @@ def build_torch(
     class_names: Sequence[str] | None,
     mpp: float | None,
     input_size_from: str,
+    background: str | None = None,
 ) -> TorchSplitModel:
     """Split a torch module (eval mode and moved to ``device`` in place) and verify the split on a probe batch."""
     if pre.function is None:  # a preprocess function may feed other channels than RGB
@@ -188,17 +204,127 @@ def build_torch(
             f"(input size from {input_size_from}): {type(err).__name__}: {err}; set input_size to the size the model "
             "was trained at"
         ) from err
-    if isinstance(out, tuple) or out.ndim != 2:
-        raise ModelError(f"{where}: model {name!r} returns shape {tuple(out.shape)}, expected (N, C) class scores")
+    if isinstance(out, tuple) or out.ndim not in (2, 4):
+        raise ModelError(
+            f"{where}: model {name!r} returns shape {tuple(getattr(out, 'shape', ()))}, expected (N, C) class scores "
+            "or (N, C, H, W) segmentation maps"
+        )
     n_out = out.shape[1]
 
-    phi, head_mod = _find_split(module, where, name, head, n_out, runner, probe, out, scripted)
-    W, b = _wb(*_linear_like(head_mod))  # type: ignore[misc]
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+    cells = None
+    if out.ndim == 4:
+        if scripted:
+            raise ModelError(
+                f"{where}: cannot split the TorchScript segmentation model {name!r}: TorchScript takes no hooks; "
+                "export it to ONNX (torch.onnx.export) or load the state dict with factory='module:callable'"
+            )
+        cells = min(DENSE_CELLS, *out.shape[2:])
+        head_mod = _find_dense_head(module, where, name, head, runner, probe, out)
+        phi, forward = _dense_fns(module, head_mod, cells)
+    else:
+        phi, head_mod = _find_split(module, where, name, head, n_out, runner, probe, out, scripted)
+    if cells is None:
+        W, b = _wb(*_linear_like(head_mod))  # type: ignore[misc]
+    else:
+        W, b = _wb(head_mod.weight.flatten(1), head_mod.bias)  # (C, M, 1, 1) -> (C, M)
     names = resolve_class_names(class_names, W.shape[1], where)
-    model = TorchSplitModel(module, phi, W=W, b=b, class_names=names, **common)
+    model = TorchSplitModel(
+        module, phi, forward, W=W, b=b, class_names=names, cells=cells, background=background, **common
+    )
+    if cells is not None:
+        check_split(name, where, model._features_chunk(probe), W, b, model._forward_chunk(probe))
     model.precision = resolve_precision(precision, device)
     logger.info("loaded %r from %s: M=%d, C=%d, %s %s", name, where, W.shape[0], W.shape[1], device, model.precision)
     return model
+
+
+def _is_pointwise_conv(module: Any) -> bool:
+    """A 2D convolution that is a per-pixel linear map: 1x1 kernel, stride 1, no padding, one group."""
+    return (
+        isinstance(module, nn.Conv2d)
+        and tuple(module.kernel_size) == (1, 1)
+        and tuple(module.stride) == (1, 1)
+        and module.groups == 1
+        and (module.padding in ("valid", "same") or tuple(module.padding) == (0, 0))  # type: ignore[arg-type]
+    )
+
+
+def _find_dense_head(
+    module: nn.Module, where: str, name: str, head: str | None, runner: TorchSplitModel, probe: np.ndarray,
+    out: np.ndarray,
+) -> nn.Conv2d:
+    """The 1x1 convolution whose output is the model's output ``out`` (N, C, H, W), as is or through a sigmoid or
+    softmax over the channels."""
+    convs = [n for n, m in module.named_modules() if isinstance(m, nn.Conv2d)]
+    if head is not None:
+        try:
+            head_mod = module.get_submodule(head)
+        except AttributeError as err:
+            raise ModelError(f"{where}: model {name!r} has no submodule {head!r}; its convolutions: {convs}") from err
+        if not _is_pointwise_conv(head_mod):
+            raise ModelError(
+                f"{where}: head {head!r} of the segmentation model {name!r} is a {type(head_mod).__name__}"
+                + (f" with kernel {tuple(head_mod.kernel_size)}, stride {tuple(head_mod.stride)}, padding "
+                   f"{head_mod.padding}" if isinstance(head_mod, nn.Conv2d) else "")
+                + ", not a 1x1 convolution of stride 1 (a per-pixel linear classifier)"
+            )
+        candidates = [(head, head_mod)]
+    else:
+        candidates = [
+            (n, m) for n, m in module.named_modules() if _is_pointwise_conv(m) and m.out_channels == out.shape[1]
+        ]
+        if not candidates:
+            raise ModelError(
+                f"{where}: no 1x1 convolution with {out.shape[1]} outputs (the model's output channels) in the "
+                f"segmentation model {name!r}; histoscale needs one as its last layer (pass head=... to name it; "
+                f"its convolutions: {convs})"
+            )
+    outputs: dict[str, torch.Tensor] = {}
+    handles = [m.register_forward_hook(lambda _m, _a, o, n=n: outputs.__setitem__(n, o)) for n, m in candidates]
+    try:
+        runner._call(module, probe)
+    finally:
+        for h in handles:
+            h.remove()
+    target = torch.from_numpy(out)
+    tol = 1e-3 * (1.0 + float(target.abs().max()))
+    for n, m in reversed(candidates):  # the last registered first, as the final head usually is
+        if n not in outputs or outputs[n].shape != target.shape:
+            continue
+        logits = outputs[n].float().cpu()
+        for act in (lambda t: t, torch.sigmoid, lambda t: torch.softmax(t, dim=1)):
+            if float((act(logits) - target).abs().max()) <= tol:
+                return m  # type: ignore[return-value]
+    if head is not None:  # named: its own output is the per-pixel logits, whatever follows (e.g. an upsampling)
+        logger.info("%s: the output of %r is not that of its head %r; scoring the head's own output", where, name, head)
+        return candidates[0][1]  # type: ignore[return-value]
+    raise ModelError(
+        f"{where}: the output of the segmentation model {name!r} is not the output of any of its 1x1 convolutions "
+        f"{[n for n, _ in candidates]} (as is, or through a sigmoid or softmax): something follows it (resizing, "
+        "scaling); name the 1x1 convolution to score with head=... (its own output is then taken as the logits), "
+        "or export the model so that a 1x1 convolution is its last layer"
+    )
+
+
+def _dense_fns(
+    module: nn.Module, head_mod: nn.Module, cells: int
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+    """(phi, forward): the head's input and output maps, each averaged over ``cells`` x ``cells`` cells, (N, G, K)."""
+
+    def maps(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        captured: list[tuple[torch.Tensor, torch.Tensor]] = []
+        handle = head_mod.register_forward_hook(lambda _m, args, o: captured.append((args[0], o)))
+        try:
+            module(x)
+        finally:
+            handle.remove()
+        return captured[-1]
+
+    def pool(t: torch.Tensor) -> torch.Tensor:
+        return nn.functional.adaptive_avg_pool2d(t.float(), cells).flatten(2).transpose(1, 2)
+
+    return (lambda x: pool(maps(x)[0])), (lambda x: pool(maps(x)[1]))
 
 
 def _find_split(
@@ -470,7 +596,7 @@ def _load(request: LoadRequest) -> TorchSplitModel:
     return build_torch(
         module, where=request.where, name=name, head=request.head, pre=pre, device=dev,
         precision=request.precision, batch_size=request.batch_size or default_batch_size(dev.type),
-        class_names=request.class_names, mpp=request.mpp, input_size_from=size_from,
+        class_names=request.class_names, mpp=request.mpp, input_size_from=size_from, background=request.background,
     )
 
 

@@ -29,7 +29,7 @@ from histoscale.errors import MissingMppError, ScaleSearchError
 from histoscale.models import SplitModel, load_model
 from histoscale.patches import iter_multiscale, read_multiscale
 from histoscale.sampling import sample_points
-from histoscale.scoring import score_points
+from histoscale.scoring import CurveScores, score_points
 from histoscale.search._range import fine_grid, plausible_range, scan_grid
 from histoscale.search._widen import edge_direction, widen_grid
 from histoscale.search.config import SearchConfig
@@ -149,7 +149,7 @@ class _Run:
     model: SplitModel
     config: SearchConfig
     plan: _Plan
-    features: list[np.ndarray] = field(default_factory=list)  # blocks of (p, N, M)
+    features: list[np.ndarray] = field(default_factory=list)  # blocks of (p, N, M), or (p, N, G, M) per cell
     used: int = 0
     widenings: list[str] = field(default_factory=list)
     widened: int = 0  # direction of the widenings so far: +1 coarser, -1 finer
@@ -169,10 +169,18 @@ class _Run:
         )
 
     def _features_of(self, patches: np.ndarray) -> np.ndarray:
-        """(p, N, S, S, 3) uint8 patches -> (p, N, M) features."""
+        """(p, N, S, S, 3) uint8 patches -> (p, N, M) features ((p, N, G, M) for a segmentation model)."""
         p, n = patches.shape[:2]
         self.patches_scored += p * n
-        return self.model.features(patches.reshape(p * n, *patches.shape[2:])).reshape(p, n, -1)
+        feats = self.model.features(patches.reshape(p * n, *patches.shape[2:]))
+        return feats.reshape(p, n, *feats.shape[1:])
+
+    def _score(self, features: np.ndarray | None = None) -> CurveScores:
+        """Scores of ``features`` (default: every point's so far) with the configured scorer."""
+        return score_points(
+            np.concatenate(self.features) if features is None else features, self.model.W, self.model.b,
+            self.config.scorer, background=getattr(self.model, "background", None),
+        )
 
     def execute(self, progress: bool) -> ScaleResult:
         config, points = self.config, self.config.points
@@ -215,7 +223,7 @@ class _Run:
             feats = self._features_of(np.stack([next(patches) for _ in range(n)]))
         finally:
             patches.close()
-        curves = score_points(feats, self.model.W, self.model.b, self.config.scorer).curve
+        curves = self._score(feats).curve
         answers, scan_vote = self.consensus(n_boot=20, curves=curves)
         scan_grid_units = self.grid
         if scan_vote.winner < 0:
@@ -243,7 +251,7 @@ class _Run:
     def consensus(self, n_boot: int | None = None, curves: np.ndarray | None = None) -> tuple[PointAnswers, Vote]:
         """The slide's answer from the points so far (``curves``: their scores, when already computed)."""
         if curves is None:
-            curves = score_points(np.concatenate(self.features), self.model.W, self.model.b, self.config.scorer).curve
+            curves = self._score().curve
         log2_grid = np.log2(self.grid)
         answers = analyse_curves(curves, log2_grid)
         kwargs = {} if n_boot is None else {"n_boot": n_boot}
@@ -281,7 +289,7 @@ class _Run:
 
     def settle(self) -> ScaleResult:
         """The final answer from every point used, with the full bootstrap and the metadata check."""
-        scored = score_points(np.concatenate(self.features), self.model.W, self.model.b, self.config.scorer)
+        scored = self._score()
         answers, result_vote = self.consensus(curves=scored.curve)
         units, grid = self.plan.units, self.grid
         if result_vote.winner < 0:
