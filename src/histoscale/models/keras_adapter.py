@@ -105,6 +105,9 @@ def load_keras(request: LoadRequest) -> KerasSplitModel:
             f"{where}: the model takes {shape[-1]} channel(s), but histoscale feeds RGB patches (3 channels)"
         )
     side = shape[1] if shape[1] is not None and shape[1] == shape[2] else None
+    sources = dict(request.sources)
+    if input_size is None and side is not None:
+        sources["input_size"] = "Keras input shape"
     input_size = input_size or side or 224
     kernel, *rest = [np.asarray(keras.ops.convert_to_numpy(w), np.float32) for w in dense.weights]
     b = rest[0] if rest else np.zeros(kernel.shape[1], np.float32)
@@ -138,6 +141,10 @@ def load_keras(request: LoadRequest) -> KerasSplitModel:
         precision="fp32",
         batch_size=batch_size or default_batch_size(str(device or "cpu")),
         source=where,
+        sources=sources,
+        card=request.card,
+        format="keras",
+        head_name=f"Dense {dense.name!r}",
     )
     probe = probe_batch(split.input_size)
     try:

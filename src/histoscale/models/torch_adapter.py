@@ -8,6 +8,7 @@ TorchScript modules take no hooks: compiled timm methods or a scripted ``nn.Sequ
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pickle
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from histoscale.errors import ConfigError, ModelError
+from histoscale.models.card import ModelCard
 from histoscale.models.contract import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -32,6 +34,7 @@ from histoscale.models.contract import (
     probe_batch,
     resolve_class_names,
 )
+from histoscale.models.onnx_adapter import embed_card
 from histoscale.models.registry import LoadRequest, ModelFormat, register_format
 
 __all__ = ["TorchSplitModel", "bf16_supported", "build_torch", "export_onnx", "load_torch_file"]
@@ -195,7 +198,8 @@ def build_torch(
     phi, head_mod = _find_split(module, where, name, head, n_out, runner, probe, out, scripted)
     W, b = _wb(*_linear_like(head_mod))  # type: ignore[misc]
     names = resolve_class_names(class_names, W.shape[1], where)
-    model = TorchSplitModel(module, phi, W=W, b=b, class_names=names, **common)
+    head_name = next((n for n, m in module.named_modules() if m is head_mod), None)
+    model = TorchSplitModel(module, phi, W=W, b=b, class_names=names, head_name=head_name, **common)
     model.precision = resolve_precision(precision, device)
     logger.info("loaded %r from %s: M=%d, C=%d, %s %s", name, where, W.shape[0], W.shape[1], device, model.precision)
     return model
@@ -418,7 +422,13 @@ def load_torch_file(
             f"{where} is a state dict (weights only): pass factory='module:callable' (or a card with 'factory') that "
             "builds the architecture, e.g. factory='histoscale.architectures:SmallCNN'"
         )
-    module = _resolve_factory(factory, where)(**dict(factory_kwargs))
+    try:
+        module = _resolve_factory(factory, where)(**dict(factory_kwargs))
+    except TypeError as err:
+        raise ModelError(
+            f"{where}: the factory {factory!r} cannot be called with {dict(factory_kwargs)} (from the card or "
+            f"config): {err}; name a factory that takes these keywords"
+        ) from err
     try:
         module.load_state_dict(state_dict, strict=True)
     except RuntimeError as err:
@@ -451,11 +461,12 @@ def _load(request: LoadRequest) -> TorchSplitModel:
     cfg = getattr(module, "pretrained_cfg", None) or getattr(module, "default_cfg", None) or {}
     if not isinstance(cfg, Mapping):
         cfg = {}
-    size_from = (
-        "arguments/card"
-        if input_size is not None
-        else ("the model's pretrained_cfg" if "input_size" in cfg else "the default 224")
-    )
+    sources = dict(request.sources)
+    if input_size is None and "input_size" in cfg:
+        sources["input_size"] = "the module's pretrained_cfg"
+    if mean is None and std is None and request.preprocess is None and "mean" in cfg and "std" in cfg:
+        sources["preprocessing"] = "the module's pretrained_cfg"
+    size_from = sources.get("input_size", "the default 224")
     if input_size is None:
         input_size = int(cfg["input_size"][-1]) if "input_size" in cfg else 224
     pre = Preprocessing(
@@ -467,23 +478,38 @@ def _load(request: LoadRequest) -> TorchSplitModel:
     if isinstance(module, torch.jit.ScriptModule) and name == "RecursiveScriptModule":
         name = getattr(module, "original_name", name)
     dev = resolve_device(request.device)
-    return build_torch(
+    model = build_torch(
         module, where=request.where, name=name, head=request.head, pre=pre, device=dev,
         precision=request.precision, batch_size=request.batch_size or default_batch_size(dev.type),
         class_names=request.class_names, mpp=request.mpp, input_size_from=size_from,
     )
+    model.sources.update(sources)
+    model.card, model.format = request.card, _kind(module, spec, request.factory)
+    return model
+
+
+def _kind(module: nn.Module, spec: Any, factory: Any) -> str:
+    """What the torch model was read from, for provenance."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return "torchscript"
+    if not isinstance(spec, (str, os.PathLike)):
+        return "torch nn.Module"
+    if Path(spec).suffix.lower() == ".safetensors":
+        return "torch safetensors state dict + factory"
+    return "torch state dict + factory" if factory is not None else "torch pickle (allow_pickle)"
 
 
 register_format(ModelFormat("torch", _claims, _load, fallback=True))
 
 
-def export_onnx(module: Any, path: str | os.PathLike[str], input_size: int, channels: int = 3) -> Path:
+def export_onnx(
+    module: Any, path: str | os.PathLike[str], input_size: int, channels: int = 3, *, card: ModelCard | None = None
+) -> Path:
     """Export a torch classifier to ONNX the way the ONNX adapter reads it back: NCHW float input ``input`` of
     ``input_size`` px with ``channels`` channels (as the model expects its input), output ``logits``, any batch size.
-    Returns ``path``."""
+    ``card`` (its input size, mean/std, class names, um/px, ...) is stored inside the file, so that the file alone
+    describes the model (:func:`~histoscale.models.onnx_adapter.embed_card`). Returns ``path``."""
     import warnings
-
-
 
     path = Path(path)
     with warnings.catch_warnings():
@@ -497,4 +523,6 @@ def export_onnx(module: Any, path: str | os.PathLike[str], input_size: int, chan
             output_names=["logits"],
             dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
         )
+    if card is not None:
+        embed_card(path, dataclasses.replace(card, input_size=card.input_size or input_size))
     return path

@@ -67,6 +67,7 @@ class ScaleResult:
     class_scores: np.ndarray = field(repr=False)
     point_answers: PointAnswers = field(repr=False)
     timings: dict[str, float] = field(default_factory=dict)
+    model_info: dict[str, Any] = field(default_factory=dict)  # SplitModel.describe(): what the model is, from where
 
     @property
     def point_classes(self) -> np.ndarray:
@@ -87,7 +88,11 @@ class ScaleResult:
             text += f"; slide um/px implied {c.implied_mpp:.3g} (continuous {c.implied_estimate:.3g}, {lo_mpp:.3g}-{hi_mpp:.3g})"
             if c.declared_mpp is not None:
                 text += f" vs declared {c.declared_mpp:.3g} ({c.disagreement_steps:+.1f} steps)"
-        return text + f" -> {c.status}"
+        text += f" -> {c.status}"
+        missing = self.model_info.get("missing")
+        if missing:
+            text += f" (model's {' and '.join(missing)} unknown: defaults assumed, the answer rests on them)"
+        return text
 
     def to_dict(self, *, per_point: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -113,6 +118,7 @@ class ScaleResult:
             "check": asdict(self.check),
             "class_names": list(self.class_names),
             "timings_s": self.timings,
+            "model_info": self.model_info,
         }
         if per_point:
             out["points"] = {
