@@ -97,8 +97,9 @@ def model_options_from(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def model_from(args: argparse.Namespace) -> SplitModel:
-    """Load the model the model options name, saying on stderr which card describes it (what is missing is
-    logged as a warning by :func:`histoscale.load_model`)."""
+    """Load the model the model options name, saying on stderr which card describes it and what had to be
+    assumed (:func:`histoscale.load_model` logs the details as a warning)."""
     model = load_model(args.model, **model_options_from(args))
-    print(f"histoscale: model {model.name!r}: {model.card or 'no model card'}", file=sys.stderr)
+    unknown = f"; UNKNOWN: {', '.join(model.missing)} (defaults assumed)" if model.missing else ""
+    print(f"histoscale: model {model.name!r}: {model.card or 'no model card'}{unknown}", file=sys.stderr)
     return model
