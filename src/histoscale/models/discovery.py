@@ -9,6 +9,7 @@ first of :data:`CARD_NAMES` in its folder that is about it: a histoscale model c
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from histoscale.errors import ModelError
@@ -27,7 +28,7 @@ def _card_names(model_file: Path) -> list[Path]:
     return [model_file.parent / n.format(stem=model_file.stem) for n in CARD_NAMES]
 
 
-def read_card(path: str | Path, model_file: Path | None = None) -> ModelCard:
+def read_card(path: str | os.PathLike[str], model_file: Path | None = None) -> ModelCard:
     """A histoscale model card, WSInfer config or timm / Hugging Face config read from ``path``.
 
     Published configs name no model file: it is ``model_file``, or else the one model file in the config's folder.
@@ -42,7 +43,7 @@ def read_card(path: str | Path, model_file: Path | None = None) -> ModelCard:
     return card_from_dict(data, path, where=f"model card {path}")
 
 
-def find_card(model_file: str | Path) -> ModelCard | None:
+def find_card(model_file: str | os.PathLike[str]) -> ModelCard | None:
     """The card describing ``model_file``, from the first of :data:`CARD_NAMES` beside it that is about it."""
     model_file = Path(model_file)
     for candidate in _card_names(model_file):
@@ -61,7 +62,7 @@ def find_card(model_file: str | Path) -> ModelCard | None:
     return None
 
 
-def model_in_folder(folder: str | Path) -> tuple[Path, ModelCard | None]:
+def model_in_folder(folder: str | os.PathLike[str]) -> tuple[Path, ModelCard | None]:
     """(model file, its card) of a folder as model zoos ship it: one model file and a ``config.json``.
 
     Raises:
@@ -93,6 +94,6 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
 
 
-def looked_for(model_file: str | Path) -> str:
+def looked_for(model_file: str | os.PathLike[str]) -> str:
     """The card names :func:`find_card` tries for ``model_file``, for messages."""
     return ", ".join(p.name for p in _card_names(Path(model_file)))
