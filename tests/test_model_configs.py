@@ -173,6 +173,9 @@ def test_card_inside_onnx_is_enough_and_a_card_beside_it_wins(tmp_path: Path) ->
     model = load_model(path)
     assert model.mpp == 0.9 and model.sources["mpp"] == f"model card {tmp_path / 'm.card.json'}"
     assert model.sources["class_names"] == inside and list(model.class_names) == NAMES
+    # the documented order: <stem>.json first
+    save_card(ModelCard(format="onnx", file="m.onnx", mpp=0.8), tmp_path / "m.json")
+    assert load_model(path).mpp == 0.8
 
 
 def _bare_reference(folder: Path) -> Path:

@@ -47,7 +47,7 @@ def find_card(model_file: str | os.PathLike[str]) -> ModelCard | None:
     """The card describing ``model_file``, from the first of :data:`CARD_NAMES` beside it that is about it."""
     model_file = Path(model_file)
     for candidate in _card_names(model_file):
-        if not candidate.is_file() or candidate == model_file:
+        if not candidate.is_file():
             continue
         data = read_json(candidate, "model card")
         if isinstance(data, dict) and "format" in data and "file" in data:

@@ -192,6 +192,8 @@ def load_model(
         sources["preprocessing"] = "argument"
     if spec is None and card is None:
         card = _reference_card()
+    # Messages name what the caller gave: the model file or folder, else the card.
+    asked = str(spec) if isinstance(spec, (str, os.PathLike)) and Path(spec).suffix.lower() != ".json" else None
     if isinstance(spec, (str, os.PathLike)):
         path = Path(spec)
         if path.suffix.lower() == ".json":
@@ -213,9 +215,9 @@ def load_model(
     if precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
     is_path = isinstance(spec, (str, os.PathLike))
-    where = str(card.path) if card is not None and card.path is not None else (
+    where = asked or (str(card.path) if card is not None and card.path is not None else (
         str(spec) if is_path else type(spec).__name__
-    )
+    ))
     name = (card.name if card is not None else None) or (Path(spec).stem if is_path else type(spec).__name__)
     request = LoadRequest(
         spec=spec, fmt=None, where=where, name=name, device=device, precision=precision, batch_size=batch_size,
