@@ -93,6 +93,9 @@ def test_wsinfer_config_beside_torchscript_or_onnx(tmp_path: Path, model_name, t
         assert model.card == f"WSInfer config {config}" and model.missing == ()
         assert set(model.sources.values()) >= {f"WSInfer config {config}"}
         assert_own_output(model, net, size, MEAN, STD)
+    export_onnx(net, tmp_path / "other.onnx", size)
+    with pytest.raises(ModelError, match="holds 2 model files"):
+        load_model(tmp_path)
 
 
 def test_wsinfer_config_without_normalize_means_plain_0_to_1_input(tmp_path: Path) -> None:

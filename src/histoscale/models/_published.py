@@ -82,6 +82,14 @@ def _square(size: Any, key: str, where: str) -> int:
     return int(_positive(size, key, where))
 
 
+def _rgb(values: Any, key: str, where: str) -> tuple[float, float, float]:
+    try:
+        r, g, b = (float(v) for v in values)
+    except (TypeError, ValueError) as err:
+        raise ModelError(f"{where}: {key} must be 3 numbers (R, G, B), got {values!r}") from err
+    return r, g, b
+
+
 def _names(names: Any, num_classes: Any, where: str) -> tuple[str, ...] | None:
     if names is None:
         return None
@@ -96,7 +104,8 @@ def _wsinfer(data: dict[str, Any], path: Path, model_file: Path) -> ModelCard:
     spacing = _positive(data.get("spacing_um_px"), "spacing_um_px", where)
     patch = _square(data.get("patch_size_pixels"), "patch_size_pixels", where)
     size, field_px = patch, float(patch)  # network input side, and the slide px at spacing it covers
-    mean = std = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
     transforms = data.get("transform")
     if transforms is not None:
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)  # ToTensor alone: 0..1 RGB, nothing subtracted
@@ -115,8 +124,7 @@ def _wsinfer(data: dict[str, Any], path: Path, model_file: Path) -> ModelCard:
                 field_px *= crop / size
                 size = crop
             elif name == "Normalize":
-                mean = tuple(float(v) for v in args["mean"])  # type: ignore[assignment]
-                std = tuple(float(v) for v in args["std"])  # type: ignore[assignment]
+                mean, std = _rgb(args.get("mean"), "Normalize mean", where), _rgb(args.get("std"), "Normalize std", where)
     return ModelCard(
         format=_format_of(model_file), file=str(model_file), input_size=size, mean=mean, std=std,
         class_names=_names(data.get("class_names"), data.get("num_classes"), where),
