@@ -15,7 +15,7 @@ Steps
    mild brightness/contrast/saturation jitter (each seed already has its own stain).
 2. Train ``histoscale.models.architectures.SmallCNN(num_classes=5)``, AdamW + one-cycle, fp32.
 3. Write ``src/histoscale/assets/reference.pt`` (+ ``reference.json`` card), ``reference.onnx``
-   (+ ``reference-onnx.json``).
+   (+ ``reference-onnx.json``, and the same card inside the ONNX file's metadata).
 4. Table 1 analogue: per-class accuracy at 0.25, 0.35, 0.5, 0.7, 1.0 um/px on held-out seeds.
 5. Validity check of the scale search (Algorithm 1): for tissue points of held-out phantoms whose true
    resolution is 0.25, 0.5 or 1.0 um/px, patches at candidate um/px 0.25..1.0 (ratio 2^(1/4)) cut from the
@@ -44,6 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from histoscale.models.architectures import SmallCNN  # noqa: E402
+from histoscale.models.card import load_card  # noqa: E402
+from histoscale.models.onnx_adapter import embed_card  # noqa: E402
 from histoscale.phantom import BG, CLASS_NAMES, PhantomSpec, classes_at, label_map, render_region  # noqa: E402
 
 ASSETS = ROOT / "src" / "histoscale" / "assets"
@@ -249,6 +251,8 @@ def export(model: SmallCNN, assets: Path) -> None:
     ocard.update({"input_name": "input", "logits_output": "logits", "features_output": "features",
                   "layout": "NCHW", "input_dtype": "float32, normalized ((x/255 - mean)/std)"})
     (assets / "reference-onnx.json").write_text(json.dumps(ocard, indent=2) + "\n")
+    # The same card inside the file: `--model reference.onnx` alone is then fully described.
+    embed_card(assets / "reference.onnx", load_card(assets / "reference-onnx.json"))
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(assets / "reference.onnx"), providers=["CPUExecutionProvider"])

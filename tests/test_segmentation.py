@@ -88,7 +88,7 @@ def test_onnx_split_reproduces_torch_cell_logits(tmp_path: Path, activation: nn.
 
 def test_card_names_the_onnx_head_and_the_background(tmp_path: Path) -> None:
     export_onnx(Upsampled(), tmp_path / "up.onnx", SIZE)  # a Resize follows the head: only naming it splits it
-    card = tmp_path / "up.json"
+    card = tmp_path / "upsampled-model.json"  # not a name found beside up.onnx: the bare file has no card
     card.write_text(json.dumps({
         "format": "onnx", "file": "up.onnx", "head": "/head/Conv", "class_names": list(CLASS_NAMES),
         "background": "BG",

@@ -1,4 +1,5 @@
-"""Command line: ``histoscale info | phantom | search | demo | classify | evaluate | cohort``, one module each.
+"""Command line: ``histoscale info | model-info | phantom | search | demo | classify | evaluate | cohort``, one module
+each.
 
 Every command reports a bad input as one line on stderr naming the file and the fix, with exit code 2;
 unexpected failures keep their traceback (they are bugs to report). Nothing outside this package imports it.
@@ -12,12 +13,12 @@ import sys
 from collections.abc import Sequence
 
 from histoscale import __version__
-from histoscale.cli import classify, cohort, demo, evaluate, info, phantom, search
+from histoscale.cli import classify, cohort, demo, evaluate, info, model_info, phantom, search
 from histoscale.errors import HistoscaleError
 
 __all__ = ["build_parser", "main"]
 
-_COMMANDS = (info, phantom, search, demo, classify, evaluate, cohort)
+_COMMANDS = (info, model_info, phantom, search, demo, classify, evaluate, cohort)
 
 
 def build_parser() -> argparse.ArgumentParser:

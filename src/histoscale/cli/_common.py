@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from typing import Any
 
 from histoscale.aggregate import AGGREGATIONS
@@ -47,7 +48,12 @@ def add_slide_mpp_option(p: argparse.ArgumentParser) -> None:
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="model card JSON, TorchScript, ONNX, .keras (default: bundled reference)")
+    p.add_argument(
+        "--model", default=None,
+        help="model file (.onnx, .pt, .keras, .safetensors; a card beside it is found: <stem>.json, "
+        "<stem>.card.json, config.json), a card or WSInfer / timm config.json, or a folder (default: bundled reference)",
+    )
+    p.add_argument("--factory", default=None, help="module:callable building the architecture of a state dict")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled torch checkpoints (runs code!)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda when available)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
@@ -82,7 +88,7 @@ def search_config_from(args: argparse.Namespace) -> SearchConfig:
 
 def model_options_from(args: argparse.Namespace) -> dict[str, Any]:
     """Keywords of :func:`histoscale.load_model` the model options set (defaults left out)."""
-    options: dict[str, Any] = {"device": args.device}
+    options: dict[str, Any] = {"device": args.device, "factory": args.factory}
     if args.allow_pickle:
         options["allow_pickle"] = True
     if args.precision != "auto":
@@ -91,5 +97,9 @@ def model_options_from(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def model_from(args: argparse.Namespace) -> SplitModel:
-    """Load the model the model options name."""
-    return load_model(args.model, **model_options_from(args))
+    """Load the model the model options name, saying on stderr which card describes it and what had to be
+    assumed (:func:`histoscale.load_model` logs the details as a warning)."""
+    model = load_model(args.model, **model_options_from(args))
+    unknown = f"; UNKNOWN: {', '.join(model.missing)} (defaults assumed)" if model.missing else ""
+    print(f"histoscale: model {model.name!r}: {model.card or 'no model card'}{unknown}", file=sys.stderr)
+    return model

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -29,6 +29,7 @@ import numpy as np
 from histoscale.errors import ConfigError, ModelError
 
 __all__ = [
+    "DEFAULT_SOURCES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "Preprocessing",
@@ -69,6 +70,17 @@ def pool_cells(maps: np.ndarray, cells: int, *, channels_last: bool = False) -> 
         out = np.stack([maps[:, :, r0:r1, c0:c1].mean(axis=(2, 3)) for r0, r1 in rows for c0, c1 in cols], axis=2)
         out = out.reshape(n, k, cells, cells)
     return np.ascontiguousarray(out.reshape(n, k, cells * cells).transpose(0, 2, 1))
+# Where a model's description came from when nothing said: the defaults, named so that nobody mistakes them
+# for knowledge. Keys: the fields of :meth:`SplitModel.describe` that have a source.
+DEFAULT_SOURCES: dict[str, str] = {
+    "input_size": "default (unknown)",
+    "preprocessing": "default (unknown)",
+    "class_names": "default (class0, class1, ...)",
+    "mpp": "unknown",
+    "head": "located in the model",
+}
+# What the search needs to know and must not silently assume, by key, as messages name it.
+_NEEDED = {"preprocessing": "preprocessing (mean/std)", "mpp": "training um/px", "input_size": "input size"}
 
 
 @dataclass(frozen=True)
@@ -250,6 +262,10 @@ class SplitModel(ABC):
         source: str,
         cells: int | None = None,
         background: str | None = None,
+        sources: Mapping[str, str] | None = None,
+        card: str | None = None,
+        format: str | None = None,
+        head_name: str | None = None,
     ) -> None:
         self.name = name
         self.cells = None if cells is None else int(cells)
@@ -264,6 +280,12 @@ class SplitModel(ABC):
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
         self.source = source  # the file (or object) the model came from, for messages
+        # Provenance: where each described value came from (DEFAULT_SOURCES when nothing said), the card used.
+        self.sources = {**DEFAULT_SOURCES, **(sources or {})}
+        self.card = card
+        self.format = format
+        self.head_name = head_name
+        self.file: str | None = None  # the model file, when loaded from one
         if self.b.shape[0] != self.W.shape[1] or len(self.class_names) != self.W.shape[1]:
             raise ModelError(
                 f"{source}: {len(self.class_names)} class names and bias of {self.b.shape[0]} for a final layer with "
@@ -290,6 +312,38 @@ class SplitModel(ABC):
     def num_cells(self) -> int | None:
         """G, the cells a segmentation model's map is pooled over; None for a classifier."""
         return None if self.cells is None else self.cells**2
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """What the search needs to know about the model but was assumed: e.g. ``("training um/px",)``."""
+        return tuple(
+            label for key, label in _NEEDED.items() if self.sources[key].startswith(("default", "unknown"))
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """What the model is and where each value came from (``sources``), as JSON-ready values: for
+        ``histoscale model-info`` and the model provenance of result.json. ``preprocessing`` is the source of
+        mean/std (``"default (unknown)"`` when nothing said); ``missing`` lists what was assumed."""
+        pre = self.preprocessing
+        return {
+            "name": self.name,
+            "format": self.format,
+            "file": self.file,
+            "card": self.card,
+            "head": self.head_name,
+            "M": self.num_features,
+            "C": self.num_classes,
+            "cells": self.num_cells,  # G for a segmentation model, None for a classifier
+            "class_names": list(self.class_names),
+            "input_size": pre.input_size,
+            "mean": list(pre.mean) if pre.function is None else None,
+            "std": list(pre.std) if pre.function is None else None,
+            "preprocess_function": pre.function,
+            "mpp": self.mpp,
+            "preprocessing": self.sources["preprocessing"],
+            "sources": dict(self.sources),
+            "missing": list(self.missing),
+        }
 
     def __repr__(self) -> str:
         return (

@@ -114,6 +114,9 @@ def load_keras(request: LoadRequest) -> KerasSplitModel:
             f"{where}: the model takes {shape[-1]} channel(s), but histoscale feeds RGB patches (3 channels)"
         )
     side = shape[1] if shape[1] is not None and shape[1] == shape[2] else None
+    sources = dict(request.sources)
+    if input_size is None and side is not None:
+        sources["input_size"] = "Keras input shape"
     input_size = input_size or side or 224
     kernel, *rest = [np.asarray(keras.ops.convert_to_numpy(w), np.float32) for w in head.weights]
     b = rest[0] if rest else np.zeros(kernel.shape[-1], np.float32)
@@ -150,6 +153,10 @@ def load_keras(request: LoadRequest) -> KerasSplitModel:
         batch_size=batch_size or default_batch_size(str(device or "cpu")),
         source=where,
         background=request.background,
+        sources=sources,
+        card=request.card,
+        format="keras",
+        head_name=f"{type(head).__name__} {head.name!r}",
     )
     channels_last = not conv or head.data_format == "channels_last"
     split = KerasSplitModel(model, feature_model, logits_model, channels_last, **common)

@@ -12,6 +12,8 @@ own output is the logits, whatever follows it in the graph (an upsampling, say).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 from pathlib import Path
@@ -19,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from histoscale._files import atomic_path
 from histoscale.errors import ModelError
+from histoscale.models.card import ModelCard, card_from_dict, card_to_dict
 from histoscale.models.contract import (
     DENSE_CELLS,
     IMAGENET_MEAN,
@@ -34,7 +38,10 @@ from histoscale.models.contract import (
 )
 from histoscale.models.registry import LoadRequest, ModelFormat, register_format
 
-__all__ = ["OnnxSplitModel", "load_onnx"]
+__all__ = ["CARD_KEY", "OnnxSplitModel", "embed_card", "load_onnx", "read_embedded_card"]
+
+# The metadata_props key holding a histoscale card (JSON) inside an ONNX file: one file is then enough.
+CARD_KEY = "histoscale.card"
 
 logger = logging.getLogger(__name__)
 
@@ -118,9 +125,9 @@ def _constant(graph: Any, name: str, producers: dict[str, Any], inits: dict[str,
     return None
 
 
-def _locate_head(model: Any, where: str, head: str | None) -> tuple[str, str, np.ndarray, np.ndarray, bool]:
-    """(features tensor, logits tensor, W (M, C), b (C,), dense) of the final linear layer of an ONNX graph, or of
-    the node named ``head``; ``dense``: a 1x1 convolution (a segmentation head)."""
+def _locate_head(model: Any, where: str, head: str | None) -> tuple[str, str, np.ndarray, np.ndarray, bool, str]:
+    """(features tensor, logits tensor, W (M, C), b (C,), dense, head description) of the final linear layer of an
+    ONNX graph, or of the node named ``head``; ``dense``: a 1x1 convolution (a segmentation head)."""
     graph = model.graph
     producers = {out: node for node in graph.node for out in node.output}
     inits = {t.name: t for t in graph.initializer}
@@ -153,7 +160,7 @@ def _locate_head(model: Any, where: str, head: str | None) -> tuple[str, str, np
 
 def _parse_head(
     graph: Any, node: Any, logits: str, producers: dict[str, Any], inits: dict[str, Any], where: str
-) -> tuple[str, str, np.ndarray, np.ndarray, bool]:
+) -> tuple[str, str, np.ndarray, np.ndarray, bool, str]:
     """:func:`_locate_head`'s answer for ``node`` (Gemm, MatMul(+Add) or a 1x1 Conv) computing ``logits``."""
     from onnx import helper
 
@@ -184,7 +191,7 @@ def _parse_head(
         W = weight.reshape(weight.shape[0], weight.shape[1]).T
         bias = _constant(graph, node.input[2], producers, inits) if len(node.input) > 2 and node.input[2] else None
         b = np.zeros(W.shape[1], np.float32) if bias is None else bias.reshape(-1)
-        return node.input[0], logits, W.astype(np.float32), np.asarray(b, np.float32), True
+        return node.input[0], logits, W.astype(np.float32), np.asarray(b, np.float32), True, _node_name(node)
     if node.op_type == "Gemm":
         if attrs.get("transA", 0):
             raise fail("transA=1")
@@ -198,7 +205,7 @@ def _parse_head(
             if C is None
             else float(attrs.get("beta", 1.0)) * np.broadcast_to(C, (1, W.shape[1])).reshape(-1)
         )
-        return node.input[0], logits, W.astype(np.float32), np.asarray(b, np.float32), False
+        return node.input[0], logits, W.astype(np.float32), np.asarray(b, np.float32), False, _node_name(node)
     b = None
     if node.op_type == "Add":
         for i in (0, 1):
@@ -214,8 +221,13 @@ def _parse_head(
         if W is None or W.ndim != 2:
             raise fail("its right operand is not a constant matrix")
         b = np.zeros(W.shape[1], np.float32) if b is None else np.broadcast_to(b, (1, W.shape[1])).reshape(-1)
-        return node.input[0], logits, W.astype(np.float32), np.asarray(b, np.float32), False
+        head_name = _node_name(node) + (" + Add" if b.any() else "")
+        return node.input[0], logits, W.astype(np.float32), np.asarray(b, np.float32), False, head_name
     raise fail("not Gemm, MatMul, Add or Conv")
+
+
+def _node_name(node: Any) -> str:
+    return f"{node.op_type} {node.name!r}" if node.name else node.op_type
 
 
 def _input_layout(model: Any, where: str, rgb: bool) -> tuple[str, bool, int | None, int | None]:
@@ -250,16 +262,14 @@ def _input_layout(model: Any, where: str, rgb: bool) -> tuple[str, bool, int | N
 
 
 def load_onnx(request: LoadRequest) -> OnnxSplitModel:
-    """Split an ONNX model (path or ``onnx.ModelProto``) and verify the split on a probe batch."""
-    spec, where, name, device, precision = (
-        request.spec, request.where, request.name, request.device, request.precision
-    )
-    batch_size, class_names, mpp = request.batch_size, request.class_names, request.mpp
-    input_size, mean, std = request.input_size, request.mean, request.std
-    preprocess = request.preprocess
+    """Split an ONNX model (path or ``onnx.ModelProto``) and verify the split on a probe batch.
+
+    A card stored in the model's ``metadata_props`` (:data:`CARD_KEY`, written by :func:`embed_card`) fills what
+    the request lacks."""
     import onnx
     import onnxruntime as ort
 
+    spec = request.spec
     if isinstance(spec, (str, os.PathLike)):
         path = Path(spec)
         if not path.is_file():
@@ -276,11 +286,24 @@ def load_onnx(request: LoadRequest) -> OnnxSplitModel:
         try:
             onnx.checker.check_model(model)
         except Exception as err:
-            raise ModelError(f"{where}: not a valid ONNX model: {err}; re-export it") from err
+            raise ModelError(f"{request.where}: not a valid ONNX model: {err}; re-export it") from err
+    embedded = read_embedded_card(model, request.where, spec)
+    if embedded is not None:
+        named = request.card is None  # a card beside the file names the model; else the one inside does
+        request = request.filled_from(embedded)
+        if named and embedded.name:
+            request = dataclasses.replace(request, name=embedded.name)
+    where, name, device, precision = request.where, request.name, request.device, request.precision
+    batch_size, class_names, mpp = request.batch_size, request.class_names, request.mpp
+    input_size, mean, std = request.input_size, request.mean, request.std
+    preprocess = request.preprocess
+    sources = dict(request.sources)
     input_name, nchw, side, fixed_batch = _input_layout(model, where, rgb=preprocess is None)
-    feat_name, logits_name, W, b, dense = _locate_head(model, where, request.head)
+    feat_name, logits_name, W, b, dense, head_name = _locate_head(model, where, request.head)
     if input_size is None:
         input_size = side or 224
+        if side is not None:
+            sources["input_size"] = "ONNX input shape"
     elif side is not None and side != int(input_size):
         raise ModelError(
             f"{where}: input_size {input_size} px given but the ONNX input is fixed at {side} px; use {side}"
@@ -314,7 +337,8 @@ def load_onnx(request: LoadRequest) -> OnnxSplitModel:
     common: dict[str, Any] = dict(
         name=name, W=W, b=b, class_names=resolve_class_names(class_names, W.shape[1], where), preprocessing=pre,
         mpp=mpp, device=device_name, precision="fp32", batch_size=batch_size or default_batch_size(device_name),
-        source=where, background=request.background,
+        source=where, background=request.background, sources=sources, card=request.card, format="onnx",
+        head_name=head_name,
     )
     layout = (session, input_name, nchw, fixed_batch, (feat_name, logits_name))
     split = OnnxSplitModel(*layout, **common)
@@ -338,6 +362,42 @@ def load_onnx(request: LoadRequest) -> OnnxSplitModel:
     check_split(name, where, feats, W, b, out)
     logger.info("loaded ONNX %r from %s: M=%d, C=%d, %s", name, where, W.shape[0], W.shape[1], providers[0])
     return split
+
+
+def read_embedded_card(model: Any, where: str, spec: Any) -> ModelCard | None:
+    """The card stored in an ONNX model's ``metadata_props`` under :data:`CARD_KEY`, or None.
+
+    Raises:
+        ModelError: the stored card is not valid JSON or not a valid card.
+    """
+    text = next((p.value for p in model.metadata_props if p.key == CARD_KEY), None)
+    if text is None:
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ModelError(f"{where}: the model card in its ONNX metadata ({CARD_KEY}) is not JSON: {err}") from err
+    is_path = isinstance(spec, (str, os.PathLike))
+    if isinstance(data, dict):  # the card is about this very file
+        data = {**data, "format": "onnx", "file": str(Path(spec).resolve()) if is_path else "<in memory>"}
+    return card_from_dict(
+        data, Path(spec) if is_path else None, where=f"{where}: model card in the ONNX metadata", kind="ONNX metadata of"
+    )
+
+
+def embed_card(path: str | os.PathLike[str], card: ModelCard) -> Path:
+    """Store ``card`` (input size, mean/std, class names, um/px, ...) in the ONNX file at ``path``
+    (``metadata_props``, key :data:`CARD_KEY`), so that the file alone describes the model. Returns ``path``."""
+    import onnx
+
+    path = Path(path)
+    model = onnx.load(str(path))
+    data = {k: v for k, v in card_to_dict(card).items() if k not in ("format", "file")}
+    props = {p.key: p.value for p in model.metadata_props}
+    onnx.helper.set_model_props(model, {**props, CARD_KEY: json.dumps(data)})
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+    return path
 
 
 def _claims(request: LoadRequest) -> bool:

@@ -9,7 +9,9 @@ Adding a model format is one module that calls :func:`register_format` (import i
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,10 +19,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from histoscale.errors import ConfigError, ModelError
-from histoscale.models.card import ModelCard, load_card
+from histoscale.models.card import ModelCard
 from histoscale.models.contract import SplitModel
+from histoscale.models.discovery import find_card, looked_for, model_in_folder, read_card
 
 __all__ = ["LoadRequest", "ModelFormat", "Precision", "load_model", "register_format"]
+
+logger = logging.getLogger(__name__)
 
 Precision = Literal["auto", "fp32", "bf16"]
 
@@ -38,6 +43,8 @@ class LoadRequest:
 
     ``spec`` is a path or an in-memory model; ``fmt`` the card's format (or None); ``where`` names the source
     in messages; ``device`` None means "the best available"; ``batch_size`` None means the adapter's default.
+    ``sources`` says where each given value came from (keys of :data:`~histoscale.models.contract.DEFAULT_SOURCES`:
+    "argument", or a card's :meth:`~ModelCard.describe`); ``card`` describes the card used, if any.
     """
 
     spec: Any
@@ -58,6 +65,24 @@ class LoadRequest:
     allow_pickle: bool = False
     preprocess: str | None = None
     background: str | None = None
+    sources: Mapping[str, str] = field(default_factory=dict)
+    card: str | None = None
+
+    def filled_from(self, card: ModelCard) -> LoadRequest:
+        """This request with the values it lacks taken from ``card`` (what is given wins), and their source."""
+        changes: dict[str, Any] = {}
+        sources = dict(self.sources)
+        source = card.describe()
+        for key, kind in _CARD_FIELDS.items():
+            value = getattr(card, key)
+            if getattr(self, key) is None and value is not None:
+                changes[key] = value
+                sources.setdefault(kind, source)
+        if not self.factory_kwargs and card.factory_kwargs:
+            changes["factory_kwargs"] = card.factory_kwargs
+        if self.fmt is None:
+            changes["fmt"] = card.format
+        return dataclasses.replace(self, **changes, sources=sources, card=self.card or source)
 
     @property
     def suffix(self) -> str:
@@ -77,6 +102,13 @@ class ModelFormat:
 
 
 _FORMATS: list[ModelFormat] = []
+
+# Request fields a card may fill, and the provenance key each one answers for.
+_CARD_FIELDS = {
+    "class_names": "class_names", "mpp": "mpp", "input_size": "input_size", "mean": "preprocessing",
+    "std": "preprocessing", "preprocess": "preprocessing", "head": "head", "factory": "factory",
+    "background": "background",
+}
 
 
 def register_format(fmt: ModelFormat) -> ModelFormat:
@@ -134,8 +166,13 @@ def load_model(
         spec: None (the bundled reference model), an ``nn.Module`` (put in eval mode and moved to ``device`` in
             place), an ``onnx.ModelProto``, a Keras model, or a path: model card ``.json``, TorchScript /
             state dict / pickled checkpoint (``.pt``, ``.pth``, ``.ts``, ...), ``.safetensors``, ``.onnx``,
-            ``.keras``.
-        card: a model card (object or JSON path) describing ``spec``; its keys fill what is not given here.
+            ``.keras``, a WSInfer or timm / Hugging Face ``config.json``, or a folder holding one model file and its
+            ``config.json``. A model file without ``card`` is described by the first card beside it
+            (:data:`~histoscale.models.discovery.CARD_NAMES`: ``<stem>.json``, ``<stem>.card.json``,
+            ``config.json``; a WSInfer or timm config counts), else by the card inside an ONNX file.
+        card: a model card (object or JSON path: histoscale card, WSInfer or timm config) describing ``spec``;
+            its keys fill what is not given here. The model's ``sources`` record where each value came from, and a
+            warning is logged for what had to be assumed (``model.missing``).
         head: name of the final layer when automatic detection is not wanted: a torch submodule, an ONNX node or
             a Keras layer; a linear layer, or a 1x1 convolution for a segmentation model (whose split features
             are its map averaged over cells, see :mod:`histoscale.models.contract`).
@@ -156,39 +193,81 @@ def load_model(
         ModelError: the model cannot be loaded or split; the message names the file and the fix.
         ConfigError: contradictory or invalid arguments.
     """
+    given = {"input_size": input_size, "class_names": class_names, "mpp": mpp, "head": head, "factory": factory}
+    sources = {k: "argument" for k, v in given.items() if v is not None}
+    if mean is not None or std is not None or preprocess is not None:
+        sources["preprocessing"] = "argument"
     if spec is None and card is None:
         card = _reference_card()
-    if isinstance(spec, (str, os.PathLike)) and Path(spec).suffix.lower() == ".json":
-        if card is not None:
-            raise ConfigError("give the model card either as spec or as card=, not both")
-        card, spec = spec, None
+    # Messages name what the caller gave: the model file or folder, else the card.
+    asked = str(spec) if isinstance(spec, (str, os.PathLike)) and Path(spec).suffix.lower() != ".json" else None
+    if isinstance(spec, (str, os.PathLike)):
+        path = Path(spec)
+        if path.suffix.lower() == ".json":
+            if card is not None:
+                raise ConfigError("give the model card either as spec or as card=, not both")
+            card, spec = read_card(path), None
+        elif path.is_dir():
+            spec, found = model_in_folder(path)
+            card = card if card is not None else found
+        elif card is None:
+            card = find_card(path)
+            if card is not None:
+                logger.info("%s: using %s, found beside it", path, card.describe())
     if card is not None and not isinstance(card, ModelCard):
-        card = load_card(card)
+        card = read_card(card)
     if card is not None and spec is None:
         spec = card.resolve_file()
 
-    def pick(value: Any, key: str) -> Any:
-        return value if value is not None else (getattr(card, key) if card is not None else None)
-
-    mpp = pick(mpp, "mpp")
-    if mpp is not None and not float(mpp) > 0:
-        raise ConfigError(f"mpp (the model's training um/px) must be > 0, got {mpp}")
     if precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
     is_path = isinstance(spec, (str, os.PathLike))
-    where = str(card.path) if card is not None and card.path is not None else (
+    where = asked or (str(card.path) if card is not None and card.path is not None else (
         str(spec) if is_path else type(spec).__name__
-    )
+    ))
     name = (card.name if card is not None else None) or (Path(spec).stem if is_path else type(spec).__name__)
     request = LoadRequest(
-        spec=spec, fmt=card.format if card is not None else None, where=where, name=name, device=device,
-        precision=precision, batch_size=batch_size, class_names=pick(class_names, "class_names"), mpp=mpp,
-        input_size=pick(input_size, "input_size"), mean=pick(mean, "mean"), std=pick(std, "std"),
-        head=pick(head, "head"), factory=pick(factory, "factory"),
-        factory_kwargs=card.factory_kwargs if card is not None else {}, allow_pickle=allow_pickle,
-        preprocess=pick(preprocess, "preprocess"), background=pick(background, "background"),
+        spec=spec, fmt=None, where=where, name=name, device=device, precision=precision, batch_size=batch_size,
+        class_names=class_names, mpp=mpp, input_size=input_size, mean=mean, std=std, head=head, factory=factory,
+        allow_pickle=allow_pickle, preprocess=preprocess, background=background,
+        sources=sources,
     )
+    if card is not None:
+        request = request.filled_from(card)
+    if request.mpp is not None and not float(request.mpp) > 0:
+        raise ConfigError(f"mpp (the model's training um/px) must be > 0, got {request.mpp}")
     for fmt in _formats_to_try():
         if fmt.claims(request):
-            return fmt.load(request)
+            return _described(fmt.load(request), request, fmt.name)
     raise ModelError(f"cannot load a model from {where}: give a path, an nn.Module, an ONNX or Keras model, or a card")
+
+
+def _described(model: SplitModel, request: LoadRequest, fmt: str) -> SplitModel:
+    """Complete the model's provenance with the request's and say loudly what had to be assumed."""
+    model.sources.update(request.sources)
+    model.card = model.card or request.card
+    model.format = model.format or fmt
+    if isinstance(request.spec, (str, os.PathLike)):
+        model.file = str(request.spec)
+    if model.missing:
+        beside = (
+            f" (no model card found beside it: looked for {looked_for(request.spec)})"
+            if isinstance(request.spec, (str, os.PathLike)) and model.card is None else ""
+        )
+        logger.warning(
+            "%s: the model's %s unknown%s; assumed: %s. The search relies on them: write a model card "
+            "(README, 'Your own model') or pass them (input_size=, mean=, std=, mpp=)",
+            request.where, " and ".join(model.missing), beside, _assumed(model),
+        )
+    return model
+
+
+def _assumed(model: SplitModel) -> str:
+    """The defaults standing in for what is missing, for the warning."""
+    pre = model.preprocessing
+    parts = {
+        "preprocessing (mean/std)": f"ImageNet mean {pre.mean} / std {pre.std}",
+        "training um/px": "none (the metadata check cannot compare: UNKNOWN-MODEL-MPP)",
+        "input size": f"{pre.input_size} px",
+    }
+    return "; ".join(parts[m] for m in model.missing)

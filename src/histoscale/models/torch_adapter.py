@@ -14,6 +14,7 @@ upsampling, say); forward hooks capture its input and output maps, averaged over
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pickle
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 from histoscale.errors import ConfigError, ModelError
+from histoscale.models.card import ModelCard
 from histoscale.models.contract import (
     DENSE_CELLS,
     IMAGENET_MEAN,
@@ -39,6 +41,7 @@ from histoscale.models.contract import (
     probe_batch,
     resolve_class_names,
 )
+from histoscale.models.onnx_adapter import embed_card
 from histoscale.models.registry import LoadRequest, ModelFormat, register_format
 
 __all__ = ["TorchSplitModel", "bf16_supported", "build_torch", "export_onnx", "load_torch_file"]
@@ -229,8 +232,10 @@ def build_torch(
     else:
         W, b = _wb(head_mod.weight.flatten(1), head_mod.bias)  # (C, M, 1, 1) -> (C, M)
     names = resolve_class_names(class_names, W.shape[1], where)
+    head_name = next((n for n, m in module.named_modules() if m is head_mod), None)
     model = TorchSplitModel(
-        module, phi, forward, W=W, b=b, class_names=names, cells=cells, background=background, **common
+        module, phi, forward, W=W, b=b, class_names=names, cells=cells, background=background, head_name=head_name,
+        **common,
     )
     if cells is not None:
         check_split(name, where, model._features_chunk(probe), W, b, model._forward_chunk(probe))
@@ -544,7 +549,13 @@ def load_torch_file(
             f"{where} is a state dict (weights only): pass factory='module:callable' (or a card with 'factory') that "
             "builds the architecture, e.g. factory='histoscale.architectures:SmallCNN'"
         )
-    module = _resolve_factory(factory, where)(**dict(factory_kwargs))
+    try:
+        module = _resolve_factory(factory, where)(**dict(factory_kwargs))
+    except TypeError as err:
+        raise ModelError(
+            f"{where}: the factory {factory!r} cannot be called with {dict(factory_kwargs)} (from the card or "
+            f"config): {err}; name a factory that takes these keywords"
+        ) from err
     try:
         module.load_state_dict(state_dict, strict=True)
     except RuntimeError as err:
@@ -577,11 +588,12 @@ def _load(request: LoadRequest) -> TorchSplitModel:
     cfg = getattr(module, "pretrained_cfg", None) or getattr(module, "default_cfg", None) or {}
     if not isinstance(cfg, Mapping):
         cfg = {}
-    size_from = (
-        "arguments/card"
-        if input_size is not None
-        else ("the model's pretrained_cfg" if "input_size" in cfg else "the default 224")
-    )
+    sources = dict(request.sources)
+    if input_size is None and "input_size" in cfg:
+        sources["input_size"] = "the module's pretrained_cfg"
+    if mean is None and std is None and request.preprocess is None and "mean" in cfg and "std" in cfg:
+        sources["preprocessing"] = "the module's pretrained_cfg"
+    size_from = sources.get("input_size", "the default 224")
     if input_size is None:
         input_size = int(cfg["input_size"][-1]) if "input_size" in cfg else 224
     pre = Preprocessing(
@@ -593,23 +605,38 @@ def _load(request: LoadRequest) -> TorchSplitModel:
     if isinstance(module, torch.jit.ScriptModule) and name == "RecursiveScriptModule":
         name = getattr(module, "original_name", name)
     dev = resolve_device(request.device)
-    return build_torch(
+    model = build_torch(
         module, where=request.where, name=name, head=request.head, pre=pre, device=dev,
         precision=request.precision, batch_size=request.batch_size or default_batch_size(dev.type),
         class_names=request.class_names, mpp=request.mpp, input_size_from=size_from, background=request.background,
     )
+    model.sources.update(sources)
+    model.card, model.format = request.card, _kind(module, spec, request.factory)
+    return model
+
+
+def _kind(module: nn.Module, spec: Any, factory: Any) -> str:
+    """What the torch model was read from, for provenance."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return "torchscript"
+    if not isinstance(spec, (str, os.PathLike)):
+        return "torch nn.Module"
+    if Path(spec).suffix.lower() == ".safetensors":
+        return "torch safetensors state dict + factory"
+    return "torch state dict + factory" if factory is not None else "torch pickle (allow_pickle)"
 
 
 register_format(ModelFormat("torch", _claims, _load, fallback=True))
 
 
-def export_onnx(module: Any, path: str | os.PathLike[str], input_size: int, channels: int = 3) -> Path:
+def export_onnx(
+    module: Any, path: str | os.PathLike[str], input_size: int, channels: int = 3, *, card: ModelCard | None = None
+) -> Path:
     """Export a torch classifier to ONNX the way the ONNX adapter reads it back: NCHW float input ``input`` of
     ``input_size`` px with ``channels`` channels (as the model expects its input), output ``logits``, any batch size.
-    Returns ``path``."""
+    ``card`` (its input size, mean/std, class names, um/px, ...) is stored inside the file, so that the file alone
+    describes the model (:func:`~histoscale.models.onnx_adapter.embed_card`). Returns ``path``."""
     import warnings
-
-
 
     path = Path(path)
     with warnings.catch_warnings():
@@ -623,4 +650,6 @@ def export_onnx(module: Any, path: str | os.PathLike[str], input_size: int, chan
             output_names=["logits"],
             dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
         )
+    if card is not None:
+        embed_card(path, dataclasses.replace(card, input_size=card.input_size or input_size))
     return path

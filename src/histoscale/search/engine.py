@@ -335,4 +335,5 @@ class _Run:
             class_scores=scored.matrix,
             point_answers=answers,
             timings=self.timings,
+            model_info=self.model.describe(),
         )

@@ -86,6 +86,7 @@ class ScaleResult:
     timings: dict[str, float] = field(default_factory=dict)
     patches_scored: int = 0  # patches the model saw, the scan's included
     scan: ScanSummary | None = None  # the default search's sparse scan (None for a fixed grid)
+    model_info: dict[str, Any] = field(default_factory=dict)  # SplitModel.describe(): what the model is, from where
 
     @property
     def point_classes(self) -> np.ndarray:
@@ -111,7 +112,11 @@ class ScaleResult:
             ds = self.chosen_scale / c.declared_mpp if self.units == "um/px" else self.chosen_scale
             text += (f"; the declared um/px is off: read level 0 at downsample {ds:.3g}"
                      f" to give the model its {c.model_mpp:.3g} um/px")
-        return text + f" -> {c.status}"
+        text += f" -> {c.status}"
+        missing = self.model_info.get("missing")
+        if missing:
+            text += f" (model's {' and '.join(missing)} unknown: defaults assumed, the answer rests on them)"
+        return text
 
     def to_dict(self, *, per_point: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -139,6 +144,7 @@ class ScaleResult:
             "check": asdict(self.check),
             "class_names": list(self.class_names),
             "timings_s": self.timings,
+            "model_info": self.model_info,
         }
         if per_point:
             out["points"] = {
