@@ -28,6 +28,9 @@ from histoscale.search import SearchConfig
 from histoscale.slide import open_slide
 from histoscale.slide.write import write_slide
 
+# one cohort run for the module: under pytest-xdist (`make test`: --dist loadgroup) its tests share a worker
+pytestmark = pytest.mark.xdist_group("html_reports")
+
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
 EXPECTED_FLAGS = {"good": "OK", "good2": "OK", "bare": "MISSING-METADATA", "wrong": "MISMATCH", "corrupt": "ERROR"}
 
