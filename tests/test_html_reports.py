@@ -136,7 +136,7 @@ def _not_blank(png: bytes) -> None:
     assert pixels.std() > 10 and (pixels < 250).mean() > 0.02, "the screenshot is (nearly) blank"
 
 
-def test_index_shows_mismatch_and_error_first(cohort: Path, tab: Page) -> None:
+def test_index_shows_mismatch_and_error_first(tab: Page, cohort: Path) -> None:
     page = tab.open(cohort / "index.html")
     rows = tab.rows()
     assert [r["id"] for r in rows[:2]] == ["wrong", "corrupt"]
@@ -160,7 +160,7 @@ def _column(page: Any, header: str) -> list[str]:
     )
 
 
-def test_index_sorts_by_any_column(cohort: Path, tab: Page) -> None:
+def test_index_sorts_by_any_column(tab: Page, cohort: Path) -> None:
     page = tab.open(cohort / "index.html")
     page.click("th >> text=declared um/px")
     declared = _column(page, "declared um/px")
@@ -179,7 +179,7 @@ def test_index_sorts_by_any_column(cohort: Path, tab: Page) -> None:
     tab.check_clean()
 
 
-def test_index_filters_by_text_and_flag(cohort: Path, tab: Page) -> None:
+def test_index_filters_by_text_and_flag(tab: Page, cohort: Path) -> None:
     page = tab.open(cohort / "index.html")
     page.fill("#filter", "BARE")
     assert [r["id"] for r in tab.rows()] == ["bare"] and page.text_content("#shown") == "1 of 5 shown"
@@ -196,7 +196,7 @@ def test_index_filters_by_text_and_flag(cohort: Path, tab: Page) -> None:
     tab.check_clean()
 
 
-def test_every_link_opens_its_report(cohort: Path, tab: Page) -> None:
+def test_every_link_opens_its_report(tab: Page, cohort: Path) -> None:
     page = tab.open(cohort / "index.html")
     links = page.eval_on_selector_all("#slides tbody a", "as => as.map(a => [a.closest('tr').dataset.id, a.href])")
     assert sorted(i for i, _ in links) == sorted(i for i, f in EXPECTED_FLAGS.items() if f != "ERROR")
@@ -212,7 +212,7 @@ def test_every_link_opens_its_report(cohort: Path, tab: Page) -> None:
     tab.check_clean()
 
 
-def test_search_report_states_the_mismatch(cohort: Path, tab: Page) -> None:
+def test_search_report_states_the_mismatch(tab: Page, cohort: Path) -> None:
     import json
 
     doc = json.loads((cohort / "slides" / "wrong" / "result.json").read_text())
@@ -231,7 +231,7 @@ def test_search_report_states_the_mismatch(cohort: Path, tab: Page) -> None:
     tab.check_clean()
 
 
-def test_classify_report_shows_the_class_map(cohort: Path, tab: Page, tmp_path: Path) -> None:
+def test_classify_report_shows_the_class_map(tab: Page, cohort: Path, tmp_path: Path) -> None:
     slide_path = cohort.parent / "good.svs"
     with open_slide(slide_path) as slide:
         cmap = classify_slide(slide, load_model(None), mpp=1.0, stride=128)

@@ -243,7 +243,8 @@ def run_cohort(
     def write_tables() -> None:
         rows = current_rows()
         ResultsTable.write(results_path, rows)
-        write_cohort_index(out, rows, total=len(jobs) + len(extra), report_dirs={r["id"]: report_dir(out, r["id"]) for r in rows})
+        folders = {r["id"]: report_dir(out, r["id"]) for r in rows}
+        write_cohort_index(out, rows, total=len(jobs) + len(extra), report_dirs=folders)
 
     def on_row(row: dict[str, Any]) -> None:
         if row.pop(MODEL_FAILED, False):  # the same for every slide: a bad argument, not a bad slide

@@ -72,9 +72,8 @@ def plot_curves(result: ScaleResult, *, max_points: int = 5) -> bytes:
         ax.set_axis_off()
     for ax in axes[-1]:
         ax.set_xlabel(_unit_label(result), fontsize=8)
-    if len(flat) > 1:
-        flat[1].set_ylabel(_SCORE_LABELS.get(result.scorer, "signed distance (x.w+b)/||w||"), fontsize=8)
-        flat[len(chosen)].legend(fontsize=7)
+    flat[1].set_ylabel(_SCORE_LABELS.get(result.scorer, "signed distance (x.w+b)/||w||"), fontsize=8)
+    flat[len(chosen)].legend(fontsize=7)
     fig.tight_layout()
     return figure_png(fig)
 
