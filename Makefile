@@ -16,7 +16,7 @@ demo: install
 	$(BIN)/histoscale demo
 
 test: install
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 # ruff, the import-layers contract (pyproject: [tool.importlinter]) and mypy on the public API
 lint: install

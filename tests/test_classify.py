@@ -173,7 +173,7 @@ def test_report_files(cmap: ClassMap, phantom, tmp_path: Path) -> None:
     with open_slide(phantom.slide_path) as slide:
         thumb = slide.thumbnail(512)
     written = write_classify_report(cmap, tmp_path, thumbnail=thumb)
-    assert set(written) == {"classmap.png", "probabilities.npz", "classes.geojson", "classify.json"}
+    assert set(written) == {"classmap.png", "probabilities.npz", "classes.geojson", "classify.json", "report.html"}
     assert (tmp_path / "classmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with np.load(tmp_path / "probabilities.npz") as npz:
         for c, name in enumerate(cmap.class_names):

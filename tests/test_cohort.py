@@ -120,10 +120,11 @@ def test_local_pool_flags_each_slide(local_run) -> None:
 def test_local_pool_writes_reports(local_run) -> None:
     slides = local_run.out_dir / "slides"
     for name in ("good", "bare", "wrong"):
-        for file in ("result.json", "points.csv", "curves.png", "votes.png", "overview.png"):
+        for file in ("result.json", "points.csv", "curves.png", "votes.png", "overview.png", "thumbnail.jpg",
+                     "report.html"):
             assert (slides / name / file).is_file(), (name, file)
     assert not (slides / "corrupt").exists() and not (slides / "crashme" / "result.json").exists()
-    assert (local_run.out_dir / "cohort.json").is_file()
+    assert (local_run.out_dir / "cohort.json").is_file() and (local_run.out_dir / "index.html").is_file()
     assert "MISMATCH" in local_run.table()
 
 

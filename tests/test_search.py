@@ -74,7 +74,8 @@ def test_report_files_and_json(phantoms, model, tmp_path):
     result = find_scale(phantoms[0.5], model, points=20, seed=0)
     with open_slide(phantoms[0.5]) as slide:
         written = write_search_report(result, tmp_path, thumbnail=slide.thumbnail(), arguments={"points": 20})
-    assert set(written) == {"result.json", "points.csv", "curves.png", "votes.png", "overview.png"}
+    assert set(written) == {"result.json", "points.csv", "curves.png", "votes.png", "overview.png", "thumbnail.jpg",
+                            "report.html"}
     doc = json.loads((tmp_path / "result.json").read_text())
     assert doc["chosen_scale"] == pytest.approx(result.chosen_scale)
     assert doc["check"]["status"] == "MISSING-METADATA" and doc["arguments"] == {"points": 20}

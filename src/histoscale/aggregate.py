@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
-    "AGGREGATIONS", "PointAnswers", "Vote", "analyse_curves", "is_settled", "pooled_curve", "vote",
+    "AGGREGATIONS", "PointAnswers", "Vote", "analyse_curves", "is_settled", "pooled_curve", "standardised_curves", "vote",
     "vote_is_decided", "monotone_direction",
 ]
 
@@ -88,12 +88,16 @@ def analyse_curves(curves: np.ndarray, log2_scales: np.ndarray, *, flat_tol: flo
     return PointAnswers(best, shape.astype(str), estimate, ~flat)
 
 
-def pooled_curve(curves: np.ndarray) -> np.ndarray:
-    """Mean of the standardised curves (P, N) -> (N,)."""
+def standardised_curves(curves: np.ndarray) -> np.ndarray:
+    """Each curve (P, N) -> (P, N) less its mean over scales, over its standard deviation (a flat curve stays 0)."""
     curves = np.asarray(curves, dtype=np.float64)
     spread = curves.std(axis=1, keepdims=True)
-    z = (curves - curves.mean(axis=1, keepdims=True)) / np.where(spread > 0, spread, 1.0)
-    return z.mean(axis=0)
+    return (curves - curves.mean(axis=1, keepdims=True)) / np.where(spread > 0, spread, 1.0)
+
+
+def pooled_curve(curves: np.ndarray) -> np.ndarray:
+    """Mean of the standardised curves (P, N) -> (N,)."""
+    return standardised_curves(curves).mean(axis=0)
 
 
 def _pooled_answer(curves: np.ndarray, log2_scales: np.ndarray) -> tuple[int, float]:

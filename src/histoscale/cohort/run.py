@@ -7,8 +7,9 @@ report into ``OUT/slides/<id>/`` and return one row of ``OUT/results.csv``.
 
 Reliability rules:
 
-- ``OUT/results.csv`` is rewritten atomically (temporary file + ``os.replace``) after every finished slide, so
-  an interrupted run loses at most the slides that were in flight.
+- ``OUT/results.csv`` and ``OUT/index.html`` (the same rows as a page to review: sortable, filterable, MISMATCH
+  and ERROR rows first, each linked to its slide's ``report.html``) are rewritten atomically (temporary file +
+  ``os.replace``) after every finished slide, so an interrupted run loses at most the slides that were in flight.
 - One bad slide never stops the others: any exception in a job (a :class:`~histoscale.errors.HistoscaleError`
   or anything else) becomes a row with flag ``ERROR`` and the reason in ``message``.
 - A worker process that dies mid-slide (segfault, ``os._exit``, out-of-memory kill) is replaced and the slide
@@ -47,8 +48,9 @@ from histoscale.cohort._dask import run_dask
 from histoscale.cohort._local import JobRunner, run_local
 from histoscale.cohort.manifest import jobs_from
 from histoscale.cohort.table import FINAL_FLAGS, FLAGS, ResultsTable
-from histoscale.cohort.worker import MODEL_FAILED, WorkerConfig, run_job
+from histoscale.cohort.worker import MODEL_FAILED, WorkerConfig, report_dir, run_job
 from histoscale.errors import ConfigError, ModelError
+from histoscale.reports.cohort import write_cohort_index
 from histoscale.search import SearchConfig
 
 __all__ = ["CohortSummary", "run_cohort"]
@@ -158,7 +160,7 @@ def run_cohort(
             (``{"slide": ..., "mpp": ..., "id": ...}``) or :class:`CohortJob`.
         model_spec: what :func:`histoscale.load_model` accepts as a path (model card, TorchScript, ONNX, ...),
             or None for the bundled reference model. Each worker process loads it once.
-        out_dir: folder for ``results.csv``, ``cohort.json`` and ``slides/<id>/``.
+        out_dir: folder for ``results.csv``, ``index.html``, ``cohort.json`` and ``slides/<id>/``.
         workers: worker processes (local pool or ``scheduler="local"``); default: half the CPU cores, at least
             one, at most one per slide. Each gets ``cores // workers`` torch threads.
         scheduler: None for a local process pool; ``"local"`` for a Dask ``LocalCluster`` on loopback; a Dask
@@ -238,18 +240,24 @@ def run_cohort(
 
     bar = _Bar(progress, len(jobs), len(kept), counts)
 
+    def write_tables() -> None:
+        rows = current_rows()
+        ResultsTable.write(results_path, rows)
+        folders = {r["id"]: report_dir(out, r["id"]) for r in rows}
+        write_cohort_index(out, rows, total=len(jobs) + len(extra), report_dirs=folders)
+
     def on_row(row: dict[str, Any]) -> None:
         if row.pop(MODEL_FAILED, False):  # the same for every slide: a bad argument, not a bad slide
             raise ModelError(row["message"])
         done[row["id"]] = row
-        ResultsTable.write(results_path, current_rows())
+        write_tables()
         if row["flag"] == "ERROR":
             logger.warning("slide %s: ERROR: %s", row["id"], row["message"])
         else:
             logger.info("slide %s: %s", row["id"], row["flag"])
         bar.advance()
 
-    ResultsTable.write(results_path, current_rows())
+    write_tables()
     mode = "local" if scheduler is None else "dask-local" if scheduler == "local" else "dask"
     if todo:
         logger.info("cohort: %d slides to process (%d kept), %s mode", len(todo), len(kept), mode)

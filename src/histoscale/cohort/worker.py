@@ -20,7 +20,7 @@ from histoscale.reports.search import write_search_report
 from histoscale.search import SearchConfig, find_scale
 from histoscale.slide import open_slide
 
-__all__ = ["MODEL_FAILED", "WorkerConfig", "died_row", "init_worker", "run_job"]
+__all__ = ["MODEL_FAILED", "WorkerConfig", "died_row", "init_worker", "report_dir", "run_job"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,11 @@ def init_worker(threads: int | None) -> None:
     _set_threads(threads)
 
 
+def report_dir(out_dir: str | Path, slide_id: str) -> Path:
+    """The folder of one slide's search report in a cohort's output folder."""
+    return Path(out_dir) / "slides" / slide_id
+
+
 def run_job(job: CohortJob, config: WorkerConfig) -> dict[str, Any]:
     """Process one slide and return its results row; never raises (a failure is an ``ERROR`` row)."""
     t0 = time.perf_counter()
@@ -80,7 +85,7 @@ def run_job(job: CohortJob, config: WorkerConfig) -> dict[str, Any]:
             arguments = {"slide": job.slide, "id": job.id, "slide_mpp": job.mpp, "model": config.model_spec,
                          **config.search.to_dict()}
             thumbnail = slide.thumbnail() if config.figures else None
-            write_search_report(result, Path(config.out_dir) / "slides" / job.id, thumbnail=thumbnail,
+            write_search_report(result, report_dir(config.out_dir, job.id), thumbnail=thumbnail,
                                 arguments=arguments, figures=config.figures)
         return ResultsTable.result_row(job, result, time.perf_counter() - t0)
     except HistoscaleError as err:

@@ -7,7 +7,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["figure_png", "log_axis"]
+from histoscale.patches import resample
+
+__all__ = ["figure_png", "log_axis", "thumbnail_jpeg"]
 
 
 def figure_png(fig: Any) -> bytes:
@@ -19,6 +21,16 @@ def figure_png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
+def thumbnail_jpeg(rgb: np.ndarray, max_side: int = 200) -> bytes:
+    """A small JPEG of an (H, W, 3) uint8 image, its longer side ``max_side`` px (never enlarged)."""
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    ratio = min(1.0, max_side / max(h, w, 1))
+    small = resample(rgb, (max(1, round(w * ratio)), max(1, round(h * ratio)))) if ratio < 1 else rgb
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(small)).save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
 
 
 def log_axis(ax: Any, scales: np.ndarray) -> None:

@@ -1,4 +1,4 @@
-"""Outputs of a classification: QuPath GeoJSON, probabilities.npz, the class map over the thumbnail."""
+"""Outputs of a classification: QuPath GeoJSON, probabilities.npz, the class map over the thumbnail, report.html."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from histoscale.classify import ClassMap, class_colours
 from histoscale.errors import ConfigError
 from histoscale.reports._figures import figure_png
 from histoscale.reports._provenance import write_document
+from histoscale.reports.html import render_classify_page
 
 __all__ = ["classmap_geojson", "plot_classmap", "probabilities_npz", "read_search_scale", "write_classify_report"]
 
@@ -137,18 +138,20 @@ def write_classify_report(
     thumbnail: tuple[np.ndarray, float] | None = None,
     arguments: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """Write classmap.png (with ``thumbnail``), probabilities.npz, classes.geojson and, last, classify.json."""
+    """Write classmap.png (with ``thumbnail``), probabilities.npz, classes.geojson, report.html (the class map over
+    the thumbnail, class areas, settings, versions; self-contained) and, last, classify.json."""
     out = Path(out_dir)
     written = {
         "probabilities.npz": atomic_write(out / "probabilities.npz", probabilities_npz(cmap)),
         "classes.geojson": atomic_write(out / "classes.geojson", _geojson_text(classmap_geojson(cmap))),
     }
-    if thumbnail is not None:
-        written["classmap.png"] = atomic_write(out / "classmap.png", plot_classmap(cmap, *thumbnail))
-    written["classify.json"] = write_document(out / "classify.json", cmap.summary(), arguments)
+    png = plot_classmap(cmap, *thumbnail) if thumbnail is not None else None
+    if png is not None:
+        written["classmap.png"] = atomic_write(out / "classmap.png", png)
+    summary = cmap.summary()
+    written["report.html"] = atomic_write(out / "report.html", render_classify_page(summary, figure=png, arguments=arguments))
+    written["classify.json"] = write_document(out / "classify.json", summary, arguments)
     return written
-
-
 
 
 def read_search_scale(path: str | PathLike[str]) -> tuple[float, Literal["um/px", "downsample"], dict[str, Any]]:

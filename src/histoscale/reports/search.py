@@ -1,4 +1,4 @@
-"""Reports of a scale search: result.json, points.csv and the three figures, written atomically."""
+"""Reports of a scale search: result.json, points.csv, the figures and report.html, written atomically."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from typing import Any
 import numpy as np
 
 from histoscale._files import atomic_write
-from histoscale.reports._figures import figure_png, log_axis
+from histoscale.aggregate import standardised_curves
+from histoscale.reports._figures import figure_png, log_axis, thumbnail_jpeg
 from histoscale.reports._provenance import write_document
+from histoscale.reports.html import render_search_page
 from histoscale.search import ScaleResult
 
 __all__ = ["plot_curves", "plot_overview", "plot_votes", "points_csv", "write_search_report"]
@@ -27,7 +29,11 @@ def _unit_label(result: ScaleResult) -> str:
 
 
 def plot_curves(result: ScaleResult, *, max_points: int = 5) -> bytes:
-    """The paper's Fig. 4: per class, the score against scale for a few points (one per class where possible)."""
+    """The pooled curve, then the paper's Fig. 4: per point, each class's score against scale.
+
+    The first panel shows the informative points' standardised curves (grey) and their mean, the pooled curve
+    (black) that the pooled aggregation maximises; then ``max_points`` points, one per class where possible.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -42,16 +48,33 @@ def plot_curves(result: ScaleResult, *, max_points: int = 5) -> bytes:
             chosen.append(int(hits[0]))
     chosen += [int(i) for i in informative if i not in chosen]
     chosen = chosen[:max_points] or [0]
-    fig, axes = plt.subplots(1, len(chosen), figsize=(3.2 * len(chosen), 3.0), squeeze=False, sharex=True)
-    for ax, i in zip(axes[0], chosen):
+    columns = min(3, len(chosen) + 1)
+    rows = -(-(len(chosen) + 1) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.9 * rows), squeeze=False, sharex=True)
+    flat = axes.ravel()
+    ax = flat[0]
+    if informative.size:
+        standardised = standardised_curves(result.curves[informative])
+        ax.plot(result.scales, standardised[:50].T, color="0.75", lw=0.6)
+        ax.plot(result.scales, standardised.mean(axis=0), color="k", lw=2.2, marker="o", ms=3)
+    ax.axvline(result.chosen_scale, color="tab:orange", lw=1.5)
+    ax.axvline(result.estimate, color="k", ls="--", lw=1)
+    log_axis(ax, result.scales)
+    ax.set_title(f"pooled: {informative.size} informative points", fontsize=9)
+    ax.set_ylabel("standardised score", fontsize=8)
+    for ax, i in zip(flat[1:], chosen):
         for c, name in enumerate(result.class_names):
             ax.plot(result.scales, result.class_scores[i, :, c], marker="o", ms=3, label=name)
         ax.axvline(result.scales[result.point_answers.best_index[i]], color="k", ls=":", lw=1)
         log_axis(ax, result.scales)
         ax.set_title(f"point {i}: {result.class_names[classes[i]]}, {result.point_answers.shape[i]}", fontsize=9)
+    for ax in flat[len(chosen) + 1:]:
+        ax.set_axis_off()
+    for ax in axes[-1]:
         ax.set_xlabel(_unit_label(result), fontsize=8)
-    axes[0][0].set_ylabel(_SCORE_LABELS.get(result.scorer, "signed distance (x.w+b)/||w||"), fontsize=8)
-    axes[0][-1].legend(fontsize=7)
+    flat[1].set_ylabel(_SCORE_LABELS.get(result.scorer, "signed distance (x.w+b)/||w||"), fontsize=8)
+    flat[len(chosen)].legend(fontsize=7)
+    fig.tight_layout()
     return figure_png(fig)
 
 
@@ -125,19 +148,25 @@ def write_search_report(
     arguments: Mapping[str, Any] | None = None,
     figures: bool = True,
 ) -> dict[str, Path]:
-    """Write result.json, points.csv and (with ``figures``) curves.png, votes.png, overview.png into ``out_dir``.
+    """Write points.csv, (with ``figures``) curves.png, votes.png, overview.png and thumbnail.jpg, report.html and,
+    last, result.json into ``out_dir``.
 
     ``thumbnail`` is ``(rgb, downsample)`` as returned by ``Slide.thumbnail()``; without it no overview is drawn.
+    report.html shows the verdict, the figures (inlined: the page is self-contained), the settings and versions.
     Returns the written paths by name. result.json is written last, so its presence means the folder is complete.
     """
     out = Path(out_dir)
     written: dict[str, Path] = {"points.csv": atomic_write(out / "points.csv", points_csv(result))}
+    pngs: dict[str, bytes] = {}
     if figures:
-        written["curves.png"] = atomic_write(out / "curves.png", plot_curves(result))
-        written["votes.png"] = atomic_write(out / "votes.png", plot_votes(result))
+        pngs["curves"] = plot_curves(result)
+        pngs["votes"] = plot_votes(result)
         if thumbnail is not None:
-            written["overview.png"] = atomic_write(out / "overview.png", plot_overview(result, *thumbnail))
+            pngs["overview"] = plot_overview(result, *thumbnail)
+            written["thumbnail.jpg"] = atomic_write(out / "thumbnail.jpg", thumbnail_jpeg(thumbnail[0]))
+        for name, png in pngs.items():
+            written[f"{name}.png"] = atomic_write(out / f"{name}.png", png)
+    page = render_search_page(result, figures=pngs, arguments=arguments)
+    written["report.html"] = atomic_write(out / "report.html", page)
     written["result.json"] = write_document(out / "result.json", result.to_dict(), arguments)
     return written
-
-
