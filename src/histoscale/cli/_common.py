@@ -70,6 +70,9 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--relative", action="store_true", help="search in downsample units even if the slide has um/px")
     p.add_argument("--no-early-stop", dest="early_stop", action="store_false")
     p.add_argument("--no-widen", dest="widen", action="store_false")
+    p.add_argument("--paper", action="store_true",
+                   help="the paper's Algorithm 1 exactly: its 9 magnifications, bias-free projection, majority vote, "
+                   "uniform points, no early stop or widening (--points and --seed still apply)")
 
 
 _SEARCH_FLAGS = ("points", "scales", "seed", "scorer", "aggregation", "sampling", "relative", "early_stop", "widen")
@@ -79,6 +82,8 @@ def search_config_from(args: argparse.Namespace) -> SearchConfig:
     """The :class:`SearchConfig` the search options describe (the only place that maps them); an invalid value
     is reported under its flag."""
     try:
+        if getattr(args, "paper", False):
+            return SearchConfig.paper(points=args.points, seed=args.seed, relative=args.relative)
         return SearchConfig(**{k: getattr(args, k) for k in _SEARCH_FLAGS})
     except ConfigError as err:
         if err.keyword is None:
