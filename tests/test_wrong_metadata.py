@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from _wsi_files import write_pyramid
 from histoscale import find_scale, load_model, open_slide
 from histoscale.cli import main
 from histoscale.cohort import read_results, run_cohort
@@ -115,3 +116,13 @@ def test_cohort_rows_are_mismatch_never_error(files, tmp_path: Path) -> None:
         assert row["declared_mpp"] == pytest.approx(declared, rel=1e-3)
         assert row["mpp_source"]
         assert _within_one_step(row["estimated_mpp"], TRUE_MPP), row
+
+
+def test_cohort_error_row_keeps_what_the_slide_declares(tmp_path: Path) -> None:
+    """A slide that opens but cannot be searched is ERROR, with its declared um/px and source still in the row."""
+    small = write_pyramid(tmp_path / "small.tif", "pages", size=96, levels=1, tile=16, resolution=(20000, 20000))
+    summary = run_cohort([str(small)], out_dir=tmp_path / "cohort", workers=1, search=SearchConfig(points=8),
+                         figures=False)
+    (row,) = read_results(summary.results_csv)
+    assert row["flag"] == "ERROR" and "too little room to search" in row["message"]
+    assert row["declared_mpp"] == pytest.approx(0.5) and row["mpp_source"] == "tiff-resolution-tag"

@@ -40,9 +40,12 @@ def _one_line(text: str, limit: int = 500) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _error_row(job: CohortJob, message: str, seconds: float) -> dict[str, Any]:
+def _error_row(job: CohortJob, message: str, seconds: float, resolution: Any = None) -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(COLUMNS)
-    row.update(id=job.id, slide=job.slide, declared_mpp=job.mpp, mpp_source="override" if job.mpp else None,
+    declared, source = (job.mpp, "override" if job.mpp else None)
+    if resolution is not None:  # the slide opened: what it declares is known even though the search failed
+        declared, source = resolution.mpp, resolution.source
+    row.update(id=job.id, slide=job.slide, declared_mpp=declared, mpp_source=source,
                flag="ERROR", message=_one_line(message), seconds=round(seconds, 3), finished_at=_now())
     return row
 
@@ -153,9 +156,10 @@ class ResultsTable:
         return _result_row(job, result, seconds)
 
     @staticmethod
-    def error_row(job: CohortJob, message: str, seconds: float) -> dict[str, Any]:
-        """The row of a slide that could not be processed (flag ``ERROR``, the reason on one line)."""
-        return _error_row(job, message, seconds)
+    def error_row(job: CohortJob, message: str, seconds: float, resolution: Any = None) -> dict[str, Any]:
+        """The row of a slide that could not be processed (flag ``ERROR``, the reason on one line); with the
+        slide's :class:`~histoscale.slide.Resolution` when it opened, its declared um/px and source."""
+        return _error_row(job, message, seconds, resolution)
 
     @staticmethod
     def write(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]]) -> Path:

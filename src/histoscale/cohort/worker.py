@@ -71,6 +71,7 @@ def report_dir(out_dir: str | Path, slide_id: str) -> Path:
 def run_job(job: CohortJob, config: WorkerConfig) -> dict[str, Any]:
     """Process one slide and return its results row; never raises (a failure is an ``ERROR`` row)."""
     t0 = time.perf_counter()
+    resolution = None
     try:
         _set_threads(config.threads)
         try:
@@ -81,6 +82,7 @@ def run_job(job: CohortJob, config: WorkerConfig) -> dict[str, Any]:
             row[MODEL_FAILED] = True
             return row
         with open_slide(job.slide, slide_mpp=job.mpp) as slide:
+            resolution = slide.resolution
             result = find_scale(slide, model, config.search)
             arguments = {"slide": job.slide, "id": job.id, "slide_mpp": job.mpp, "model": config.model_spec,
                          **config.search.to_dict()}
@@ -89,10 +91,12 @@ def run_job(job: CohortJob, config: WorkerConfig) -> dict[str, Any]:
                                 arguments=arguments, figures=config.figures)
         return ResultsTable.result_row(job, result, time.perf_counter() - t0)
     except HistoscaleError as err:
-        return ResultsTable.error_row(job, str(err), time.perf_counter() - t0)
+        return ResultsTable.error_row(job, str(err), time.perf_counter() - t0, resolution)
     except Exception as err:  # noqa: BLE001 - one bad slide must never stop the cohort
         logger.debug("slide %s failed", job.slide, exc_info=True)
-        return ResultsTable.error_row(job, f"{type(err).__name__}: {err} (while processing {job.slide})", time.perf_counter() - t0)
+        return ResultsTable.error_row(
+            job, f"{type(err).__name__}: {err} (while processing {job.slide})", time.perf_counter() - t0, resolution
+        )
 
 
 def died_row(job: CohortJob, deaths: int, seconds: float) -> dict[str, Any]:
