@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from histoscale.aggregate import analyse_curves, monotone_direction, vote, vote_is_decided
+from histoscale.aggregate import analyse_curves, monotone_direction, rival_peaks, vote, vote_is_decided
 from histoscale.errors import ConfigError
 from histoscale.scoring import SCORERS, hyperplane_distances, score_points
 
@@ -119,3 +119,16 @@ def test_pooled_aggregation_finds_a_broad_peak_the_hard_vote_splits():
     hard = vote(answers, log2s, method="vote", n_boot=200)
     assert hard.counts.max() < 15  # the hard vote is split
     assert pooled.confidence > hard.confidence
+
+
+def test_rival_peaks_need_height_distance_and_a_dip():
+    log2 = np.arange(9) / 2.0  # half-octave scan
+    one = np.array([0, 1, 3, 5, 3, 1, 0, -1, -2], float)
+    assert rival_peaks(one, log2).size == 0
+    two = np.array([0, 1, 3, 5, 3, 1, 2, 4, 1], float)  # second peak at index 7, 2 octaves away, 4/5 of the height
+    assert rival_peaks(two, log2).tolist() == [7]
+    low = np.array([0, 1, 3, 5, 3, 1, 1.5, 2, 1], float)  # too low: below 60% of the height above the floor
+    assert rival_peaks(low, log2).size == 0
+    near = np.array([0, 5, 3, 4.5, 0, 0, 0, 0, 0], float)  # one octave apart counts; half an octave does not
+    assert rival_peaks(near, log2).tolist() == [3]
+    assert rival_peaks(near, log2, min_octaves=1.5).size == 0

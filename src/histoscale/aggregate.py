@@ -198,3 +198,29 @@ def monotone_direction(answers: PointAnswers, *, majority: float = 0.5) -> int:
     if np.mean(shapes == FALLING) > majority:
         return -1
     return 0
+
+
+def rival_peaks(curve: np.ndarray, log2_scales: np.ndarray, *, share: float = 0.6, min_octaves: float = 1.0) -> np.ndarray:
+    """Indices of local maxima of ``curve`` (N,) that rival its global maximum: at least ``share`` of its height
+    above the curve's minimum, at least ``min_octaves`` away, and separated from it by a dip (a lower value in
+    between). Far from a model's training scale the margins can be large without meaning (e.g. upsampled blur);
+    a rival peak says the answer rests on which of two scales is believed."""
+    curve = np.asarray(curve, dtype=np.float64)
+    n = len(curve)
+    if n < 3:
+        return np.zeros(0, dtype=int)
+    best = int(np.argmax(curve))
+    floor = float(curve.min())
+    height = float(curve[best]) - floor
+    padded = np.concatenate([[-np.inf], curve, [-np.inf]])
+    local = np.flatnonzero((padded[1:-1] >= padded[:-2]) & (padded[1:-1] >= padded[2:]))
+    out = []
+    for i in local:
+        if i == best or height <= 0 or curve[i] - floor < share * height:
+            continue
+        if abs(log2_scales[i] - log2_scales[best]) < min_octaves:
+            continue
+        lo, hi = sorted((i, best))
+        if curve[lo:hi + 1].min() < min(curve[i], curve[best]):
+            out.append(int(i))
+    return np.array(out, dtype=int)

@@ -24,7 +24,7 @@ import numpy as np
 
 from histoscale._compat import renamed
 from histoscale._progress import progress_bar
-from histoscale.aggregate import PointAnswers, Vote, analyse_curves, is_settled, pooled_curve, vote
+from histoscale.aggregate import PointAnswers, Vote, analyse_curves, is_settled, pooled_curve, rival_peaks, vote
 from histoscale.errors import MissingMppError, ScaleSearchError
 from histoscale.models import SplitModel, load_model
 from histoscale.patches import iter_multiscale, read_multiscale
@@ -235,9 +235,11 @@ class _Run:
         informative = curves[answers.informative]
         peak_ds = float(self.plan.downsamples(np.array([2.0**scan_vote.log2_estimate]))[0])
         self.plan.grid = self.plan.scales(fine_grid(peak_ds, *self.plan.search_range))  # type: ignore[misc]
+        pooled = pooled_curve(informative)
+        rivals = rival_peaks(pooled, np.log2(scan_grid_units))
         self.scan = ScanSummary(
-            scales=scan_grid_units, pooled_curve=pooled_curve(informative), peak=2.0**scan_vote.log2_estimate,
-            points=n, patches=n * len(scan_grid_units),
+            scales=scan_grid_units, pooled_curve=pooled, peak=2.0**scan_vote.log2_estimate, points=n,
+            patches=n * len(scan_grid_units), rivals=tuple(float(scan_grid_units[i]) for i in rivals),
         )
         logger.info("scan over %s: peak at %.3g; fine grid %s", scan_grid_units.round(3).tolist(),
                     self.scan.peak, self.grid.round(3).tolist())

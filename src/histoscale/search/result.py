@@ -41,17 +41,19 @@ class MetadataCheck:
 class ScanSummary:
     """The default search's sparse scan over the whole plausible range: its ``scales`` (N,) in the result's units,
     the ``pooled_curve`` (N,) of its informative points (mean standardised score), the ``peak`` the fine grid was
-    centred on, and the ``points`` and ``patches`` it cost."""
+    centred on, ``rivals``: scales of other peaks nearly as high, at least an octave away
+    (:func:`histoscale.aggregate.rival_peaks`), and the ``points`` and ``patches`` it cost."""
 
     scales: np.ndarray
     pooled_curve: np.ndarray
     peak: float
     points: int
     patches: int
+    rivals: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"scales": self.scales.tolist(), "pooled_curve": self.pooled_curve.tolist(), "peak": self.peak,
-                "points": self.points, "patches": self.patches}
+                "rivals": list(self.rivals), "points": self.points, "patches": self.patches}
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,11 @@ class ScaleResult:
             text += (f"; the declared um/px is off: read level 0 at downsample {ds:.3g}"
                      f" to give the model its {c.model_mpp:.3g} um/px")
         text += f" -> {c.status}"
+        if self.scan is not None and self.scan.rivals:
+            unit = "um/px" if self.units == "um/px" else "x downsample"
+            others = ", ".join(f"{r:.3g}" for r in self.scan.rivals)
+            text += (f" (the scan also peaked at {others} {unit}: the model's margins far from its scale can mislead;"
+                     " check the curves)")
         missing = self.model_info.get("missing")
         if missing:
             text += f" (model's {' and '.join(missing)} unknown: defaults assumed, the answer rests on them)"
