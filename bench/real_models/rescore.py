@@ -15,7 +15,10 @@ softmax, entropy) and every aggregation can be replayed on exactly the same patc
 * ``margin + pooled, no glass``: points classed BACK at most scales left out;
 * ``margin + pooled, downsample-1 column interpolated``: the only patches the search does not resample are those
   at downsample 1 (the slide's own pixels); their scores are replaced by the mean of the two neighbouring grid
-  scales, a proxy for a patch pipeline that filters every scale alike (see sharpness.py).
+  scales, a proxy for a patch pipeline that filters every scale alike (see sharpness.py);
+* ``margin + pooled, tissue classes only``: Capricorn's margin over its 9 PathMNIST (tissue) outputs only, not
+  the 15 DermaMNIST / BloodMNIST ones that never apply to these slides (Lite0: unchanged);
+* ``margin + mean of raw curves``: the mean of the unstandardised curves (flat, noisy points weigh little).
 
 Per candidate: the equivariance slope and share within one step per model and image, and on the labelled slides
 the chosen scale against the best measured accuracy of bench/results/real.json. Also the diagnosis per search:
@@ -64,13 +67,26 @@ def answer(curves: np.ndarray, log2s: np.ndarray, method: str, keep: np.ndarray 
 
 CANDIDATES = ("margin + pooled", "margin + vote", "distance + pooled", "softmax + pooled", "entropy + pooled",
               "margin + pooled, peaked points only", "margin + pooled, no glass",
-              "margin + pooled, downsample-1 column interpolated")
+              "margin + pooled, downsample-1 column interpolated", "margin + pooled, tissue classes only",
+              "margin + mean of raw curves")
 
 
 def evaluate_candidate(name: str, d: np.ndarray, log2s: np.ndarray, norms: np.ndarray, back: int | None) -> float:
     scorer, _, rest = name.partition(" + ")
     method = rest.split(",")[0]
+    if "tissue classes only" in name:
+        # Capricorn: its 9 PathMNIST outputs (tissue), not the 15 DermaMNIST / BloodMNIST ones; Lite0: all 5
+        d, norms = d[..., :9], norms[:9]
     curves = curves_for(scorer, d, norms)
+    if method == "mean of raw curves":
+        # no per-point standardisation: flat, noisy curves weigh little; a parabola through the mean curve
+        mean = curves.mean(axis=0)
+        i = int(np.argmax(mean))
+        if 0 < i < len(mean) - 1:
+            from histoscale.aggregate import _parabola_vertex
+
+            return float(_parabola_vertex(log2s[i - 1:i + 2][None], mean[i - 1:i + 2][None])[0])
+        return float(log2s[i])
     keep = None
     if "peaked" in name:
         best = curves.argmax(axis=1)
