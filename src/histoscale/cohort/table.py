@@ -61,6 +61,8 @@ def _message(check: Any, result: ScaleResult) -> str:
     if check.status == "MISSING-METADATA":
         return f"{apply}; no declared um/px, {content}"
     verdict = "agrees" if check.status == "OK" else "DISAGREES: check the scanner metadata or the mpp override"
+    if check.status == "MISMATCH" and result.units == "um/px":  # a um/px in wrong units is only a name
+        apply += f" as declared, i.e. level-0 downsample {result.chosen_scale / check.declared_mpp:.3g}"
     return (
         f"{apply}; declared {check.declared_mpp:.3g} um/px ({check.declared_source}), {content}, "
         f"{check.disagreement_steps:+.1f} grid steps: {verdict}"

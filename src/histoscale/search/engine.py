@@ -332,6 +332,7 @@ class _Run:
             class_names=tuple(self.model.class_names),
             patches_scored=self.patches_scored,
             scan=self.scan,
+            edge=("fine" if result_vote.winner == 0 else "coarse" if result_vote.winner == len(grid) - 1 else None),
             points_xy=self.plan.xy[: self.used],
             curves=scored.curve,
             class_scores=scored.matrix,

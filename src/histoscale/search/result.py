@@ -22,7 +22,7 @@ class MetadataCheck:
 
     ``implied_mpp`` is the slide's level-0 um/px implied by the answer (the vote's grid scale) and the model's
     training um/px; ``implied_estimate`` is the same from the continuous estimate, and ``implied_interval`` its
-    bootstrap 95% interval; ``disagreement_steps`` is log2(implied / declared) in grid steps; ``status`` is ``OK`` (within one step),
+    bootstrap 95% interval; ``disagreement_steps`` is log2(implied_estimate / declared) in grid steps; ``status`` is ``OK`` (within one step),
     ``MISMATCH``, ``MISSING-METADATA`` (no declared um/px: the implied one is the only one) or
     ``UNKNOWN-MODEL-MPP`` (the model's training um/px is unknown: nothing to compare).
     """
@@ -88,6 +88,7 @@ class ScaleResult:
     timings: dict[str, float] = field(default_factory=dict)
     patches_scored: int = 0  # patches the model saw, the scan's included
     scan: ScanSummary | None = None  # the default search's sparse scan (None for a fixed grid)
+    edge: str | None = None  # "fine" / "coarse": the answer is the final grid's edge, the peak was not bracketed
     model_info: dict[str, Any] = field(default_factory=dict)  # SplitModel.describe(): what the model is, from where
 
     @property
@@ -106,7 +107,7 @@ class ScaleResult:
         c = self.check
         if c.implied_mpp is not None:
             lo_mpp, hi_mpp = c.implied_interval or (math.nan, math.nan)
-            text += f"; slide um/px implied {c.implied_mpp:.3g} (continuous {c.implied_estimate:.3g}, {lo_mpp:.3g}-{hi_mpp:.3g})"
+            text += f"; slide um/px implied {c.implied_estimate:.3g} (95% CI {lo_mpp:.3g}-{hi_mpp:.3g}, grid {c.implied_mpp:.3g})"
             if c.declared_mpp is not None:
                 text += f" vs declared {c.declared_mpp:.3g} ({c.disagreement_steps:+.1f} steps)"
         if c.status == "MISMATCH" and c.declared_mpp and c.model_mpp:
@@ -115,6 +116,9 @@ class ScaleResult:
             text += (f"; the declared um/px is off: read level 0 at downsample {ds:.3g}"
                      f" to give the model its {c.model_mpp:.3g} um/px")
         text += f" -> {c.status}"
+        if self.edge is not None:
+            text += (f" (the answer is the {self.edge}st scale tried: the peak was not bracketed, the true scale may lie "
+                     "beyond what this slide or the scales allow)")
         if self.scan is not None and self.scan.rivals:
             unit = "um/px" if self.units == "um/px" else "x downsample"
             others = ", ".join(f"{r:.3g}" for r in self.scan.rivals)
@@ -148,6 +152,7 @@ class ScaleResult:
             "widenings": list(self.widenings),
             "patches_scored": self.patches_scored,
             "scan": self.scan.to_dict() if self.scan is not None else None,
+            "edge": self.edge,
             "check": asdict(self.check),
             "class_names": list(self.class_names),
             "timings_s": self.timings,
@@ -191,7 +196,9 @@ def metadata_check(
         return MetadataCheck(
             "MISSING-METADATA", None, None, model_mpp, implied(chosen), implied(estimate), implied_interval, None
         )
-    steps = steps_between(implied(chosen), declared)
+    # The continuous estimate decides (the grid value can sit a step away from it): the check, the cohort table and
+    # the report then agree on one number.
+    steps = steps_between(implied(estimate), declared)
     status = "OK" if abs(steps) <= 1.0 else "MISMATCH"
     return MetadataCheck(
         status, declared, source, model_mpp, implied(chosen), implied(estimate), implied_interval, steps
