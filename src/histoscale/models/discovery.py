@@ -53,12 +53,16 @@ def find_card(model_file: str | os.PathLike[str]) -> ModelCard | None:
         if isinstance(data, dict) and "format" in data and "file" in data:
             card = card_from_dict(data, candidate, where=f"model card {candidate}")
             if not _same_file(card.resolve_file(), model_file):
-                logger.info("%s describes %s, not %s: skipped", candidate, card.resolve_file(), model_file)
+                logger.warning("%s describes %s, not %s: skipped (fix its \"file\" or pass it with --model)",
+                               candidate, card.resolve_file(), model_file)
                 continue
             return card
         if published_kind(data) is not None:
             return published_card(data, candidate, model_file)
-        logger.info("%s is neither a model card nor a WSInfer / timm config: skipped", candidate)
+        # A file named after the model was surely meant as its card: say why it is not used.
+        log = logger.info if candidate.name == "config.json" else logger.warning
+        log("%s is neither a model card (needs \"format\" and \"file\") nor a WSInfer / timm config: skipped",
+            candidate)
     return None
 
 
