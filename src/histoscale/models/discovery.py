@@ -53,8 +53,8 @@ def find_card(model_file: str | os.PathLike[str]) -> ModelCard | None:
         if isinstance(data, dict) and "format" in data and "file" in data:
             card = card_from_dict(data, candidate, where=f"model card {candidate}")
             if not _same_file(card.resolve_file(), model_file):
-                logger.warning("%s describes %s, not %s: skipped (fix its \"file\" or pass it with --model)",
-                               candidate, card.resolve_file(), model_file)
+                # info only: a folder may hold several models, each with its card (e.g. the bundled assets)
+                logger.info("%s describes %s, not %s: skipped", candidate, card.resolve_file(), model_file)
                 continue
             return card
         if published_kind(data) is not None:
