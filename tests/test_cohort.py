@@ -220,6 +220,10 @@ def test_manifest_resolves_paths_and_makes_ids_unique(tmp_path: Path) -> None:
     assert [j.id for j in jobs] == ["a", "a-2", "b"]
     assert jobs[0].slide == str(sub / "a.svs") and jobs[0].mpp == 0.25
     assert jobs[1].slide == "/x/a.svs" and jobs[1].mpp is None
+    (job,) = read_manifest(_manifest(tmp_path, "slide,slide_mpp\nslides/a.svs,0.5\n"))  # the override's own name
+    assert job.mpp == 0.5
+    with pytest.raises(ConfigError, match="both 'slide_mpp' and 'mpp'"):
+        read_manifest(_manifest(tmp_path, "slide,slide_mpp,mpp\nslides/a.svs,0.5,0.5\n"))
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""The cohort manifest: a CSV with a ``slide`` column and optional ``mpp`` and ``id`` columns."""
+"""The cohort manifest: a CSV with a ``slide`` column and optional ``slide_mpp`` (the slide's um/px override; ``mpp``
+is accepted as its older name) and ``id`` columns."""
 
 from __future__ import annotations
 
@@ -106,6 +107,10 @@ def read_manifest(path: str | os.PathLike[str]) -> list[CohortJob]:
     if header is None:
         raise ConfigError(f"manifest {p} is empty: its first line must name the columns, e.g. 'slide,mpp,id'")
     names = [h.strip().lower() for h in header]
+    if "slide_mpp" in names:  # the override's name everywhere else; "mpp" is its older name here
+        if "mpp" in names:
+            raise ConfigError(f"manifest {p} has both 'slide_mpp' and 'mpp' columns (the same override): keep one")
+        names[names.index("slide_mpp")] = "mpp"
     if "slide" not in names:
         raise ConfigError(
             f"manifest {p} has no 'slide' column (columns: {', '.join(h.strip() for h in header) or 'none'}); "
