@@ -68,8 +68,8 @@ def parse_scales(scales: str | Sequence[float], *, units: Units, min_count: int 
     if not np.all(np.isfinite(grid)) or np.any(grid <= 0):
         raise ConfigError(f"scales must be positive numbers ({units}), got {values}")
     if np.any(np.diff(grid) <= 0):
-        problem = "duplicate" if len(set(values)) < len(values) else "unsorted"
-        raise ConfigError(f"scales must be strictly increasing ({problem} values in {values}): sort them")
+        problem, fix = ("duplicate", "remove the duplicates") if len(set(values)) < len(values) else ("unsorted", "sort them")
+        raise ConfigError(f"scales must be strictly increasing ({problem} values in {values}): {fix}")
     return grid
 
 
