@@ -281,7 +281,7 @@ def test_slide_smaller_than_widest_field(tmp_path: Path, capsys: pytest.CaptureF
         find_scale(small, tiny_model(), scales=(0.5, 1.0, 2.0), relative=True, **FAST)
     assert str(small) in str(exc.value) and "smaller than the widest field of view" in str(exc.value)
     tiny = tmp_path / "tiny.png"
-    Image.fromarray(tissue_image(12, 12)).save(tiny)  # the default range needs one octave: 32 px at 0.25..0.5
+    Image.fromarray(tissue_image(20, 20)).save(tiny)  # the default range needs one octave: 32 px at 0.5..1
     with pytest.raises(ScaleSearchError) as exc:
         find_scale(tiny, tiny_model(), **FAST)
     assert str(tiny) in str(exc.value) and "too little room to search" in str(exc.value)

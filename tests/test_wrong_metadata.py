@@ -95,7 +95,7 @@ def test_scan_then_fine_grid(files, model) -> None:
     scan = result.scan
     assert scan is not None and scan.points == SearchConfig().scan_points
     ratios = scan.scales[1:] / scan.scales[:-1]
-    assert np.all(ratios <= 2**0.5 + 1e-9) and scan.scales[0] == pytest.approx(0.25)
+    assert np.all(ratios <= 2**0.5 + 1e-9) and scan.scales[0] == pytest.approx(0.5)
     assert scan.scales[-1] == pytest.approx(min(2560 / 128, 0.5 / 0.1))  # field of view / finest plausible um/px
     steps = np.log2(result.scales[1:] / result.scales[:-1]) * 4
     assert np.allclose(steps, 1.0)
@@ -120,7 +120,7 @@ def test_cohort_rows_are_mismatch_never_error(files, tmp_path: Path) -> None:
 
 def test_cohort_error_row_keeps_what_the_slide_declares(tmp_path: Path) -> None:
     """A slide that opens but cannot be searched is ERROR, with its declared um/px and source still in the row."""
-    small = write_pyramid(tmp_path / "small.tif", "pages", size=48, levels=1, tile=16, resolution=(20000, 20000))
+    small = write_pyramid(tmp_path / "small.tif", "pages", size=96, levels=1, tile=16, resolution=(20000, 20000))
     summary = run_cohort([str(small)], out_dir=tmp_path / "cohort", workers=1, search=SearchConfig(points=8),
                          figures=False)
     (row,) = read_results(summary.results_csv)

@@ -1,8 +1,8 @@
 """The default search's range and grids, in level-0 downsample: placed by the slide and the model, never by the
 slide's declared um/px (a check must not trust what it checks).
 
-The range runs from the finest scale worth reading (at most 4x upsampling, the project's one limit) to the coarsest
-at which the model's field of view still fits on the slide, capped, when the model's training um/px is known, where the slide's level 0
+The range runs from the finest scale worth reading (at most 2x upsampling) to the coarsest at which the model's
+field of view still fits on the slide, capped, when the model's training um/px is known, where the slide's level 0
 would have to be finer than any brightfield scanner gives. A sparse scan over it (half-octave steps) finds the
 region of the answer; a fine grid (quarter-octave steps) around the scan's peak gives the answer.
 """
@@ -14,19 +14,20 @@ import math
 import numpy as np
 
 from histoscale.errors import ScaleSearchError
-from histoscale.units import MIN_DOWNSAMPLE, STEPS_PER_OCTAVE
+from histoscale.units import STEPS_PER_OCTAVE
 
 __all__ = [
     "FINEST_PLAUSIBLE_MPP", "MAX_DOWNSAMPLE_UNKNOWN_MODEL", "MIN_AUTO_DOWNSAMPLE", "SCAN_STEPS_PER_OCTAVE",
     "fine_grid", "plausible_range", "scan_grid",
 ]
 
-# A slide scanned up to 4x coarser than the model's training scale can still be served (upsampled patches are
-# blur, so the margins there are weaker evidence; the scan's peak decides, and the metadata check shows it).
-MIN_AUTO_DOWNSAMPLE = MIN_DOWNSAMPLE
+# Upsampled patches are blur, far from any training data, where margins can grow without meaning: with 4x allowed,
+# the bundled model's scan peaked at 4x upsampling on a held-out phantom scanned at its own scale (+7.9 steps). A
+# slide scanned more than 2x coarser than the model's scale needs explicit --scales (up to 4x).
+MIN_AUTO_DOWNSAMPLE = 0.5
 #: Level-0 um/px finer than this is not a brightfield slide (x80-x100 scanners give ~0.1-0.12 um/px).
 FINEST_PLAUSIBLE_MPP = 0.1
-#: Without the model's training um/px nothing bounds the coarse end physically: 6 octaves above 4x upsampling.
+#: Without the model's training um/px nothing bounds the coarse end physically: 5 octaves above 2x upsampling.
 MAX_DOWNSAMPLE_UNKNOWN_MODEL = 16.0
 SCAN_STEPS_PER_OCTAVE = 2
 
