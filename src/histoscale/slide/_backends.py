@@ -73,9 +73,11 @@ class OpenSlideBackend:
         if not self._tiles_checked:
             with self._lock:
                 if not self._tiles_checked and self.properties.get("openslide.vendor") in _TIFF_VENDORS:
-                    self._tiles = TileReader.open(self._path, self.level_dimensions, self._read_region)
+                    self._tiles = TileReader.open(
+                        self._path, self.level_dimensions, self.level_downsamples, self._read_region
+                    )
                 self._tiles_checked = True
-        if self._tiles is not None:
+        if self._tiles is not None and level in self._tiles.levels:
             return self._tiles.read(level, x, y, w, h)
         return self._read_region(level, x, y, w, h)
 

@@ -2,9 +2,10 @@
 ``os.pread`` and decoded by tifffile's codec (imagecodecs, GIL released), without OpenSlide's ARGB conversion and
 compositing; about half the CPU of ``openslide.read_region`` per box on JPEG tiles (BENCHMARKS.md, "Speed").
 
-It serves a slide only where it gives OpenSlide's pixels: every level is a tiled, chunky, 8-bit RGB (or JPEG YCbCr)
-page of the file with exactly the level's size and no empty tile, and on each level the tile with the most data
-decodes to exactly what OpenSlide reads there (checked once, at the first read). Anything else keeps OpenSlide.
+It serves a level only where it gives OpenSlide's pixels: the level's downsample is a whole number (elsewhere
+OpenSlide interpolates the sub-pixel offset of a level-0 origin), it is a tiled, chunky, 8-bit RGB (or JPEG YCbCr)
+page of the file with exactly the level's size and no empty tile, and its tile with the most data decodes to exactly
+what OpenSlide reads there (checked once, at the first read). Other levels, and other files, keep OpenSlide.
 """
 
 from __future__ import annotations
@@ -41,19 +42,22 @@ class _Level:
 class TileReader:
     """Boxes of a tiled TIFF's levels, tile by tile. Thread-safe: positioned reads, no shared file offset."""
 
-    def __init__(self, path: Path, levels: list[_Level], tiff: Any) -> None:
+    def __init__(self, path: Path, levels: dict[int, _Level], tiff: Any) -> None:
         self.path = path
         self._levels = levels
+        #: the level indices this reader serves
+        self.levels = frozenset(levels)
         self._tiff = tiff
         self._fd = os.open(path, os.O_RDONLY)
 
     @classmethod
     def open(
-        cls, path: Path, level_dimensions: tuple[tuple[int, int], ...],
+        cls, path: Path, level_dimensions: tuple[tuple[int, int], ...], level_downsamples: tuple[float, ...],
         reference: Callable[[int, int, int, int, int], np.ndarray],
     ) -> TileReader | None:
-        """The reader of ``path`` when each level matches a tiled page and decodes as ``reference(level, x, y, w,
-        h)`` (the current backend's read) does on its fullest tile; None otherwise (the reason is logged)."""
+        """The reader of the levels of ``path`` with a whole-number downsample when each matches a tiled page and
+        decodes as ``reference(level, x, y, w, h)`` (the current backend's read) does on its fullest tile; None when
+        one does not, or none has a whole downsample (the reason is logged)."""
         import tifffile
 
         try:
@@ -63,10 +67,11 @@ class TileReader:
             return None
         reader: TileReader | None = None
         try:
-            levels = [cls._level(tiff, w, h) for w, h in level_dimensions]
-            if all(level is not None for level in levels):
+            whole = [i for i, ds in enumerate(level_downsamples) if float(ds).is_integer()]
+            levels = {i: cls._level(tiff, *level_dimensions[i]) for i in whole}
+            if levels and all(level is not None for level in levels.values()):
                 reader = cls(path, levels, tiff)  # type: ignore[arg-type]
-                if not all(reader._agrees(i, reference) for i in range(len(levels))):
+                if not all(reader._agrees(i, reference) for i in levels):
                     reader.close()
                     reader = None
             else:
@@ -115,7 +120,7 @@ class TileReader:
         return tile.reshape(tile.shape[-3:])  # (1, 1, h, w, 3) or (h, w, 3) by tifffile version
 
     def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        """An in-bounds box in integer pixels of ``level`` as (h, w, 3) uint8."""
+        """An in-bounds box in integer pixels of ``level`` (one of :attr:`levels`) as (h, w, 3) uint8."""
         lv = self._levels[level]
         out = np.empty((h, w, 3), np.uint8)
         for ty in range(y // lv.tile_h, (y + h - 1) // lv.tile_h + 1):
