@@ -1,0 +1,80 @@
+"""Cohort throughput: slides/min of ``run_cohort`` on the local process pool with 1 and 2 workers, side by side.
+
+Usage: python bench/cohort_speed.py [--slides 6] [--side 4000] [--rounds 2] [--workdir bench/.work]
+
+Phantom SVS slides (cached) are searched with the default settings and the bundled reference model, figures on,
+as ``histoscale cohort`` runs them; each worker process gets ``cores // workers`` torch threads (run_cohort's rule,
+so the model's threads are shared, never more than the cores). Rounds alternate 1 and 2 workers so that a change
+of the machine's load shifts both; the load average is recorded with each run. Writes
+bench/results/cohort_speed.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from histoscale.cohort import run_cohort
+from histoscale.phantom import write_phantom
+from histoscale.reports import machine
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--slides", type=int, default=6)
+    ap.add_argument("--side", type=int, default=4000)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--workdir", type=Path, default=HERE / ".work")
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    args = ap.parse_args()
+    folder = args.workdir / "cohort"
+    folder.mkdir(parents=True, exist_ok=True)
+    slides = []
+    for i in range(args.slides):
+        path = folder / f"phantom_{args.side}_{i}.svs"
+        if not path.is_file():
+            write_phantom(path, mpp=(0.25, 0.35, 0.5)[i % 3], size_px_wh=(args.side, args.side), seed=100 + i, fmt="svs")
+        slides.append(str(path))
+    runs = []
+    for r in range(args.rounds):
+        for workers in (1, 2):
+            out = folder / f"out_w{workers}"
+            shutil.rmtree(out, ignore_errors=True)
+            load = os.getloadavg()
+            t = time.perf_counter()
+            summary = run_cohort(slides, out_dir=out, workers=workers)
+            wall = time.perf_counter() - t
+            ok = summary.counts.get("ERROR", 0) == 0
+            runs.append({"round": r, "workers": workers, "wall_s": wall, "slides_per_min": 60 * len(slides) / wall,
+                         "load_before": load, "load_after": os.getloadavg(), "no_errors": ok})
+            print(f"round {r} workers {workers}: {wall:.1f} s, {runs[-1]['slides_per_min']:.1f} slides/min "
+                  f"(load {load[0]:.1f} -> {runs[-1]['load_after'][0]:.1f}){'' if ok else ' ERRORS'}", flush=True)
+    per = {w: float(np.median([x["slides_per_min"] for x in runs if x["workers"] == w])) for w in (1, 2)}
+    ratios = [b["slides_per_min"] / a["slides_per_min"] for a, b in zip(runs[::2], runs[1::2])]
+    text = (
+        f"| workers | torch threads each | slides/min (median of {args.rounds}) |\n|---|---|---|\n"
+        f"| 1 | {len(os.sched_getaffinity(0))} | {per[1]:.1f} |\n"
+        f"| 2 | {max(1, len(os.sched_getaffinity(0)) // 2)} | {per[2]:.1f} |\n\n"
+        f"2 workers / 1 worker, per round: {', '.join(f'x{q:.2f}' for q in ratios)}"
+    )
+    print(text)
+    command = "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
+    doc = {"command": command, "date": _dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
+           "slides": len(slides), "side_px": args.side, "runs": runs, "median_slides_per_min": per, "ratios": ratios}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "cohort_speed.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (args.out / "cohort_speed.md").write_text(f"Command: `{command}` ({doc['date']}, {machine()})\n\n{text}\n")
+
+
+if __name__ == "__main__":
+    main()
