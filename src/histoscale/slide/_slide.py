@@ -55,6 +55,7 @@ class Slide:
         if self._impl is not None:
             self._impl.close()
             self._impl = None
+        self._thumbnails.clear()
 
     def __enter__(self) -> Slide:
         return self
@@ -205,7 +206,7 @@ class Slide:
         A pyramid level between ``max_side / 2`` and ``max_side`` is returned as it is (a smaller
         thumbnail): the next finer level would cost 16x the pixels for a picture barely sharper.
 
-        Read once per ``max_side`` and kept while the slide is open (the tissue mask and the report's overview
+        Read once per ``max_side`` and kept until the slide is closed (the tissue mask and the report's overview
         use the same one): the array is read-only."""
         if max_side < 1:
             raise ConfigError(f"max_side must be positive, got {max_side}")

@@ -1,6 +1,6 @@
 """Direct tile decoding of tiled TIFF pyramids (SVS, plain tiled TIFF): each tile a box touches is read with one
 ``os.pread`` and decoded by tifffile's codec (imagecodecs, GIL released), without OpenSlide's ARGB conversion and
-compositing; about half the CPU of ``openslide.read_region`` per box on JPEG tiles (BENCHMARKS.md, "Speed").
+compositing; less than half the CPU of ``openslide.read_region`` per box on JPEG tiles (BENCHMARKS.md, "Speed").
 
 It serves a level only where it gives OpenSlide's pixels: the level's downsample is a whole number (elsewhere
 OpenSlide interpolates the sub-pixel offset of a level-0 origin), it is a tiled, chunky, 8-bit RGB (or JPEG YCbCr)
