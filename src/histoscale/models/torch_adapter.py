@@ -124,24 +124,32 @@ class TorchSplitModel(SplitModel):
 
     def features_of_regions(self, regions: Sequence[Region]) -> np.ndarray:
         """Phi of the patches cropped from ``regions``; on the model's device when :attr:`resamples_on_device`:
-        each read crosses once as uint8 (pinned memory on CUDA), its crops are resized there with antialiased
-        bilinear interpolation and rounded to uint8 values, as a CPU patch would be."""
+        each read crosses once as uint8 (pinned memory on CUDA), and the crops of one size (one scale, across
+        points) are resized there in one call, with antialiased bilinear interpolation, rounded to uint8 values as
+        a CPU patch would be."""
         if not self._on_device:
             return super().features_of_regions(regions)
         size = self.input_size
-        crops = []
+        by_side: dict[int, tuple[list[int], list[torch.Tensor]]] = {}  # crops of one side are resized in one call
+        n = 0
         with torch.inference_mode():
             for region in regions:
                 pixels = torch.from_numpy(np.require(region.pixels, requirements=("C", "W")))
                 if self._torch_device.type == "cuda":
                     pixels = pixels.pin_memory()
-                image = pixels.to(self._torch_device, non_blocking=True).permute(2, 0, 1)[None].float()
+                image = pixels.to(self._torch_device, non_blocking=True).permute(2, 0, 1)[None]
                 for left, top, side in region.boxes.tolist():
-                    crop = image[:, :, top : top + side, left : left + side]
-                    if crop.shape[-2:] != (size, size):
-                        crop = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-                    crops.append(crop.round_().clamp_(0, 255))
-            batch = torch.cat(crops).mul_(self._scale).sub_(self._offset).contiguous(memory_format=torch.channels_last)
+                    where, crops = by_side.setdefault(side, ([], []))
+                    where.append(n)
+                    crops.append(image[:, :, top : top + side, left : left + side])
+                    n += 1
+            batch = torch.empty((n, 3, size, size), device=self._torch_device)
+            for side, (where, crops) in by_side.items():
+                same = torch.cat(crops).float()
+                if side != size:
+                    same = F.interpolate(same, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+                batch[where] = same.round_().clamp_(0, 255)  # the values a uint8 patch would hold
+            batch = batch.mul_(self._scale).sub_(self._offset).contiguous(memory_format=torch.channels_last)
             out = []
             for start in range(0, len(batch), self.batch_size):
                 with torch.autocast(self._torch_device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
