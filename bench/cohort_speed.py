@@ -1,6 +1,6 @@
 """Cohort throughput: slides/min of ``run_cohort`` on the local process pool with 1 and 2 workers, side by side.
 
-Usage: python bench/cohort_speed.py [--slides 6] [--side 4000] [--rounds 2] [--workdir bench/.work]
+Usage: python bench/cohort_speed.py [--slides 6] [--side 4000] [--rounds 2] [--one-thread-only] [--out bench/results]
 
 Phantom SVS slides (cached) are searched with the default settings and the bundled reference model, figures on,
 as ``histoscale cohort`` runs them; each worker process gets ``cores // workers`` torch threads (run_cohort's rule,
@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--slides", type=int, default=6)
     ap.add_argument("--side", type=int, default=4000)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--one-thread-only", action="store_true", help="skip 1 worker x all cores' threads")
     ap.add_argument("--workdir", type=Path, default=HERE / ".work")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
@@ -49,6 +50,8 @@ def main() -> None:
         slides.append(str(path))
     cores = len(os.sched_getaffinity(0))
     setups = [(1, cores), (2, max(1, cores // 2)), (1, 1)]  # (workers, torch threads each)
+    if args.one_thread_only:
+        setups = setups[1:]
     real_cores = cohort_run._cores
     runs = []
     for r in range(args.rounds):
@@ -75,8 +78,9 @@ def main() -> None:
            for w, t in setups}
     by_round = [{(x["workers"], x["threads"]): x["slides_per_min"] for x in runs if x["round"] == r}
                 for r in range(args.rounds)]
-    ratios = {name: [rr[b] / rr[a] for rr in by_round] for name, a, b in (
-        ("2 workers / 1 worker", setups[0], setups[1]), ("2 workers / 1 worker at 1 thread", setups[2], setups[1]))}
+    pairs = (("2 workers / 1 worker", (1, cores), (2, max(1, cores // 2))),
+             ("2 workers / 1 worker at 1 thread", (1, 1), (2, max(1, cores // 2))))
+    ratios = {name: [rr[b] / rr[a] for rr in by_round] for name, a, b in pairs if a in setups and b in setups}
     text = (
         f"| workers | torch threads each | slides/min (median of {args.rounds}) |\n|---|---|---|\n"
         + "".join(f"| {w} | {t} | {per[f'{w}x{t}']:.1f} |\n" for w, t in setups)
