@@ -1,22 +1,30 @@
-"""How fast the scale search runs, what it adds on top of the model, and that its memory does not grow with the slide.
+"""How fast the scale search runs, where its time goes, what it adds on top of the model, and that its memory does
+not grow with the slide.
 
 Usage:
-    python bench/speed.py [--quick] [--points 100] [--dn-points 100] [--workdir bench/.work] [--skip-memory]
-    python bench/speed.py --gpu          # (a) only, on CUDA (skipped with a message where there is none)
+    python bench/speed.py [--quick] [--points 100] [--dn-points 100] [--threads N] [--workdir bench/.work]
+                          [--skip-stages] [--stage-points 100] [--skip-memory]
+    python bench/speed.py --gpu          # (a) and (d) only, on CUDA (skipped with a message where there is none)
 
-(a) End-to-end patches/s of ``find_scale`` (P points x N=9 scales, early_stop=False, widen=False, default grid
-    around the model's training um/px) on a 16000 x 16000 phantom SVS at 0.25 um/px, for DenseNet121 (random
+(a) End-to-end patches/s of ``find_scale`` (the default coarse-to-fine search: its scan, then P points x N=9 fine
+    scales; early_stop=False, widen=False) on a 16000 x 16000 phantom SVS at 0.25 um/px, for DenseNet121 (random
     weights, 224 px, ``load_model(DenseNet121().eval(), input_size=224, mpp=0.5)``) and the bundled reference model,
-    against the model alone on ready uint8 batches of the same size in the same run (timed before and after the
-    search; the mean is used): overhead = 1 - model_time / total_time.
-(b) A naive pipeline on the same slide, points and scales: one OpenSlide ``read_region`` per point per scale at
-    level 0, PIL bilinear resize per patch, batch size 1, fp32. Speed-up = naive_time / find_scale_time.
+    against the model alone on ready uint8 batches of as many patches, handed over 72 at a time as the search does,
+    side by side: search, model, search, model (means used).
+(b) A naive pipeline on the same slide, points and fine scales: one OpenSlide ``read_region`` per point per scale at
+    level 0, PIL bilinear resize per patch, batch size 1, fp32. Speed-up = find_scale patches/s / naive patches/s.
 (c) Peak memory of a search (reference model) on a large phantom vs the 16000 px one, each case in a fresh
     subprocess: tracemalloc peak (Python/NumPy allocations during the search) and the process's peak RSS (VmHWM;
     ru_maxrss is recorded in the JSON too, but Linux carries the parent's peak into a child's ru_maxrss),
     against a baseline process that only loads the model. The large slide is 64000 px unless its predicted write
     time (16x the measured 16000 px write) exceeds 10 minutes; then 32000 px (said in the output).
-``--quick``: P=30 for the reference model and 20 points for DenseNet121.
+(d) One default search (``--stage-points`` points, early stop and widening on) and its report as the CLI writes
+    them, stage by stage (bench/_stages.py): wall and CPU seconds (every thread of the process) per stage, reads
+    on the calling thread (prefetch=0) so that they can be attributed; then the same search with the default
+    prefetch (wall only) and the model alone on as many patches. CPU seconds hardly move with the machine's load;
+    wall seconds do.
+``--quick``: P=30 for the reference model and 20 points for DenseNet121. ``--threads``: torch threads (on a
+machine shared with other jobs, 2 threads on 2 cores stall in each other's barriers: see BENCHMARKS.md).
 Writes bench/results/speed.json and bench/results/speed.md (speed_gpu.* with --gpu).
 """
 
@@ -66,10 +74,12 @@ def phantom_svs(workdir: Path, side: int) -> tuple[Path, float | None]:
 
 
 # ------------------------------------------------------------------------------------------------ (a), (b)
-def model_rate(model: Any, batch: np.ndarray) -> float:
-    """Seconds for model.features on a ready uint8 batch."""
+def model_rate(model: Any, batch: np.ndarray, chunk: int = 72) -> float:
+    """Seconds for model.features on a ready uint8 batch, handed over ``chunk`` patches at a time as the search does
+    (8 points x 9 scales)."""
     t = time.perf_counter()
-    model.features(batch)
+    for start in range(0, len(batch), chunk):
+        model.features(batch[start : start + chunk])
     return time.perf_counter() - t
 
 
@@ -100,28 +110,25 @@ def naive_search(path: Path, model: Any, xy: np.ndarray, downsamples: np.ndarray
 
 
 def e2e(name: str, slide_path: Path, model: Any, naive_model: Any | None, points: int) -> dict[str, Any]:
-    from histoscale.patches import read_multiscale
     from histoscale.search import find_scale
     from histoscale.slide import open_slide
 
     s = int(model.input_size)
     rng = np.random.default_rng(0)
     with open_slide(slide_path) as slide:
-        n_scales = 9
-        batch = rng.integers(0, 256, (points * n_scales, s, s, 3), dtype=np.uint8)
-        model.features(batch[: min(len(batch), 64)])  # warm-up
-        t_model_before = model_rate(model, batch)
-        t = time.perf_counter()
-        res = find_scale(slide, model, points=points, seed=0, early_stop=False, widen=False)
-        t_total = time.perf_counter() - t
-        n_patches = res.points_used * len(res.scales)
-        assert n_patches == len(batch), (n_patches, len(batch))
+        # search, model alone on as many patches (the default search scores a scan, then points x 9 fine
+        # scales), search again, model alone again: side by side, so the load shifts both alike
+        t_searches, t_models = [], []
+        load = [os.getloadavg()[0]]
+        for _ in range(2):
+            t = time.perf_counter()
+            res = find_scale(slide, model, points=points, seed=0, early_stop=False, widen=False)
+            t_searches.append(time.perf_counter() - t)
+            n_patches = res.patches_scored
+            t_models.append(model_rate(model, rng.integers(0, 256, (n_patches, s, s, 3), dtype=np.uint8)))
         downsamples = res.scales * slide.downsample_for(1.0)
-        t = time.perf_counter()
-        patches = np.stack([read_multiscale(slide, c, downsamples, s) for c in res.points_xy])
-        t_read = time.perf_counter() - t
-        t_model_after = model_rate(model, patches.reshape(-1, s, s, 3))
-    t_model = (t_model_before + t_model_after) / 2
+    t_total, t_model = float(np.mean(t_searches)), float(np.mean(t_models))
+    load.append(os.getloadavg()[0])
     row: dict[str, Any] = {
         "model": name,
         "input_px": s,
@@ -133,26 +140,29 @@ def e2e(name: str, slide_path: Path, model: Any, naive_model: Any | None, points
         "find_scale_s": t_total,
         "find_scale_patches_per_s": n_patches / t_total,
         "model_only_s": t_model,
-        "model_only_s_before_after": [t_model_before, t_model_after],
+        "find_scale_s_runs": t_searches,
+        "load_average_1min_before_after": load,
+        "model_only_s_runs": t_models,
         "model_only_patches_per_s": n_patches / t_model,
         "overhead": 1 - t_model / t_total,
-        "read_and_resample_only_s": t_read,
+        "end_to_end_share_of_model_only": t_model / t_total,
         "find_scale_timings": res.timings,
         "answer_um_per_px": float(res.chosen_scale),
     }
     if naive_model is not None:
+        # the naive pipeline on the same points and fine grid (no scan: it has no way to place a grid)
         t_naive, naive_winner = naive_search(slide_path, naive_model, res.points_xy, downsamples)
+        naive_patches = len(res.points_xy) * len(downsamples)
         row.update(
             naive_s=t_naive,
-            naive_patches_per_s=n_patches / t_naive,
-            speedup_vs_naive=t_naive / t_total,
-            # the naive loop gets find_scale's points for free: compare it with find_scale's read+model loop too
-            speedup_vs_naive_loop_only=t_naive / res.timings["read_and_model_s"],
+            naive_patches=naive_patches,
+            naive_patches_per_s=naive_patches / t_naive,
+            speedup_vs_naive=(n_patches / t_total) / (naive_patches / t_naive),
             naive_answer_um_per_px=float(res.scales[naive_winner]),
         )
     print(
-        f"  {name}: find_scale {row['find_scale_patches_per_s']:.1f} patches/s ({t_total:.1f} s), model alone "
-        f"{row['model_only_patches_per_s']:.1f} patches/s, overhead {row['overhead']:.0%}"
+        f"  {name}: find_scale {row['find_scale_patches_per_s']:.1f} patches/s ({n_patches} patches, {t_total:.1f} s), model alone "
+        f"{row['model_only_patches_per_s']:.1f} patches/s, find_scale at {row['end_to_end_share_of_model_only']:.0%} of it"
         + (f", naive {row['naive_patches_per_s']:.1f} patches/s -> speed-up x{row['speedup_vs_naive']:.2f}"
            if naive_model is not None else ""),
         flush=True,
@@ -259,27 +269,139 @@ def memory_rows(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[st
     return rows, notes
 
 
+# ------------------------------------------------------------------------------------------------ (d)
+STAGE_ORDER = (
+    "open slide", "tissue mask", "sampling", "read (decode tiles)", "crops", "resample", "model", "scoring",
+    "curve analysis", "vote + bootstrap", "engine (rest)", "report (thumbnail, figures, html, json)",
+)
+
+
+def stage_profile(name: str, slide_path: Path, model: Any, points: int, workdir: Path) -> dict[str, Any]:
+    """One default search (``find_scale`` with its defaults but ``points`` and ``prefetch=0``) and its report, as
+    the CLI runs them, timed stage by stage (bench/_stages.py); then the same search with the default prefetch,
+    wall time only, and the model alone on as many patches."""
+    from _stages import StageClock  # bench/ is on sys.path when this script runs
+
+    import histoscale.patches as patches
+    import histoscale.search.engine as engine
+    from histoscale.reports.search import write_search_report
+    from histoscale.slide import Slide, open_slide
+
+    clock = StageClock()
+    targets = [
+        (engine, "open_slide", "open slide", True),
+        (engine, "tissue_mask", "tissue mask", True),
+        (engine, "sample_points", "sampling", False),
+        (Slide, "read_level", "read (decode tiles)", False),
+        (patches, "read_multiscale", "crops", False),
+        (engine, "read_multiscale", "crops", False),
+        (patches, "resample", "resample", False),
+        (model, "features", "model", False),
+        (engine, "score_points", "scoring", False),
+        (engine, "analyse_curves", "curve analysis", False),
+        (engine, "vote", "vote + bootstrap", False),
+    ]
+    report_dir = workdir / "speed" / f"report_{model.input_size}"
+    load = [os.getloadavg()[0]]
+    w0, c0 = time.perf_counter(), time.process_time()
+    with clock.patched(targets):
+        res = clock.wrap("engine (rest)", engine.find_scale)(str(slide_path), model, points=points, prefetch=0)
+
+        def report() -> None:
+            with open_slide(slide_path) as slide:
+                write_search_report(res, report_dir, thumbnail=slide.thumbnail())
+
+        clock.wrap("report (thumbnail, figures, html, json)", report, opaque=True)()
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    t = time.perf_counter()
+    res_default = engine.find_scale(str(slide_path), model, points=points)
+    t_default = time.perf_counter() - t
+    batch = np.random.default_rng(0).integers(0, 256, (res.patches_scored, model.input_size, model.input_size, 3), dtype=np.uint8)
+    chunk = 72  # what the search hands the model: 8 points x 9 scales
+    t = time.perf_counter()
+    for start in range(0, len(batch), chunk):
+        model.features(batch[start : start + chunk])
+    t_model = time.perf_counter() - t
+    row = {
+        "model": name,
+        "input_px": int(model.input_size),
+        "points_used": res.points_used,
+        "patches": res.patches_scored,
+        "answer": float(res.chosen_scale),
+        "same_answer_with_prefetch": bool(res_default.chosen_scale == res.chosen_scale),
+        "stages_wall_s": {k: clock.wall.get(k, 0.0) for k in STAGE_ORDER},
+        "stages_cpu_s": {k: clock.cpu.get(k, 0.0) for k in STAGE_ORDER},
+        "stages_calls": {k: clock.calls.get(k, 0) for k in STAGE_ORDER},
+        "serial_wall_s": wall,
+        "serial_cpu_s": cpu,
+        "search_default_wall_s": t_default,
+        "model_only_wall_s": t_model,
+        "load_average_1min_before_after": [*load, os.getloadavg()[0]],
+    }
+    print(f"  {name}: {res.patches_scored} patches, serial search + report {wall:.1f} s wall / {cpu:.1f} s CPU; "
+          f"default search {t_default:.1f} s; model alone {t_model:.1f} s", flush=True)
+    return row
+
+
+def stages_rows(args: argparse.Namespace, device: str) -> list[dict[str, Any]]:
+    import torch
+
+    from histoscale.models import load_model
+    from histoscale.models.architectures import DenseNet121
+
+    slide_path, _ = phantom_svs(args.workdir, SMALL_SIDE)
+    torch.manual_seed(0)
+    dn = load_model(DenseNet121().eval(), input_size=224, mpp=0.5, device=device)
+    ref = load_model(None, device=device)
+    rows = []
+    for name, model, points in (("reference SmallCNN", ref, args.stage_points),
+                                ("DenseNet121 (random weights)", dn, args.dn_points)):
+        model.features(np.zeros((8, model.input_size, model.input_size, 3), np.uint8))  # warm-up
+        rows.append(stage_profile(name, slide_path, model, points, args.workdir))
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------ output
 def speed_table(rows: list[dict[str, Any]]) -> str:
     naive = "naive_s" in rows[0]
-    head = ("| model | device / precision | points x scales | find_scale patches/s | model alone patches/s "
-            "(s before / after) | overhead |")
+    head = ("| model | device / precision | points x scales (+ scan patches) | find_scale patches/s | model alone patches/s "
+            "(s, runs) | model alone / find_scale |")
     sep = "|---|---|---|---|---|---|"
     if naive:
-        head += " naive patches/s | find_scale speed-up vs naive (end to end / read+model loop only) |"
+        head += " naive patches/s | find_scale speed-up vs naive (patches/s) |"
         sep += "---|---|"
     lines = [head, sep]
     for r in rows:
         line = (
-            f"| {r['model']} {r['input_px']} px | {r['device']} / {r['precision']} | {r['points']} x {r['scales']} | "
-            f"{r['find_scale_patches_per_s']:.1f} ({r['find_scale_s']:.1f} s) | {r['model_only_patches_per_s']:.1f} "
-            f"({r['model_only_s_before_after'][0]:.1f} / {r['model_only_s_before_after'][1]:.1f}) | "
-            f"{r['overhead']:.0%} |"
+            f"| {r['model']} {r['input_px']} px | {r['device']} / {r['precision']} | {r['points']} x {r['scales']} "
+            f"(+{r['patches'] - r['points'] * r['scales']}) | "
+            f"{r['find_scale_patches_per_s']:.1f} ({' / '.join(f'{v:.1f}' for v in r['find_scale_s_runs'])} s) | {r['model_only_patches_per_s']:.1f} "
+            f"({' / '.join(f'{v:.1f}' for v in r['model_only_s_runs'])}) | "
+            f"{r['end_to_end_share_of_model_only']:.0%} |"
         )
         if naive:
-            line += (f" {r['naive_patches_per_s']:.1f} ({r['naive_s']:.1f} s) | x{r['speedup_vs_naive']:.2f} / "
-                     f"x{r['speedup_vs_naive_loop_only']:.2f} |")
+            line += f" {r['naive_patches_per_s']:.1f} ({r['naive_s']:.1f} s) | x{r['speedup_vs_naive']:.2f} |"
         lines.append(line)
+    return "\n".join(lines)
+
+
+def stage_table(rows: list[dict[str, Any]]) -> str:
+    head = "| stage | " + " | ".join(f"{r['model']} {r['input_px']} px: wall s | CPU s | CPU share" for r in rows) + " |"
+    lines = [head, "|---|" + "---|---|---|" * len(rows)]
+    for stage in STAGE_ORDER:
+        cells = []
+        for r in rows:
+            cpu_total = sum(r["stages_cpu_s"].values())
+            cells.append(f"{r['stages_wall_s'][stage]:.2f} | {r['stages_cpu_s'][stage]:.2f} | "
+                         f"{r['stages_cpu_s'][stage] / cpu_total:.0%}")
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    cells = [f"**{r['serial_wall_s']:.2f}** | **{r['serial_cpu_s']:.2f}** | {r['patches']} patches, "
+             f"{r['points_used']} points" for r in rows]
+    lines.append("| total (serial: prefetch=0) | " + " | ".join(cells) + " |")
+    cells = [f"{r['search_default_wall_s']:.2f} | | default prefetch, search only" for r in rows]
+    lines.append("| the same search, default prefetch | " + " | ".join(cells) + " |")
+    cells = [f"{r['model_only_wall_s']:.2f} | | same patches, batches of 72" for r in rows]
+    lines.append("| model alone | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -304,6 +426,9 @@ def main() -> None:
     ap.add_argument("--dn-points", type=int, default=None, help="points for DenseNet121 (default 100)")
     ap.add_argument("--workdir", type=Path, default=HERE / ".work")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-stages", action="store_true")
+    ap.add_argument("--stage-points", type=int, default=100, help="points of the default searches profiled in (d)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     ap.add_argument("--big-side", type=int, default=None, help="force the large slide's side (px)")
     ap.add_argument("--gpu", action="store_true", help="only (a), on CUDA")
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -317,10 +442,14 @@ def main() -> None:
 
     import torch
 
-    from histoscale.models.torch_adapter import bf16_supported
+    from histoscale.models.torch_adapter import bf16_supported, resolve_precision
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     command = "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
     t_start = time.perf_counter()
+    load_at_start = os.getloadavg()
     notes: list[str] = []
     if args.gpu:
         if not torch.cuda.is_available():
@@ -332,12 +461,16 @@ def main() -> None:
         device = "cpu"
         where = f"{machine()}, {torch.get_num_threads()} torch threads"
     notes.append(
-        f"precision 'auto' on {device}: {'bf16' if bf16_supported(device) else 'fp32'} "
+        f"precision 'auto' on {device}: {resolve_precision('auto', torch.device(device))} "
         f"(bf16 accelerated: {bf16_supported(device)}); the naive pipeline always runs fp32, batch 1"
     )
     print(f"{where}; torch {torch.__version__}; {notes[-1]}")
     print("(a)+(b) end-to-end vs model alone vs naive:" if not args.gpu else "(a) end-to-end vs model alone:")
     rows = speed_rows(args, device, naive=not args.gpu)
+    stage_rows: list[dict[str, Any]] = []
+    if not args.skip_stages:  # on CUDA too: the stages of a GPU search
+        print(f"(d) one default search ({args.stage_points} points) and its report, stage by stage:")
+        stage_rows = stages_rows(args, device)
     mem_rows: list[dict[str, Any]] = []
     if not args.gpu and not args.skip_memory:
         print("(c) peak memory, fresh subprocess per case, reference model:")
@@ -345,6 +478,8 @@ def main() -> None:
         notes += mem_notes
     elapsed = time.perf_counter() - t_start
     text = speed_table(rows)
+    if stage_rows:
+        text += "\n\n" + stage_table(stage_rows)
     if mem_rows:
         text += "\n\n" + memory_table(mem_rows)
     print("\n" + text + "\n\n" + "\n".join(notes) + f"\ntotal {elapsed:.0f} s")
@@ -352,8 +487,10 @@ def main() -> None:
         "command": command,
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "machine": where,
+        "load_average_at_start": load_at_start,
         "load_average_at_end": os.getloadavg(),
         "speed": rows,
+        "stages": stage_rows,
         "memory": mem_rows,
         "notes": notes,
         "elapsed_s": elapsed,

@@ -132,3 +132,36 @@ def test_rival_peaks_need_height_distance_and_a_dip():
     near = np.array([0, 5, 3, 4.5, 0, 0, 0, 0, 0], float)  # one octave apart counts; half an octave does not
     assert rival_peaks(near, log2).tolist() == [3]
     assert rival_peaks(near, log2, min_octaves=1.5).size == 0
+
+
+def test_pooled_bootstrap_is_the_resample_by_resample_definition():
+    # The pooled vote draws every resample at once; it must give what resampling the points one resample after
+    # another gives: same draws (seeded), same pooled curve per resample, same winners and parabola estimates.
+    from histoscale.aggregate import standardised_curves
+
+    rng = np.random.default_rng(5)
+    log2s = np.log2(np.geomspace(0.5, 8, 11))
+    curves = -((np.arange(11) - 6.0) ** 2) / 30 + rng.normal(scale=0.5, size=(70, 11))
+    curves[:4] = 0.0  # flat: not informative
+    answers = analyse_curves(curves, log2s)
+    got = vote(answers, log2s, curves=curves, method="pooled", n_boot=300, seed=9)
+
+    informative = curves[answers.informative]
+    draws = np.random.default_rng(9)
+    winners, estimates = [], []
+    for _ in range(300):
+        pooled = standardised_curves(informative[draws.integers(0, len(informative), len(informative))]).mean(axis=0)
+        w = int(np.argmax(pooled))
+        estimate = log2s[w]
+        if 0 < w < 10:
+            x, y = log2s[w - 1 : w + 2], pooled[w - 1 : w + 2]
+            a = (x[2] * (y[1] - y[0]) + x[1] * (y[0] - y[2]) + x[0] * (y[2] - y[1])) / (
+                (x[0] - x[1]) * (x[0] - x[2]) * (x[1] - x[2]))
+            bcoef = (x[2] ** 2 * (y[0] - y[1]) + x[1] ** 2 * (y[2] - y[0]) + x[0] ** 2 * (y[1] - y[2])) / (
+                (x[0] - x[1]) * (x[0] - x[2]) * (x[1] - x[2]))
+            if a < 0:
+                estimate = float(np.clip(-bcoef / (2 * a), x[0], x[2]))
+        winners.append(w)
+        estimates.append(estimate)
+    assert got.confidence == np.mean(np.array(winners) == got.winner)
+    np.testing.assert_allclose(got.log2_interval, np.percentile(estimates, [2.5, 97.5]), rtol=0, atol=1e-12)

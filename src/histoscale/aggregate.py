@@ -125,6 +125,37 @@ def _estimate(log2_estimates: np.ndarray, best: np.ndarray, winner: int) -> floa
     return float(np.median(chosen)) if len(chosen) else float("nan")
 
 
+def _vote_answer(best: np.ndarray, estimates: np.ndarray, n: int, pick: np.ndarray) -> tuple[int, float]:
+    w = _winner(np.bincount(best[pick], minlength=n))
+    return w, _estimate(estimates[pick], best[pick], w)
+
+
+_BOOT_CHUNK_VALUES = 2**21  # float64 values per block of resampled standardised curves (16 MiB)
+
+
+def _pooled_bootstrap(
+    z: np.ndarray, log2_scales: np.ndarray, n_boot: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Winners (n_boot,) and sub-grid log2 estimates (n_boot,) of the pooled curve of ``n_boot`` resamples of the
+    standardised curves ``z`` (P, N), all at once, in blocks of bounded memory. Standardising is per curve, so the
+    resamples' pooled curves are means of rows of ``z``; the draws are those of one resample after another."""
+    p, n = z.shape
+    winners = np.empty(n_boot, dtype=np.intp)
+    estimates = np.empty(n_boot)
+    step = max(1, _BOOT_CHUNK_VALUES // (p * n))
+    for start in range(0, n_boot, step):
+        pooled = z[rng.integers(0, p, (min(step, n_boot - start), p))].mean(axis=1)  # (b, N)
+        w = np.argmax(pooled, axis=1)
+        est = log2_scales[w]
+        interior = np.flatnonzero((w > 0) & (w < n - 1))
+        if interior.size:
+            idx = w[interior][:, None] + np.array([-1, 0, 1])
+            est[interior] = _parabola_vertex(log2_scales[idx], pooled[interior[:, None], idx])
+        winners[start : start + len(w)] = w
+        estimates[start : start + len(w)] = est
+    return winners, estimates
+
+
 def vote(
     answers: PointAnswers,
     log2_scales: np.ndarray,
@@ -147,26 +178,21 @@ def vote(
     counts = np.bincount(best, minlength=n)
     if len(best) == 0:
         return Vote(counts, -1, float("nan"), (float("nan"), float("nan")), 0.0, 0)
+    rng = np.random.default_rng(seed)
     if method == "pooled":
         if curves is None:
             raise ValueError("the pooled aggregation needs the curves")
         informative_curves = np.asarray(curves)[answers.informative]
-
-        def answer(pick: np.ndarray) -> tuple[int, float]:
-            return _pooled_answer(informative_curves[pick], log2_scales)
+        winner, estimate = _pooled_answer(informative_curves, log2_scales)
+        boot_winners, boot_estimates = _pooled_bootstrap(standardised_curves(informative_curves), log2_scales, n_boot, rng)
+        same = int(np.count_nonzero(boot_winners == winner))
     else:
-
-        def answer(pick: np.ndarray) -> tuple[int, float]:
-            w = _winner(np.bincount(best[pick], minlength=n))
-            return w, _estimate(estimates[pick], best[pick], w)
-
-    winner, estimate = answer(np.arange(len(best)))
-    rng = np.random.default_rng(seed)
-    boot_estimates = np.empty(n_boot)
-    same = 0
-    for k in range(n_boot):
-        w, boot_estimates[k] = answer(rng.integers(0, len(best), len(best)))
-        same += w == winner
+        winner, estimate = _vote_answer(best, estimates, n, np.arange(len(best)))
+        boot_estimates = np.empty(n_boot)
+        same = 0
+        for k in range(n_boot):
+            w, boot_estimates[k] = _vote_answer(best, estimates, n, rng.integers(0, len(best), len(best)))
+            same += w == winner
     lo, hi = np.percentile(boot_estimates, [2.5, 97.5])
     return Vote(counts, winner, estimate, (float(lo), float(hi)), same / n_boot, len(best))
 

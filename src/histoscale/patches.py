@@ -1,24 +1,30 @@
 """Multiscale patches: for one point, N concentric patches at N scales, all resampled to the model's input size.
 
 Each point is read once per group of nearby scales (one read for a usual grid of up to 2 octaves), at the group's
-widest field of view, from the pyramid level just finer than its finest scale; the patches are crops of that read,
-each shrunk with anti-aliasing. Reading the next points overlaps
-inference through a small thread pool (OpenSlide and tifffile release the GIL while decoding).
+widest field of view, from the pyramid level just finer than its finest scale; the patches are crops of that read
+(a :class:`Region`), each shrunk with anti-aliasing, here on the CPU, or on the model's device for a model that
+resamples there. Reading the next points overlaps inference through a small thread pool (OpenSlide and tifffile
+release the GIL while decoding).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import cv2
 import numpy as np
 
 from histoscale.errors import ConfigError
 
-__all__ = ["MAX_SCALE_RATIO_PER_READ", "LevelReader", "iter_multiscale", "read_multiscale", "resample"]
+__all__ = [
+    "MAX_SCALE_RATIO_PER_READ", "LevelReader", "Region", "iter_multiscale", "read_multiscale", "read_regions", "resample",
+]
+
+T = TypeVar("T")
 
 
 class LevelReader(Protocol):
@@ -62,6 +68,37 @@ def resample(image: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
 MAX_SCALE_RATIO_PER_READ = 4.0
 
 
+@dataclass(frozen=True)
+class Region:
+    """One read of one point: ``pixels`` (h, w, 3) uint8 of one pyramid level and ``boxes`` (k, 3) int, the crops
+    (left, top, side in region px) of the k scales it serves, each to be resampled to the model's input size."""
+
+    pixels: np.ndarray
+    boxes: np.ndarray
+
+    def patches(self, out_px: int, out: np.ndarray | None = None) -> np.ndarray:
+        """The k patches (k, out_px, out_px, 3) uint8, resampled on the CPU with :func:`resample` (into ``out``)."""
+        if out is None:
+            out = np.empty((len(self.boxes), out_px, out_px, 3), dtype=np.uint8)
+        for i, (left, top, side) in enumerate(self.boxes):
+            out[i] = resample(self.pixels[top : top + side, left : left + side], (out_px, out_px))
+        return out
+
+
+def read_regions(slide: LevelReader, center_xy: Sequence[float], downsamples: np.ndarray, out_px: int) -> list[Region]:
+    """The reads behind :func:`read_multiscale`, not resampled: for a model that resamples on its own device."""
+    downsamples = np.asarray(downsamples, dtype=np.float64)
+    regions = []
+    start = 0
+    while start < len(downsamples):
+        stop = start + 1
+        while stop < len(downsamples) and downsamples[stop] <= downsamples[start] * MAX_SCALE_RATIO_PER_READ * (1 + 1e-9):
+            stop += 1
+        regions.append(_read_group(slide, center_xy, downsamples[start:stop], out_px))
+        start = stop
+    return regions
+
+
 def read_multiscale(slide: LevelReader, center_xy: Sequence[float], downsamples: np.ndarray, out_px: int) -> np.ndarray:
     """Patches (N, out_px, out_px, 3) uint8 centred on ``center_xy`` (level-0 px).
 
@@ -69,21 +106,15 @@ def read_multiscale(slide: LevelReader, center_xy: Sequence[float], downsamples:
     Scales within :data:`MAX_SCALE_RATIO_PER_READ` of each other are cropped from one read at the pyramid level
     just finer than the group's finest scale, so a wide range costs a few small reads, not one huge one.
     """
-    downsamples = np.asarray(downsamples, dtype=np.float64)
     patches = np.empty((len(downsamples), out_px, out_px, 3), dtype=np.uint8)
     start = 0
-    while start < len(downsamples):
-        stop = start + 1
-        while stop < len(downsamples) and downsamples[stop] <= downsamples[start] * MAX_SCALE_RATIO_PER_READ * (1 + 1e-9):
-            stop += 1
-        _read_group(slide, center_xy, downsamples[start:stop], out_px, patches[start:stop])
-        start = stop
+    for region in read_regions(slide, center_xy, downsamples, out_px):
+        region.patches(out_px, patches[start : start + len(region.boxes)])
+        start += len(region.boxes)
     return patches
 
 
-def _read_group(
-    slide: LevelReader, center_xy: Sequence[float], downsamples: np.ndarray, out_px: int, out: np.ndarray
-) -> None:
+def _read_group(slide: LevelReader, center_xy: Sequence[float], downsamples: np.ndarray, out_px: int) -> Region:
     level = slide.best_level(float(downsamples.min()))
     level_ds = float(slide.level_downsamples[level])
     cx, cy = (float(c) / level_ds for c in center_xy)  # centre in this level's px
@@ -92,31 +123,33 @@ def _read_group(
     x0, y0 = math.floor(cx - half), math.floor(cy - half)
     side = math.ceil(cx + half) - x0
     region = slide.read_level(level, (round(x0 * level_ds), round(y0 * level_ds)), (side, side))
-    for i, ds in enumerate(downsamples):
+    boxes = []
+    for ds in downsamples:
         r = out_px * ds / level_ds / 2
-        left, top = round(cx - r - x0), round(cy - r - y0)
-        size = max(1, round(2 * r))
-        out[i] = resample(region[top : top + size, left : left + size], (out_px, out_px))
+        boxes.append((round(cx - r - x0), round(cy - r - y0), max(1, round(2 * r))))
+    return Region(region, np.array(boxes, dtype=np.int64).reshape(-1, 3))
 
 
 def iter_multiscale(
-    slide: LevelReader, centers: np.ndarray, downsamples: np.ndarray, out_px: int, *, prefetch: int = 4
-) -> Iterator[np.ndarray]:
-    """Yield ``read_multiscale`` for each centre in order, reading up to ``prefetch`` points ahead."""
+    slide: LevelReader, centers: np.ndarray, downsamples: np.ndarray, out_px: int, *, prefetch: int = 4,
+    read: Callable[[LevelReader, Sequence[float], np.ndarray, int], T] = read_multiscale,  # type: ignore[assignment]
+) -> Iterator[T]:
+    """Yield ``read(slide, centre, downsamples, out_px)`` (default :func:`read_multiscale`; :func:`read_regions`
+    for a model that resamples on its device) for each centre in order, reading up to ``prefetch`` points ahead."""
     if prefetch <= 0:
         for c in centers:
-            yield read_multiscale(slide, c, downsamples, out_px)
+            yield read(slide, c, downsamples, out_px)
         return
     with ThreadPoolExecutor(max_workers=min(prefetch, 2), thread_name_prefix="histoscale-read") as pool:
-        pending: list[Future[np.ndarray]] = []
+        pending: list[Future[T]] = []
         it = iter(centers)
         for c in it:
-            pending.append(pool.submit(read_multiscale, slide, c, downsamples, out_px))
+            pending.append(pool.submit(read, slide, c, downsamples, out_px))
             if len(pending) >= prefetch:
                 break
         while pending:
             done = pending.pop(0)
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(pool.submit(read_multiscale, slide, nxt, downsamples, out_px))
+                pending.append(pool.submit(read, slide, nxt, downsamples, out_px))
             yield done.result()

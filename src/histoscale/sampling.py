@@ -30,9 +30,8 @@ class Mask(Protocol):
     def downsample(self) -> float: ...
 
 
-def _inside(xy: np.ndarray, size_wh: tuple[int, int], margin: float) -> np.ndarray:
-    w, h = size_wh
-    return (xy[:, 0] >= margin) & (xy[:, 0] <= w - margin) & (xy[:, 1] >= margin) & (xy[:, 1] <= h - margin)
+def _inside(coords: np.ndarray, side: int, margin: float) -> np.ndarray:
+    return (coords >= margin) & (coords <= side - margin)
 
 
 def sample_points(
@@ -66,17 +65,19 @@ def sample_points(
         raise ConfigError(f"unknown sampling mode {mode!r}: use 'tissue' or 'uniform'")
     if mask is None:
         raise ConfigError("tissue sampling needs the slide's tissue mask (mask=histoscale.tissue_mask(slide))")
-    rows, cols = np.nonzero(mask.mask)
-    if len(rows) == 0:
+    grid = np.asarray(mask.mask, dtype=bool)
+    if not grid.any():
         raise ScaleSearchError(
             f"no tissue found in {where}: the slide looks empty at thumbnail resolution; "
             "check the file, or sample the whole slide with --sampling uniform"
         )
+    # Mask pixels whose centre (level-0 px) keeps the margin, found per axis: only the drawn ones get coordinates.
+    xs = (np.arange(grid.shape[1]) + 0.5) * mask.downsample
+    ys = (np.arange(grid.shape[0]) + 0.5) * mask.downsample
+    inside = grid & _inside(ys, h, margin_px)[:, None] & _inside(xs, w, margin_px)[None, :]
+    candidates = np.flatnonzero(inside if inside.any() else grid)  # row-major, as np.nonzero
+    rows, cols = np.divmod(candidates[rng.integers(0, len(candidates), n)], grid.shape[1])
     # Jitter inside each mask pixel: the mask is coarse, the points should not sit on its grid.
     centres = (np.stack([cols, rows], axis=1) + 0.5) * mask.downsample
-    keep = _inside(centres, (w, h), margin_px)
-    if keep.any():
-        centres = centres[keep]
-    pick = rng.integers(0, len(centres), n)
     jitter = (rng.random((n, 2)) - 0.5) * mask.downsample
-    return np.clip(centres[pick] + jitter, 0, [w - 1, h - 1])
+    return np.clip(centres + jitter, 0, [w - 1, h - 1])

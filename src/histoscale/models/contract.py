@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from histoscale.errors import ConfigError, ModelError
+from histoscale.patches import Region
 
 __all__ = [
     "DEFAULT_SOURCES",
@@ -376,16 +377,33 @@ class SplitModel(ABC):
         cells = () if self.num_cells is None else (self.num_cells,)
         out = np.empty((batch.shape[0], *cells, width), np.float32)
         for start in range(0, batch.shape[0], self.batch_size):
-            part = fn(np.ascontiguousarray(batch[start : start + self.batch_size]))
-            bad = ~np.isfinite(part.reshape(len(part), -1)).all(axis=1)
-            if bad.any():
-                raise ModelError(
-                    f"model {self.name!r} ({self.source}) produced NaN/inf {what} for {int(bad.sum())} of {len(part)} "
-                    f"patches (batch starting at patch {start}); check the weights (a diverged or corrupt checkpoint)"
-                    + (" or use precision='fp32'" if self.precision == "bf16" else "")
-                )
-            out[start : start + len(part)] = part
+            out[start : start + self.batch_size] = self._finite(
+                fn(np.ascontiguousarray(batch[start : start + self.batch_size])), start, what
+            )
         return out
+
+    def _finite(self, part: np.ndarray, start: int, what: str) -> np.ndarray:
+        """``part`` (the model's output for the chunk at patch ``start``), refused when it holds NaN/inf."""
+        bad = ~np.isfinite(part.reshape(len(part), -1)).all(axis=1)
+        if bad.any():
+            raise ModelError(
+                f"model {self.name!r} ({self.source}) produced NaN/inf {what} for {int(bad.sum())} of {len(part)} "
+                f"patches (batch starting at patch {start}); check the weights (a diverged or corrupt checkpoint)"
+                + (" or use precision='fp32'" if self.precision == "bf16" else "")
+            )
+        return part
+
+    @property
+    def resamples_on_device(self) -> bool:
+        """Whether :meth:`features_of_regions` resamples on the model's own device (a GPU) rather than on the CPU;
+        the search then hands it the reads, not the patches. False here."""
+        return False
+
+    def features_of_regions(self, regions: Sequence[Region]) -> np.ndarray:
+        """Phi of the patches cropped from ``regions`` (:func:`histoscale.patches.read_regions`), in order, each
+        resampled to the input size: float32 (N, M) ((N, G, M) per cell). Here on the CPU with
+        :func:`histoscale.patches.resample`, the same patches as :func:`~histoscale.patches.read_multiscale`."""
+        return self.features(np.concatenate([region.patches(self.input_size) for region in regions]))
 
     def features(self, batch: np.ndarray) -> np.ndarray:
         """Phi: uint8 RGB patches (N, S, S, 3) -> float32 features (N, M) entering the final linear layer

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from histoscale.errors import ConfigError, ModelError
@@ -43,6 +44,7 @@ from histoscale.models.contract import (
 )
 from histoscale.models.onnx_adapter import embed_card
 from histoscale.models.registry import LoadRequest, ModelFormat, register_format
+from histoscale.patches import Region
 
 __all__ = ["TorchSplitModel", "bf16_supported", "build_torch", "export_onnx", "load_torch_file"]
 
@@ -100,6 +102,60 @@ class TorchSplitModel(SplitModel):
         scale, offset = self.preprocessing.scale_offset()
         self._scale = torch.from_numpy(scale).view(1, 3, 1, 1).to(self._torch_device)
         self._offset = torch.from_numpy(offset).view(1, 3, 1, 1).to(self._torch_device)
+        # On a GPU the model would wait for CPU resampling: resample there, from the reads (uint8 transfers).
+        self._on_device = self._torch_device.type == "cuda" and self.preprocessing.function is None
+
+    @property
+    def resamples_on_device(self) -> bool:
+        """True (the default on CUDA) when the search hands this model its reads and the patches are cropped and
+        resampled on the model's device by :meth:`features_of_regions`: antialiased bilinear interpolation, close
+        to but not the same pixels as the CPU's area averaging. Set False for CPU resampling (the same patches as
+        a CPU run); True needs the model's preprocessing to be mean/std (no preprocessing function)."""
+        return self._on_device
+
+    @resamples_on_device.setter
+    def resamples_on_device(self, value: bool) -> None:
+        if value and self.preprocessing.function is not None:
+            raise ConfigError(
+                f"model {self.name!r} has a preprocessing function, which runs on the CPU: it cannot resample on its "
+                "device (leave resamples_on_device False)"
+            )
+        self._on_device = bool(value)
+
+    def features_of_regions(self, regions: Sequence[Region]) -> np.ndarray:
+        """Phi of the patches cropped from ``regions``; on the model's device when :attr:`resamples_on_device`:
+        each read crosses once as uint8 (pinned memory on CUDA), and the crops of one size (one scale, across
+        points) are resized there in one call, with antialiased bilinear interpolation, rounded to uint8 values as
+        a CPU patch would be."""
+        if not self._on_device:
+            return super().features_of_regions(regions)
+        size = self.input_size
+        by_side: dict[int, tuple[list[int], list[torch.Tensor]]] = {}  # crops of one side are resized in one call
+        n = 0
+        with torch.inference_mode():
+            for region in regions:
+                pixels = torch.from_numpy(np.require(region.pixels, requirements=("C", "W")))
+                if self._torch_device.type == "cuda":
+                    pixels = pixels.pin_memory()
+                image = pixels.to(self._torch_device, non_blocking=True).permute(2, 0, 1)[None]
+                for left, top, side in region.boxes.tolist():
+                    where, crops = by_side.setdefault(side, ([], []))
+                    where.append(n)
+                    crops.append(image[:, :, top : top + side, left : left + side])
+                    n += 1
+            batch = torch.empty((n, 3, size, size), device=self._torch_device)
+            for side, (where, crops) in by_side.items():
+                same = torch.cat(crops).float()
+                if side != size:
+                    same = F.interpolate(same, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+                batch[where] = same.round_().clamp_(0, 255)  # the values a uint8 patch would hold
+            batch = batch.mul_(self._scale).sub_(self._offset).contiguous(memory_format=torch.channels_last)
+            out = []
+            for start in range(0, len(batch), self.batch_size):
+                with torch.autocast(self._torch_device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+                    part = self._phi(batch[start : start + self.batch_size])
+                out.append(self._finite(part.float().cpu().numpy(), start, "features"))
+        return np.concatenate(out)
 
     def _to_input(self, chunk: np.ndarray) -> torch.Tensor:
         if self.preprocessing.function is not None:

@@ -41,7 +41,8 @@ class SearchConfig:
         max_widen_steps: at most this many scales added by widening.
         scan_points: points of the default search's sparse scan (the fine stage re-reads them with the rest).
         batch_points: points per model call (and per early-stop check).
-        prefetch: points read ahead of the model by reader threads (0: none).
+        prefetch: points read ahead of the model by reader threads (0: none); the default, two blocks, lets a
+            whole block be read while the model runs on the previous one.
     """
 
     points: int = 100
@@ -56,7 +57,7 @@ class SearchConfig:
     max_widen_steps: int = 8
     scan_points: int = 16
     batch_points: int = 8
-    prefetch: int = 4
+    prefetch: int = 16
 
     def __post_init__(self) -> None:
         if isinstance(self.scales, (list, tuple)) or hasattr(self.scales, "tolist"):

@@ -27,7 +27,7 @@ from histoscale._progress import progress_bar
 from histoscale.aggregate import PointAnswers, Vote, analyse_curves, is_settled, pooled_curve, rival_peaks, vote
 from histoscale.errors import MissingMppError, ScaleSearchError
 from histoscale.models import SplitModel, load_model
-from histoscale.patches import iter_multiscale, read_multiscale
+from histoscale.patches import iter_multiscale, read_multiscale, read_regions
 from histoscale.sampling import sample_points
 from histoscale.scoring import CurveScores, score_points
 from histoscale.search._range import fine_grid, plausible_range, scan_grid
@@ -162,18 +162,26 @@ class _Run:
     def grid(self) -> np.ndarray:
         return self.plan.grid
 
+    @property
+    def _on_device(self) -> bool:
+        """The model crops and resamples the reads itself, on its device (a GPU)."""
+        return bool(getattr(self.model, "resamples_on_device", False))
+
     def _patches(self, start: int) -> Any:
         return iter_multiscale(
             self.slide, self.plan.xy[start:], self.plan.downsamples(self.grid), int(self.model.input_size),
-            prefetch=self.config.prefetch,
+            prefetch=self.config.prefetch, read=read_regions if self._on_device else read_multiscale,
         )
 
-    def _features_of(self, patches: np.ndarray) -> np.ndarray:
-        """(p, N, S, S, 3) uint8 patches -> (p, N, M) features ((p, N, G, M) for a segmentation model)."""
-        p, n = patches.shape[:2]
-        self.patches_scored += p * n
-        feats = self.model.features(patches.reshape(p * n, *patches.shape[2:]))
-        return feats.reshape(p, n, *feats.shape[1:])
+    def _features_of(self, points: list[Any]) -> np.ndarray:
+        """Per point its (N, S, S, 3) uint8 patches (its regions when the model resamples on its device) -> (p, N, M)
+        features ((p, N, G, M) for a segmentation model)."""
+        if self._on_device:
+            feats = self.model.features_of_regions([region for regions in points for region in regions])
+        else:
+            feats = self.model.features(np.concatenate(points))
+        self.patches_scored += len(feats)
+        return feats.reshape(len(points), -1, *feats.shape[1:])
 
     def _score(self, features: np.ndarray | None = None) -> CurveScores:
         """Scores of ``features`` (default: every point's so far) with the configured scorer."""
@@ -220,7 +228,7 @@ class _Run:
         n = min(self.config.scan_points, self.config.points)
         patches = self._patches(0)
         try:
-            feats = self._features_of(np.stack([next(patches) for _ in range(n)]))
+            feats = self._features_of([next(patches) for _ in range(n)])
         finally:
             patches.close()
         curves = self._score(feats).curve
@@ -247,7 +255,7 @@ class _Run:
     def add_block(self, patches: Any) -> None:
         """Read and run the model on the next block of points."""
         n = min(self.config.batch_points, self.config.points - self.used)
-        self.features.append(self._features_of(np.stack([next(patches) for _ in range(n)])))
+        self.features.append(self._features_of([next(patches) for _ in range(n)]))
         self.used += n
 
     def consensus(self, n_boot: int | None = None, curves: np.ndarray | None = None) -> tuple[PointAnswers, Vote]:
@@ -277,10 +285,10 @@ class _Run:
         self.widenings.append(f"{'coarser' if direction > 0 else 'finer'}: +{len(new)} scales after {self.used} points")
         logger.info("widening the grid %s", self.widenings[-1])
         out_px = int(self.model.input_size)
-        extra = np.stack([
-            read_multiscale(self.slide, c, self.plan.downsamples(new), out_px) for c in self.plan.xy[: self.used]
-        ])
-        extra_feats = self._features_of(extra)
+        read = read_regions if self._on_device else read_multiscale
+        extra_feats = self._features_of(
+            [read(self.slide, c, self.plan.downsamples(new), out_px) for c in self.plan.xy[: self.used]]
+        )
         old = np.concatenate(self.features)
         pair = [extra_feats, old] if direction < 0 else [old, extra_feats]
         self.features = [np.concatenate(pair, axis=1)]

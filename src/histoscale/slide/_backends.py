@@ -9,6 +9,7 @@ from every convention the file carries (:mod:`histoscale.slide.resolution`).
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -17,6 +18,7 @@ import numpy as np
 from histoscale.errors import SlideError
 from histoscale.slide._layout import PlainImage
 from histoscale.slide._pixels import to_rgb_u8
+from histoscale.slide._tiles import TileReader
 from histoscale.slide.resolution import as_positive
 
 __all__ = [
@@ -27,6 +29,10 @@ __all__ = [
     "TiffSlideBackend",
     "TifffileBackend",
 ]
+
+
+# OpenSlide formats that are plain tiled TIFF pyramids, whose levels are the file's pages
+_TIFF_VENDORS = ("aperio", "generic-tiff")
 
 
 class Backend(Protocol):
@@ -45,12 +51,18 @@ class Backend(Protocol):
 
 
 class OpenSlideBackend:
+    """OpenSlide, with its TIFF tiles decoded directly where that gives the same pixels (:mod:`._tiles`)."""
+
     name = "openslide"
 
     def __init__(self, path: Path) -> None:
         import openslide
 
         self._osr = openslide.OpenSlide(str(path))
+        self._path = path
+        self._tiles: TileReader | None = None
+        self._tiles_checked = False
+        self._lock = threading.Lock()
         self.level_dimensions = tuple((int(w), int(h)) for w, h in self._osr.level_dimensions)
         self.level_downsamples = tuple(float(d) for d in self._osr.level_downsamples)
         self.properties = {str(k): str(v) for k, v in self._osr.properties.items()}
@@ -58,6 +70,18 @@ class OpenSlideBackend:
         self.objective_power = as_positive(self.properties.get("openslide.objective-power"))
 
     def read_px(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        if not self._tiles_checked:
+            with self._lock:
+                if not self._tiles_checked and self.properties.get("openslide.vendor") in _TIFF_VENDORS:
+                    self._tiles = TileReader.open(
+                        self._path, self.level_dimensions, self.level_downsamples, self._read_region
+                    )
+                self._tiles_checked = True
+        if self._tiles is not None and level in self._tiles.levels:
+            return self._tiles.read(level, x, y, w, h)
+        return self._read_region(level, x, y, w, h)
+
+    def _read_region(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         ds = self.level_downsamples[level]
         # OpenSlide takes level-0 integers and renders level coordinate loc/ds; a fractional level
         # origin goes through cairo's bilinear path (blurred, ~3x slower). With integer downsamples
@@ -66,6 +90,8 @@ class OpenSlideBackend:
         return to_rgb_u8(np.asarray(self._osr.read_region(loc, level, (w, h))))
 
     def close(self) -> None:
+        if self._tiles is not None:
+            self._tiles.close()
         self._osr.close()
 
 

@@ -47,6 +47,7 @@ class Slide:
         self.objective_power: float | None = impl.objective_power
         self.vendor: str | None = impl.vendor
         self.properties: Mapping[str, str] = MappingProxyType(dict(impl.properties))
+        self._thumbnails: dict[int, tuple[np.ndarray, float]] = {}
 
     # -- lifecycle
     def close(self) -> None:
@@ -54,6 +55,7 @@ class Slide:
         if self._impl is not None:
             self._impl.close()
             self._impl = None
+        self._thumbnails.clear()
 
     def __enter__(self) -> Slide:
         return self
@@ -202,9 +204,20 @@ class Slide:
         level in horizontal strips (bounded memory), then resampled.
 
         A pyramid level between ``max_side / 2`` and ``max_side`` is returned as it is (a smaller
-        thumbnail): the next finer level would cost 16x the pixels for a picture barely sharper."""
+        thumbnail): the next finer level would cost 16x the pixels for a picture barely sharper.
+
+        Read once per ``max_side`` and kept until the slide is closed (the tissue mask and the report's overview
+        use the same one): the array is read-only."""
         if max_side < 1:
             raise ConfigError(f"max_side must be positive, got {max_side}")
+        max_side = int(max_side)
+        if max_side not in self._thumbnails:
+            thumb, scale = self._read_thumbnail(max_side)
+            thumb.flags.writeable = False
+            self._thumbnails[max_side] = (thumb, scale)
+        return self._thumbnails[max_side]
+
+    def _read_thumbnail(self, max_side: int) -> tuple[np.ndarray, float]:
         w0, h0 = self.dimensions
         scale = max(1.0, max(w0, h0) / max_side)
         for lw, lh in reversed(self.level_dimensions):

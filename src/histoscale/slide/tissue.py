@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 import cv2
@@ -46,7 +47,25 @@ def tissue_mask(
     px are removed; by default that is ``min_object_um2`` um^2 converted with the mask's um/px, or
     1e-4 of the mask area when the slide has no resolution or ``use_mpp`` is False (a check of the declared
     um/px must not let that value decide where it looks).
+
+    Computed once per slide and settings while the slide is open (a search, then a classification of the same
+    slide, share it): the returned ``mask`` is read-only.
     """
+    key = (max_side, min_object_um2, min_object_px, saturation_floor, saturation_cap, use_mpp)
+    cached = _MASKS.setdefault(slide, {})
+    if key not in cached:
+        cached[key] = _tissue_mask(slide, *key)
+    return cached[key]
+
+
+# masks per open slide and settings; a slide's entry goes with the slide object
+_MASKS: weakref.WeakKeyDictionary[Slide, dict[tuple[object, ...], TissueMask]] = weakref.WeakKeyDictionary()
+
+
+def _tissue_mask(
+    slide: Slide, max_side: int, min_object_um2: float, min_object_px: int | None, saturation_floor: int,
+    saturation_cap: int, use_mpp: bool,
+) -> TissueMask:
     from skimage.filters import threshold_otsu
     from skimage.morphology import remove_small_holes, remove_small_objects
 
@@ -71,5 +90,6 @@ def tissue_mask(
     if min_object_px > 1 and mask.any():
         mask = remove_small_objects(mask, max_size=min_object_px - 1)
         mask = remove_small_holes(mask, max_size=min_object_px - 1)
+    mask.flags.writeable = False
     return TissueMask(mask=mask, downsample=ds, mpp=mask_mpp)
 

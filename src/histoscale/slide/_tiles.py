@@ -1,0 +1,139 @@
+"""Direct tile decoding of tiled TIFF pyramids (SVS, plain tiled TIFF): each tile a box touches is read with one
+``os.pread`` and decoded by tifffile's codec (imagecodecs, GIL released), without OpenSlide's ARGB conversion and
+compositing; less than half the CPU of ``openslide.read_region`` per box on JPEG tiles (BENCHMARKS.md, "Speed").
+
+It serves a level only where it gives OpenSlide's pixels: the level's downsample is a whole number (elsewhere
+OpenSlide interpolates the sub-pixel offset of a level-0 origin), it is a tiled, chunky, 8-bit RGB (or JPEG YCbCr)
+page of the file with exactly the level's size and no empty tile, and its tile with the most data decodes to exactly
+what OpenSlide reads there (checked once, at the first read). Other levels, and other files, keep OpenSlide.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["TileReader"]
+
+logger = logging.getLogger(__name__)
+
+_RGB, _YCBCR = 2, 6  # TIFF photometric interpretations
+_JPEG = (6, 7, 33007)  # TIFF compressions whose YCbCr the JPEG codec itself converts (old JPEG, JPEG, Aperio)
+
+
+@dataclass(frozen=True)
+class _Level:
+    page: Any  # tifffile.TiffPage: its ``decode`` closure
+    width: int
+    height: int
+    tile_w: int
+    tile_h: int
+    across: int  # tiles per row
+    offsets: tuple[int, ...]
+    counts: tuple[int, ...]
+
+
+class TileReader:
+    """Boxes of a tiled TIFF's levels, tile by tile. Thread-safe: positioned reads, no shared file offset."""
+
+    def __init__(self, path: Path, levels: dict[int, _Level], tiff: Any) -> None:
+        self.path = path
+        self._levels = levels
+        #: the level indices this reader serves
+        self.levels = frozenset(levels)
+        self._tiff = tiff
+        self._fd = os.open(path, os.O_RDONLY)
+
+    @classmethod
+    def open(
+        cls, path: Path, level_dimensions: tuple[tuple[int, int], ...], level_downsamples: tuple[float, ...],
+        reference: Callable[[int, int, int, int, int], np.ndarray],
+    ) -> TileReader | None:
+        """The reader of the levels of ``path`` with a whole-number downsample when each matches a tiled page and
+        decodes as ``reference(level, x, y, w, h)`` (the current backend's read) does on its fullest tile; None when
+        one does not, or none has a whole downsample (the reason is logged)."""
+        import tifffile
+
+        try:
+            tiff = tifffile.TiffFile(path)
+        except Exception as err:  # noqa: BLE001 - not ours to judge: the current backend keeps reading
+            logger.debug("direct tile reads off for %s: %s", path, err)
+            return None
+        reader: TileReader | None = None
+        try:
+            whole = [i for i, ds in enumerate(level_downsamples) if float(ds).is_integer()]
+            levels = {i: cls._level(tiff, *level_dimensions[i]) for i in whole}
+            if levels and all(level is not None for level in levels.values()):
+                reader = cls(path, levels, tiff)  # type: ignore[arg-type]
+                if not all(reader._agrees(i, reference) for i in levels):
+                    reader.close()
+                    reader = None
+            else:
+                logger.debug("direct tile reads off for %s: a level is not a plain tiled 8-bit RGB page", path)
+        except Exception as err:  # noqa: BLE001 - an unusual file keeps its usual reader
+            logger.debug("direct tile reads off for %s: %s: %s", path, type(err).__name__, err)
+            if reader is not None:
+                reader.close()
+            reader = None
+        if reader is None:
+            tiff.close()
+        return reader
+
+    @staticmethod
+    def _level(tiff: Any, width: int, height: int) -> _Level | None:
+        for page in tiff.pages:
+            if (int(page.imagewidth), int(page.imagelength)) != (width, height) or not page.is_tiled:
+                continue
+            plain = (
+                page.planarconfig == 1 and page.bitspersample == 8 and page.samplesperpixel == 3
+                and not page.extrasamples and page.imagedepth == 1
+                and (page.photometric == _RGB or (page.photometric == _YCBCR and page.compression in _JPEG))
+            )
+            counts = tuple(int(c) for c in page.databytecounts)
+            if not plain or not counts or min(counts) == 0:
+                return None
+            return _Level(
+                page, width, height, int(page.tilewidth), int(page.tilelength),
+                -(-width // int(page.tilewidth)), tuple(int(o) for o in page.dataoffsets), counts,
+            )
+        return None
+
+    def _agrees(self, level: int, reference: Callable[[int, int, int, int, int], np.ndarray]) -> bool:
+        lv = self._levels[level]
+        index = int(np.argmax(lv.counts))
+        x, y = (index % lv.across) * lv.tile_w, (index // lv.across) * lv.tile_h
+        w, h = min(lv.tile_w, lv.width - x), min(lv.tile_h, lv.height - y)
+        same = bool(np.array_equal(self.read(level, x, y, w, h), reference(level, x, y, w, h)))
+        if not same:
+            logger.debug("direct tile reads off for %s: level %d decodes differently from the reader", self.path, level)
+        return same
+
+    def _tile(self, lv: _Level, index: int) -> np.ndarray:
+        data = os.pread(self._fd, lv.counts[index], lv.offsets[index])
+        tile = lv.page.decode(data, index, jpegtables=lv.page.jpegtables)[0]
+        return tile.reshape(tile.shape[-3:])  # (1, 1, h, w, 3) or (h, w, 3) by tifffile version
+
+    def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """An in-bounds box in integer pixels of ``level`` (one of :attr:`levels`) as (h, w, 3) uint8."""
+        lv = self._levels[level]
+        out = np.empty((h, w, 3), np.uint8)
+        for ty in range(y // lv.tile_h, (y + h - 1) // lv.tile_h + 1):
+            for tx in range(x // lv.tile_w, (x + w - 1) // lv.tile_w + 1):
+                tile = self._tile(lv, ty * lv.across + tx)
+                x0, y0 = tx * lv.tile_w, ty * lv.tile_h
+                ax0, ay0 = max(x, x0), max(y, y0)
+                ax1, ay1 = min(x + w, x0 + lv.tile_w), min(y + h, y0 + lv.tile_h)
+                out[ay0 - y : ay1 - y, ax0 - x : ax1 - x] = tile[ay0 - y0 : ay1 - y0, ax0 - x0 : ax1 - x0, :3]
+        return out
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            self._tiff.close()
