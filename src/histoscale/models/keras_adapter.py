@@ -95,7 +95,7 @@ def load_keras(request: LoadRequest) -> KerasSplitModel:
         try:
             model = keras.saving.load_model(str(path), compile=False)
         except Exception as err:
-            raise ModelError(f"file {path} is not a loadable Keras model: {err}; re-save it with model.save()") from err
+            raise ModelError(_load_failure(path, err)) from err
     else:
         model = spec
     head = _head_layer(keras, model, request.head, where)
@@ -210,3 +210,21 @@ def _claims(request: LoadRequest) -> bool:
 
 
 register_format(ModelFormat("keras", _claims, load_keras))
+
+
+def _load_failure(path: Path, err: Exception) -> str:
+    """The message for a .keras file Keras cannot load, with a route the user can take."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            whole = {"config.json", "model.weights.h5"} <= set(archive.namelist())
+        if whole:
+            # A complete archive whose saved config no longer deserialises (e.g. a nested model saved by an older
+            # Keras): the weights are intact, only the rebuild from config fails.
+            return (
+                f"Keras cannot rebuild the model saved in {path} from its config ({err}); its weights are intact: "
+                "build the same architecture in Python, call model.load_weights(path) on it and pass the model "
+                "object to histoscale.load_model (or export it to ONNX from an environment where it loads)"
+            )
+    return f"file {path} is not a loadable Keras model ({err}): an incomplete copy? re-copy it, or re-save it with model.save()"
