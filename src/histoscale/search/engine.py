@@ -235,11 +235,7 @@ class _Run:
         answers, scan_vote = self.consensus(n_boot=20, curves=curves)
         scan_grid_units = self.grid
         if scan_vote.winner < 0:
-            raise ScaleSearchError(
-                f"no informative point in {self.slide.path}: every curve was flat over the scan "
-                f"{scan_grid_units.round(3).tolist()} {self.plan.units} (background or blank tissue?); sample more "
-                "points or check the tissue mask"
-            )
+            raise self._no_informative_point("the scan ")
         informative = curves[answers.informative]
         peak_ds = float(self.plan.downsamples(np.array([2.0**scan_vote.log2_estimate]))[0])
         self.plan.grid = self.plan.scales(fine_grid(peak_ds, *self.plan.search_range))  # type: ignore[misc]
@@ -251,6 +247,14 @@ class _Run:
         )
         logger.info("scan over %s: peak at %.3g; fine grid %s", scan_grid_units.round(3).tolist(),
                     self.scan.peak, self.grid.round(3).tolist())
+
+    def _no_informative_point(self, which: str = "") -> ScaleSearchError:
+        """The error for a grid over which every point's curve was flat."""
+        return ScaleSearchError(
+            f"no informative point in {self.slide.path}: every curve was flat over {which}"
+            f"{self.grid.round(3).tolist()} {self.plan.units} (background or blank tissue?); sample more points or "
+            "check the tissue mask"
+        )
 
     def add_block(self, patches: Any) -> None:
         """Read and run the model on the next block of points."""
@@ -303,10 +307,7 @@ class _Run:
         answers, result_vote = self.consensus(curves=scored.curve)
         units, grid = self.plan.units, self.grid
         if result_vote.winner < 0:
-            raise ScaleSearchError(
-                f"no informative point in {self.slide.path}: every curve was flat over {grid.round(3).tolist()} "
-                f"{units} (background or blank tissue?); sample more points or check the tissue mask"
-            )
+            raise self._no_informative_point()
         chosen = float(grid[result_vote.winner])
         interval = (2.0 ** result_vote.log2_interval[0], 2.0 ** result_vote.log2_interval[1])
         estimate = 2.0**result_vote.log2_estimate
