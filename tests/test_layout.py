@@ -82,18 +82,18 @@ def test_issue_case1_ome_subifd_layout(tmp_path: Path) -> None:
         assert ts.read_region((1024, 1024), 2, (8, 8), as_array=True)[0, 0].tolist() == [200, 200, 200]
 
 
+def write_case3(tmp_path: Path, label_description: str | None) -> Path:
+    """Issue 12's case 3: page 0 a stripped 600x1800 label, then a tiled 3-level 2048^2 pyramid at 0.5 um/px."""
+    return write_pyramid(
+        tmp_path / "case3.tif", "pages", size=2048, tile=256, label_at=0, label_shape=(1800, 600),
+        label_description=label_description,
+    )
+
+
 @pytest.mark.parametrize("label_description", ["label", None])
 def test_issue_case3_label_first_then_pyramid(tmp_path: Path, label_description: str | None) -> None:
     """Page 0 = stripped 600x1800 label, then a tiled 3-level 2048^2 pyramid at 0.5 um/px."""
-    path = write_pyramid(
-        tmp_path / "case3.tif",
-        "pages",
-        size=2048,
-        tile=256,
-        label_at=0,
-        label_shape=(1800, 600),
-        label_description=label_description,
-    )
+    path = write_case3(tmp_path, label_description)
     lay = inspect_tiff(path, confirm_with_openslide=True)
     assert lay.series_index == 1
     assert lay.level_shapes == ((2048, 2048), (1024, 1024), (512, 512))
@@ -301,15 +301,7 @@ def test_open_slide_case2_imagej(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("label_description", ["label", None])
 def test_open_slide_case3_label_first(tmp_path: Path, label_description: str | None) -> None:
-    path = write_pyramid(
-        tmp_path / "case3.tif",
-        "pages",
-        size=2048,
-        tile=256,
-        label_at=0,
-        label_shape=(1800, 600),
-        label_description=label_description,
-    )
+    path = write_case3(tmp_path, label_description)
     with _open(path) as s:
         assert s.dimensions == (2048, 2048) and s.level_count == 3 and s.mpp == 0.5
         assert s.associated_images == (("label",) if label_description else ("image0",))
