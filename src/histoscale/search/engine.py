@@ -243,7 +243,7 @@ class _Run:
         rivals = rival_peaks(pooled, np.log2(scan_grid_units))
         self.scan = ScanSummary(
             scales=scan_grid_units, pooled_curve=pooled, peak=2.0**scan_vote.log2_estimate, points=n,
-            patches=n * len(scan_grid_units), rivals=tuple(float(scan_grid_units[i]) for i in rivals),
+            rivals=tuple(float(scan_grid_units[i]) for i in rivals),
         )
         logger.info("scan over %s: peak at %.3g; fine grid %s", scan_grid_units.round(3).tolist(),
                     self.scan.peak, self.grid.round(3).tolist())
@@ -341,7 +341,6 @@ class _Run:
             class_names=tuple(self.model.class_names),
             patches_scored=self.patches_scored,
             scan=self.scan,
-            edge=("fine" if result_vote.winner == 0 else "coarse" if result_vote.winner == len(grid) - 1 else None),
             points_xy=self.plan.xy[: self.used],
             curves=scored.curve,
             class_scores=scored.matrix,

@@ -48,8 +48,11 @@ class ScanSummary:
     pooled_curve: np.ndarray
     peak: float
     points: int
-    patches: int
     rivals: tuple[float, ...] = ()
+
+    @property
+    def patches(self) -> int:
+        return self.points * len(self.scales)
 
     def to_dict(self) -> dict[str, Any]:
         return {"scales": self.scales.tolist(), "pooled_curve": self.pooled_curve.tolist(), "peak": self.peak,
@@ -88,8 +91,13 @@ class ScaleResult:
     timings: dict[str, float] = field(default_factory=dict)
     patches_scored: int = 0  # patches the model saw, the scan's included
     scan: ScanSummary | None = None  # the default search's sparse scan (None for a fixed grid)
-    edge: str | None = None  # "fine" / "coarse": the answer is the final grid's edge, the peak was not bracketed
     model_info: dict[str, Any] = field(default_factory=dict)  # SplitModel.describe(): what the model is, from where
+
+    @property
+    def edge(self) -> str | None:
+        """``"fine"`` / ``"coarse"`` when the answer is the final grid's edge (the peak was not bracketed)."""
+        last = len(self.scales) - 1
+        return "fine" if self.chosen_index == 0 else "coarse" if self.chosen_index == last else None
 
     @property
     def point_classes(self) -> np.ndarray:
