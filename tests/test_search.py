@@ -120,4 +120,4 @@ def test_grid_presets():
 def test_cli_demo_finds_the_hidden_scale(capsys):
     assert main(["demo", "--seed", "3", "--true-mpp", "0.3", "--size", "2560x2560", "--points", "32"]) == 0
     out = capsys.readouterr().out
-    assert "truth: 0.300 um/px" in out and "within one grid step" in out
+    assert "truth: 0.300 um/px" in out and "the truth inside the 95% interval" in out

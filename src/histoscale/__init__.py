@@ -9,8 +9,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from histoscale.calibration import ScaleCalibration, fit_calibration
 from histoscale.classify import ClassMap, classify_slide
-from histoscale.cohort import CohortSummary, read_manifest, read_results, run_cohort
+from histoscale.cohort import CalibrationRun, CohortSummary, calibrate_model, read_manifest, read_results, run_cohort
 from histoscale.errors import (
     ConfigError,
     HistoscaleError,
@@ -31,6 +32,7 @@ from histoscale.units import parse_scales
 
 __all__ = [
     "__version__",
+    "CalibrationRun",
     "ClassMap",
     "CohortSummary",
     "ConfigError",
@@ -44,6 +46,7 @@ __all__ = [
     "Resolution",
     "SCORERS",
     "ScaleAccuracy",
+    "ScaleCalibration",
     "ScaleResult",
     "ScaleSearchError",
     "SearchConfig",
@@ -51,9 +54,11 @@ __all__ = [
     "SlideError",
     "SplitModel",
     "TissueMask",
+    "calibrate_model",
     "classify_slide",
     "evaluate_scales",
     "find_scale",
+    "fit_calibration",
     "load_card",
     "load_labels",
     "load_model",

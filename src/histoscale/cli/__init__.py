@@ -1,4 +1,4 @@
-"""Command line: ``histoscale info | model-info | phantom | search | demo | classify | evaluate | cohort``, one module
+"""Command line: ``histoscale info | model-info | phantom | search | demo | classify | evaluate | cohort | calibrate``, one module
 each.
 
 Every command reports a bad input as one line on stderr naming the file and the fix, with exit code 2;
@@ -13,12 +13,12 @@ import sys
 from collections.abc import Sequence
 
 from histoscale import __version__
-from histoscale.cli import classify, cohort, demo, evaluate, info, model_info, phantom, search
+from histoscale.cli import calibrate, classify, cohort, demo, evaluate, info, model_info, phantom, search
 from histoscale.errors import HistoscaleError
 
 __all__ = ["build_parser", "main"]
 
-_COMMANDS = (info, model_info, phantom, search, demo, classify, evaluate, cohort)
+_COMMANDS = (info, model_info, phantom, search, demo, classify, evaluate, cohort, calibrate)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 from histoscale.aggregate import AGGREGATIONS
+from histoscale.calibration import ScaleCalibration
 from histoscale.errors import ConfigError
 from histoscale.models import SplitModel, load_model
 from histoscale.sampling import SAMPLING_MODES
@@ -16,7 +19,7 @@ from histoscale.search import DEFAULT_AGGREGATION, DEFAULT_SCORER, SearchConfig
 
 __all__ = [
     "add_model_options", "add_search_options", "add_slide_mpp_option", "model_from", "model_options_from",
-    "positive_float",
+    "positive_float", "read_calibration",
     "search_config_from", "size",
 ]
 
@@ -57,6 +60,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled torch checkpoints (runs code!)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda when available)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    p.add_argument("--calibration", default=None, metavar="JSON",
+                   help="the model's scale calibration, as `histoscale calibrate --out` writes it (overrides its card's)")
 
 
 def add_search_options(p: argparse.ArgumentParser) -> None:
@@ -70,12 +75,16 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--relative", action="store_true", help="search in downsample units even if the slide has um/px")
     p.add_argument("--no-early-stop", dest="early_stop", action="store_false")
     p.add_argument("--no-widen", dest="widen", action="store_false")
+    p.add_argument("--uncalibrated", dest="calibrated", action="store_false",
+                   help="ignore the model's scale calibration: answer where its margins peak")
     p.add_argument("--paper", action="store_true",
                    help="the paper's Algorithm 1 exactly: its 9 magnifications, bias-free projection, majority vote, "
                    "uniform points, no early stop or widening (--points and --seed still apply)")
 
 
-_SEARCH_FLAGS = ("points", "scales", "seed", "scorer", "aggregation", "sampling", "relative", "early_stop", "widen")
+_SEARCH_FLAGS = (
+    "points", "scales", "seed", "scorer", "aggregation", "sampling", "relative", "early_stop", "widen", "calibrated",
+)
 
 
 def search_config_from(args: argparse.Namespace) -> SearchConfig:
@@ -91,6 +100,20 @@ def search_config_from(args: argparse.Namespace) -> SearchConfig:
         raise ConfigError(f"--{err.keyword.replace('_', '-')}: {err}") from None
 
 
+def read_calibration(path: str) -> dict[str, Any]:
+    """The calibration object of a JSON file (``histoscale calibrate --out``'s, or a card holding one), checked."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"--calibration {path}: not a readable JSON file ({err})") from None
+    if isinstance(data, dict) and "calibration" in data:
+        data = data["calibration"]
+    try:
+        return ScaleCalibration.from_dict(data).to_dict()
+    except ConfigError as err:
+        raise ConfigError(f"--calibration {path}: {err}") from None
+
+
 def model_options_from(args: argparse.Namespace) -> dict[str, Any]:
     """Keywords of :func:`histoscale.load_model` the model options set (defaults left out)."""
     options: dict[str, Any] = {"device": args.device, "factory": args.factory}
@@ -98,6 +121,8 @@ def model_options_from(args: argparse.Namespace) -> dict[str, Any]:
         options["allow_pickle"] = True
     if args.precision != "auto":
         options["precision"] = args.precision
+    if args.calibration is not None:
+        options["calibration"] = read_calibration(args.calibration)
     return {k: v for k, v in options.items() if v is not None}
 
 

@@ -35,12 +35,15 @@ def run(args: argparse.Namespace) -> int:
         args.seed = seed
         result = search_and_report(args, info.slide_path, None)
     print(result.summary())
-    implied = result.check.implied_mpp
-    steps = steps_between(implied, true_mpp) if implied else float("nan")
+    # the check decides on the continuous estimate; its interval says how far to trust it
+    estimate = result.check.implied_estimate
+    lo, hi = result.check.implied_interval or (float("nan"), float("nan"))
+    steps = steps_between(estimate, true_mpp) if estimate else float("nan")
     verdict = "within one grid step" if abs(steps) <= 1 else "OFF by more than one grid step"
-    continuous = result.check.implied_estimate
+    inside = "inside" if lo <= true_mpp <= hi else "OUTSIDE"
     print(
-        f"truth: {true_mpp:.3f} um/px; estimate: {implied:.3f} um/px ({steps:+.2f} grid steps; continuous "
-        f"{continuous:.3f}, {100 * (continuous / true_mpp - 1):+.1f}%) -> {verdict}"
+        f"truth: {true_mpp:.3f} um/px; estimate: {estimate:.3f} um/px ({steps:+.2f} grid steps, "
+        f"{100 * (estimate / true_mpp - 1):+.1f}%; 95% CI {lo:.3f}-{hi:.3f}) -> {verdict}, the truth {inside} the "
+        "95% interval"
     )
     return 0

@@ -22,6 +22,12 @@ def _fmt(values: list[float] | None) -> str:
     return "-" if values is None else "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
 
+def _calibration(cal: dict | None) -> str:
+    if cal is None:
+        return "none (histoscale calibrate measures where the margins peak)"
+    return f"margins peak at {cal['margin_peak_mpp']:.4g} um/px, scatter {cal['sd_log2']:.2f} octave, {cal['slides']} slides"
+
+
 def run(args: argparse.Namespace) -> int:
     args.model = args.model_path or args.model
     info = model_from(args).describe()
@@ -46,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         ("input size", f"{info['input_size']} px", src["input_size"]),
         ("preprocessing", pre, src["preprocessing"]),
         ("training um/px", mpp, src["mpp"]),
+        ("calibration", _calibration(info["calibration"]), src["calibration"]),
     ]
     for key, value, source in rows:
         print(f"{key:>15}: {value}" + (f"  [{source}]" if source else ""))

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from histoscale._files import atomic_path
-from histoscale.errors import ModelError
+from histoscale.calibration import ScaleCalibration
+from histoscale.errors import ConfigError, ModelError
 
 __all__ = ["CARD_FORMATS", "ModelCard", "card_from_dict", "card_to_dict", "load_card", "read_json", "save_card"]
 
@@ -30,7 +31,8 @@ class ModelCard:
     pixels had in training, if known. ``format`` is one of :data:`CARD_FORMATS`, or None (the adapters tell by the
     file). ``head`` names the final layer when it is not found automatically (a torch submodule, an ONNX node, a
     Keras layer: a linear layer, or a 1x1 convolution for a segmentation model); ``background`` names the class a
-    segmentation model's scale search leaves out (see :mod:`histoscale.scoring`). ``extra`` keeps unknown keys so
+    segmentation model's scale search leaves out (see :mod:`histoscale.scoring`). ``calibration`` says where the
+model's margins peak (:mod:`histoscale.calibration`, written by ``histoscale calibrate``). ``extra`` keeps unknown keys so
     that :func:`save_card` round-trips them. ``kind`` says what the card was read from ("model card", "WSInfer
     config", "timm/Hugging Face config", "ONNX metadata"), for provenance.
     """
@@ -47,6 +49,7 @@ class ModelCard:
     head: str | None = None
     preprocess: str | None = None
     background: str | None = None
+    calibration: ScaleCalibration | None = None
     name: str | None = None
     path: Path | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -98,6 +101,11 @@ def card_from_dict(data: Any, path: Path | None, *, where: str, kind: str = "mod
             kwargs[key] = tuple(kwargs[key])
     if kwargs.get("mpp") is not None and not float(kwargs["mpp"]) > 0:
         raise ModelError(f"{where}: mpp must be > 0 um/px, got {kwargs['mpp']}")
+    if kwargs.get("calibration") is not None:
+        try:
+            kwargs["calibration"] = ScaleCalibration.from_dict(kwargs["calibration"])
+        except ConfigError as err:
+            raise ModelError(f"{where}: {err}") from None
     if not isinstance(kwargs.get("factory_kwargs", {}), dict):
         raise ModelError(f"{where}: factory_kwargs must be a JSON object")
     extra = {k: v for k, v in data.items() if k not in known}
@@ -116,6 +124,9 @@ def card_to_dict(card: ModelCard) -> dict[str, Any]:
     for f in dataclasses.fields(ModelCard):
         value = getattr(card, f.name)
         if f.name in _NOT_SAVED or value is None or (f.name == "factory_kwargs" and not value):
+            continue
+        if isinstance(value, ScaleCalibration):
+            data[f.name] = value.to_dict()
             continue
         data[f.name] = (
             list(value) if isinstance(value, tuple) else (dict(value) if isinstance(value, Mapping) else value)

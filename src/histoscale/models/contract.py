@@ -11,7 +11,7 @@ linear classifier: its map entering that convolution (N, M, H, W) is Phi, the co
 b. A dense map of every patch at every scale would not fit in memory (32 x 256 x 256 floats per patch), but the
 per-pixel logits are linear in the features, so averaging the feature map over a coarse grid of ``cells`` x
 ``cells`` blocks (:func:`pool_cells`) averages the logits exactly: a dense :class:`SplitModel` returns features
-(N, G, M) with G = ``cells``\ :sup:`2`, and ``features @ W + b`` (N, G, C) are the model's own per-pixel logits
+(N, G, M) with G = ``cells ** 2``, and ``features @ W + b`` (N, G, C) are the model's own per-pixel logits
 averaged over each cell. The scorer pools the per-cell curves (:func:`histoscale.scoring.score_points`).
 """
 
@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from histoscale.calibration import ScaleCalibration
 from histoscale.errors import ConfigError, ModelError
 from histoscale.patches import Region
 
@@ -55,7 +56,7 @@ DENSE_CELLS = 8
 def pool_cells(maps: np.ndarray, cells: int, *, channels_last: bool = False) -> np.ndarray:
     """Average feature or logit maps over a ``cells`` x ``cells`` grid: (N, K, H, W) -> float32 (N, G, K).
 
-    G = ``cells``\ :sup:`2`, row-major over the grid. Cell i spans rows ``floor(i H / cells)`` to
+    G = ``cells ** 2``, row-major over the grid. Cell i spans rows ``floor(i H / cells)`` to
     ``ceil((i + 1) H / cells)`` (PyTorch's ``adaptive_avg_pool2d`` rule, so all adapters pool alike); with
     ``channels_last`` the maps are (N, H, W, K), as Keras gives them.
     """
@@ -79,6 +80,7 @@ DEFAULT_SOURCES: dict[str, str] = {
     "class_names": "default (class0, class1, ...)",
     "mpp": "unknown",
     "head": "located in the model",
+    "calibration": "none",
 }
 # What the search needs to know and must not silently assume, by key, as messages name it.
 _NEEDED = {"preprocessing": "preprocessing (mean/std)", "mpp": "training um/px", "input_size": "input size"}
@@ -287,6 +289,7 @@ class SplitModel(ABC):
         self.format = format
         self.head_name = head_name
         self.file: str | None = None  # the model file, when loaded from one
+        self.calibration: ScaleCalibration | None = None  # where its margins peak (histoscale.calibration)
         if self.b.shape[0] != self.W.shape[1] or len(self.class_names) != self.W.shape[1]:
             raise ModelError(
                 f"{source}: {len(self.class_names)} class names and bias of {self.b.shape[0]} for a final layer with "
@@ -341,6 +344,7 @@ class SplitModel(ABC):
             "std": list(pre.std) if pre.function is None else None,
             "preprocess_function": pre.function,
             "mpp": self.mpp,
+            "calibration": None if self.calibration is None else self.calibration.to_dict(),
             "preprocessing": self.sources["preprocessing"],
             "sources": dict(self.sources),
             "missing": list(self.missing),

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from histoscale.calibration import ScaleCalibration
 from histoscale.errors import ConfigError, ModelError
 from histoscale.models.card import ModelCard
 from histoscale.models.contract import SplitModel
@@ -65,6 +66,7 @@ class LoadRequest:
     allow_pickle: bool = False
     preprocess: str | None = None
     background: str | None = None
+    calibration: ScaleCalibration | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
     card: str | None = None
 
@@ -107,7 +109,7 @@ _FORMATS: list[ModelFormat] = []
 _CARD_FIELDS = {
     "class_names": "class_names", "mpp": "mpp", "input_size": "input_size", "mean": "preprocessing",
     "std": "preprocessing", "preprocess": "preprocessing", "head": "head", "factory": "factory",
-    "background": "background",
+    "background": "background", "calibration": "calibration",
 }
 
 
@@ -159,6 +161,7 @@ def load_model(
     mpp: float | None = None,
     preprocess: str | None = None,
     background: str | None = None,
+    calibration: ScaleCalibration | Mapping[str, Any] | None = None,
 ) -> SplitModel:
     """Load a classifier and split it into features (Phi) and its final linear layer (W, b).
 
@@ -188,12 +191,19 @@ def load_model(
             input, for models that do not take normalised RGB (see :class:`Preprocessing`); torch and ONNX.
         background: the class a segmentation model's scale search leaves out of its pooling over cells (see
             :mod:`histoscale.scoring`); None: every cell counts.
+        calibration: where the model's margins peak (a :class:`~histoscale.calibration.ScaleCalibration` or its
+            dict, as ``histoscale calibrate`` writes it into a card); overrides the card's.
 
     Raises:
         ModelError: the model cannot be loaded or split; the message names the file and the fix.
         ConfigError: contradictory or invalid arguments.
     """
-    given = {"input_size": input_size, "class_names": class_names, "mpp": mpp, "head": head, "factory": factory}
+    if calibration is not None and not isinstance(calibration, ScaleCalibration):
+        calibration = ScaleCalibration.from_dict(calibration)
+    given = {
+        "input_size": input_size, "class_names": class_names, "mpp": mpp, "head": head, "factory": factory,
+        "calibration": calibration,
+    }
     sources = {k: "argument" for k, v in given.items() if v is not None}
     if mean is not None or std is not None or preprocess is not None:
         sources["preprocessing"] = "argument"
@@ -229,7 +239,7 @@ def load_model(
     request = LoadRequest(
         spec=spec, fmt=None, where=where, name=name, device=device, precision=precision, batch_size=batch_size,
         class_names=class_names, mpp=mpp, input_size=input_size, mean=mean, std=std, head=head, factory=factory,
-        allow_pickle=allow_pickle, preprocess=preprocess, background=background,
+        allow_pickle=allow_pickle, preprocess=preprocess, background=background, calibration=calibration,
         sources=sources,
     )
     if card is not None:
@@ -246,6 +256,8 @@ def _described(model: SplitModel, request: LoadRequest, fmt: str) -> SplitModel:
     """Complete the model's provenance with the request's and say loudly what had to be assumed."""
     model.sources.update(request.sources)
     model.card = model.card or request.card
+    if request.calibration is not None:
+        model.calibration = request.calibration
     model.format = model.format or fmt
     if isinstance(request.spec, (str, os.PathLike)):
         model.file = str(request.spec)

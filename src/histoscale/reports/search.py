@@ -57,8 +57,10 @@ def plot_curves(result: ScaleResult, *, max_points: int = 5) -> bytes:
         standardised = standardised_curves(result.curves[informative])
         ax.plot(result.scales, standardised[:50].T, color="0.75", lw=0.6)
         ax.plot(result.scales, standardised.mean(axis=0), color="k", lw=2.2, marker="o", ms=3)
-    ax.axvline(result.chosen_scale, color="tab:orange", lw=1.5)
-    ax.axvline(result.estimate, color="k", ls="--", lw=1)
+    ax.axvline(result.scales[result.chosen_index], color="tab:orange", lw=1.5, label="margin peak")
+    calibrated = " (calibrated)" if result.calibration is not None else ""
+    ax.axvline(result.estimate, color="k", ls="--", lw=1, label=f"apply at{calibrated}")
+    ax.legend(fontsize=7, loc="lower center")
     log_axis(ax, result.scales)
     ax.set_title(f"pooled: {informative.size} informative points", fontsize=9)
     ax.set_ylabel("standardised score", fontsize=8)

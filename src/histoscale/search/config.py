@@ -39,6 +39,8 @@ class SearchConfig:
         early_stop: stop sampling once the answer is settled.
         widen: extend the grid when the curves keep rising towards one of its edges.
         max_widen_steps: at most this many scales added by widening.
+        calibrated: apply the model's scale calibration when it has one (:mod:`histoscale.calibration`: the
+            answer moves to where the model sees its training um/px, the interval adds the slide-to-slide scatter).
         scan_points: points of the default search's sparse scan (the fine stage re-reads them with the rest).
         batch_points: points per model call (and per early-stop check).
         prefetch: points read ahead of the model by reader threads (0: none); the default, two blocks, lets a
@@ -55,6 +57,7 @@ class SearchConfig:
     early_stop: bool = True
     widen: bool = True
     max_widen_steps: int = 8
+    calibrated: bool = True
     scan_points: int = 16
     batch_points: int = 8
     prefetch: int = 16
@@ -83,9 +86,10 @@ class SearchConfig:
     @classmethod
     def paper(cls, **changes: Any) -> SearchConfig:
         """The paper's Algorithm 1 exactly (Penkin et al. 2023): its nine magnifications, the bias-free hyperplane
-        projection, a majority vote over uniformly sampled points, all P points, no widening."""
+        projection, a majority vote over uniformly sampled points, all P points, no widening, no calibration."""
         settings: dict[str, Any] = dict(
-            scales="paper", scorer="paper", aggregation="vote", sampling="uniform", early_stop=False, widen=False
+            scales="paper", scorer="paper", aggregation="vote", sampling="uniform", early_stop=False, widen=False,
+            calibrated=False,
         )
         return cls(**(settings | changes))
 

@@ -308,15 +308,25 @@ class _Run:
         units, grid = self.plan.units, self.grid
         if result_vote.winner < 0:
             raise self._no_informative_point()
+        config = self.config
         chosen = float(grid[result_vote.winner])
-        interval = (2.0 ** result_vote.log2_interval[0], 2.0 ** result_vote.log2_interval[1])
-        estimate = 2.0**result_vote.log2_estimate
+        log2_estimate, log2_interval = result_vote.log2_estimate, result_vote.log2_interval
+        model_mpp = getattr(self.model, "mpp", None)
+        calibration = getattr(self.model, "calibration", None) if config.calibrated else None
+        check_mpp = model_mpp
+        if calibration is not None:
+            # From where the margins peak to where the model sees its training um/px; the interval gains the
+            # slide-to-slide scatter the bootstrap over points cannot see.
+            log2_estimate, log2_interval = calibration.correct(log2_estimate, log2_interval, model_mpp)
+            chosen *= calibration.factor(model_mpp)
+            check_mpp = model_mpp if model_mpp is not None else calibration.margin_peak_mpp
+        interval = (2.0 ** log2_interval[0], 2.0 ** log2_interval[1])
+        estimate = 2.0**log2_estimate
         res = self.slide.resolution
         check = metadata_check(
             res.mpp if res is not None else None, res.source if res is not None else None, units,
-            getattr(self.model, "mpp", None), chosen, estimate, interval,
+            check_mpp, chosen, estimate, interval,
         )
-        config = self.config
         return ScaleResult(
             slide=str(self.slide.path),
             model=str(getattr(self.model, "name", type(self.model).__name__)),
@@ -341,6 +351,7 @@ class _Run:
             class_names=tuple(self.model.class_names),
             patches_scored=self.patches_scored,
             scan=self.scan,
+            calibration=calibration,
             points_xy=self.plan.xy[: self.used],
             curves=scored.curve,
             class_scores=scored.matrix,

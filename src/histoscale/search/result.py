@@ -11,6 +11,7 @@ import numpy as np
 
 from histoscale._files import json_safe
 from histoscale.aggregate import PointAnswers
+from histoscale.calibration import ScaleCalibration
 from histoscale.units import Units, steps_between
 
 __all__ = ["MetadataCheck", "ScaleResult", "ScanSummary", "metadata_check"]
@@ -61,7 +62,12 @@ class ScanSummary:
 
 @dataclass(frozen=True)
 class ScaleResult:
-    """Everything the search found; ``to_dict()`` / ``to_json()`` serialise it."""
+    """Everything the search found; ``to_dict()`` / ``to_json()`` serialise it.
+
+    ``chosen_scale``, ``estimate`` and ``interval`` say where to apply the model. Without ``calibration`` that is
+    where its margins peak (``scales[chosen_index]``, the paper's answer); with it, that scale times
+    ``calibration.factor(model mpp)``, the interval widened by the calibration's slide-to-slide scatter.
+    """
 
     slide: str
     model: str
@@ -91,6 +97,7 @@ class ScaleResult:
     timings: dict[str, float] = field(default_factory=dict)
     patches_scored: int = 0  # patches the model saw, the scan's included
     scan: ScanSummary | None = None  # the default search's sparse scan (None for a fixed grid)
+    calibration: ScaleCalibration | None = None  # the model's calibration the answer applies (None: uncalibrated)
     model_info: dict[str, Any] = field(default_factory=dict)  # SplitModel.describe(): what the model is, from where
 
     @property
@@ -123,6 +130,10 @@ class ScaleResult:
             ds = self.chosen_scale / c.declared_mpp if self.units == "um/px" else self.chosen_scale
             text += (f"; the declared um/px is off: read level 0 at downsample {ds:.3g}"
                      f" to give the model its {c.model_mpp:.3g} um/px")
+        if self.calibration is not None:
+            cal = self.calibration
+            text += (f" (calibrated: this model's margins peak at {cal.margin_peak_mpp:.3g} um/px, measured on "
+                     f"{cal.slides} slides)")
         text += f" -> {c.status}"
         if self.edge is not None:
             text += (f" (the answer is the {self.edge}st scale tried: the peak was not bracketed, the true scale may lie "
@@ -160,6 +171,8 @@ class ScaleResult:
             "widenings": list(self.widenings),
             "patches_scored": self.patches_scored,
             "scan": self.scan.to_dict() if self.scan is not None else None,
+            "calibration": self.calibration.to_dict() if self.calibration is not None else None,
+            "margin_peak_scale": float(self.scales[self.chosen_index]),
             "edge": self.edge,
             "check": asdict(self.check),
             "class_names": list(self.class_names),

@@ -1,0 +1,116 @@
+"""Calibrate a model's scale search on slides whose um/px is trusted (:mod:`histoscale.calibration`).
+
+Each slide is searched as a user would search it (the given :class:`~histoscale.search.SearchConfig`, calibration
+off), and the um/px its patches had where the margins peaked is its trusted level-0 um/px times the level-0
+downsample of the estimate. A slide that cannot be read or searched, or whose um/px is unknown, is skipped and
+recorded with the reason; the others' results are kept.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from histoscale._progress import progress_bar
+from histoscale.calibration import ScaleCalibration, fit_calibration
+from histoscale.cohort.manifest import CohortJob, jobs_from
+from histoscale.errors import HistoscaleError, MissingMppError
+from histoscale.models import SplitModel, load_model
+from histoscale.search import SearchConfig, find_scale
+from histoscale.slide import open_slide
+from histoscale.units import STEPS_PER_OCTAVE
+
+__all__ = ["CalibrationRun", "calibrate_model"]
+
+
+@dataclass(frozen=True)
+class CalibrationRun:
+    """The fitted ``calibration`` and one row per slide: ``id``, ``slide``, ``trusted_mpp``, ``mpp_source``,
+    ``peak_mpp`` (um/px of the patches where the margins peaked), ``steps_from_model_mpp`` (that against the
+    model's training um/px, in quarter-octave steps; positive: coarser) and ``skipped`` (the reason, or None)."""
+
+    calibration: ScaleCalibration
+    rows: tuple[dict[str, Any], ...]
+
+    def table(self) -> str:
+        """The rows as aligned text, for the terminal."""
+        lines = [f"{'slide':<32} {'trusted um/px':>13} {'peak um/px':>10} {'steps':>6}  note"]
+        for row in self.rows:
+            peak = f"{row['peak_mpp']:.3g}" if row["peak_mpp"] is not None else "-"
+            steps = f"{row['steps_from_model_mpp']:+.2f}" if row["steps_from_model_mpp"] is not None else "-"
+            trusted = f"{row['trusted_mpp']:.4g}" if row["trusted_mpp"] is not None else "-"
+            note = f"skipped: {row['skipped']}" if row["skipped"] else row["mpp_source"]
+            lines.append(f"{row['id'][:32]:<32} {trusted:>13} {peak:>10} {steps:>6}  {note}")
+        return "\n".join(lines)
+
+
+def _peak_mpp(job: CohortJob, model: SplitModel, config: SearchConfig) -> tuple[float, float, str]:
+    """(trusted um/px, peak um/px, source of the trusted um/px) of one slide."""
+    with open_slide(job.slide, slide_mpp=job.mpp) as slide:
+        res = slide.resolution
+        if res is None:
+            raise MissingMppError(
+                "its um/px is unknown: a calibration needs slides of trusted um/px (give it in the manifest's "
+                "slide_mpp column, or leave the slide out)"
+            )
+        trusted = slide.level0_mpp()
+        result = find_scale(slide, model, config)
+    downsample = result.estimate / trusted if result.units == "um/px" else result.estimate
+    return trusted, trusted * downsample, "manifest" if job.mpp is not None else res.source
+
+
+def calibrate_model(
+    model: Any,
+    slides: Sequence[Any] | str | os.PathLike[str],
+    config: SearchConfig | None = None,
+    *,
+    progress: bool = False,
+) -> CalibrationRun:
+    """Measure where ``model``'s margins peak on ``slides`` of trusted um/px.
+
+    Args:
+        model: a loaded :class:`~histoscale.models.SplitModel` or anything :func:`~histoscale.models.load_model`
+            takes (None: the bundled reference model). Its own calibration, if any, is not applied.
+        slides: a manifest CSV (``slide`` and ``slide_mpp`` columns) or paths / ``{"slide", "mpp"}`` mappings /
+            :class:`~histoscale.cohort.CohortJob` s; a slide's trusted um/px is the manifest's, else its own
+            metadata.
+        config: the search to calibrate (default: the default search); calibration is turned off for the run.
+
+    Raises:
+        ConfigError: fewer than three slides could be measured (the message lists why each was skipped).
+    """
+    if not hasattr(model, "features"):
+        model = load_model(model)
+    config = (config or SearchConfig()).replace(calibrated=False)
+    jobs = jobs_from(slides)
+    rows: list[dict[str, Any]] = []
+    with progress_bar(progress) as bar:
+        task = bar.add_task("calibration", total=len(jobs)) if bar is not None else None
+        for job in jobs:
+            row: dict[str, Any] = {"id": job.id, "slide": job.slide, "trusted_mpp": job.mpp, "mpp_source": None,
+                                   "peak_mpp": None, "steps_from_model_mpp": None, "skipped": None}
+            try:
+                trusted, peak, source = _peak_mpp(job, model, config)
+            except HistoscaleError as err:
+                row["skipped"] = str(err)
+            else:
+                row.update(trusted_mpp=trusted, mpp_source=source, peak_mpp=peak)
+                if model.mpp is not None:
+                    row["steps_from_model_mpp"] = STEPS_PER_OCTAVE * math.log2(peak / model.mpp)
+            rows.append(row)
+            if bar is not None:
+                bar.update(task, advance=1)
+    measured = [r["peak_mpp"] for r in rows if r["peak_mpp"] is not None]
+    skipped = [f"{r['id']}: {r['skipped']}" for r in rows if r["skipped"]]
+    date = _dt.date.today().isoformat()
+    try:
+        calibration = fit_calibration(
+            measured, source=f"histoscale calibrate, {len(measured)} slides of trusted um/px, {date}"
+        )
+    except HistoscaleError as err:
+        raise type(err)(f"{err}{'; skipped: ' + '; '.join(skipped) if skipped else ''}") from None
+    return CalibrationRun(calibration, tuple(rows))

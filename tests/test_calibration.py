@@ -1,0 +1,180 @@
+"""Scale calibration (histoscale.calibration): fitting, applying, carrying it in cards, `histoscale calibrate`."""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from histoscale import (
+    ScaleCalibration,
+    SearchConfig,
+    calibrate_model,
+    find_scale,
+    fit_calibration,
+    load_card,
+    load_model,
+    save_card,
+)
+from histoscale.cli import main
+from histoscale.errors import ConfigError, ModelError
+from histoscale.phantom import write_phantom
+
+pytestmark = pytest.mark.xdist_group("calibration")  # one module-scoped set of phantoms, one worker
+
+TRUE_MPPS = (0.3, 0.45, 0.7)
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory: pytest.TempPathFactory) -> dict[float, Path]:
+    """Three small phantoms declaring their true um/px (SVS), seeds 21-23."""
+    d = tmp_path_factory.mktemp("calibration")
+    return {
+        mpp: write_phantom(d / f"p{i}.svs", mpp=mpp, size_px_wh=(2560, 2560), seed=21 + i, fmt="svs").slide_path
+        for i, mpp in enumerate(TRUE_MPPS)
+    }
+
+
+def test_fit_is_the_geometric_median_and_the_log2_scatter() -> None:
+    peaks = [0.5, 0.6, 0.55, 0.7, 0.52]
+    cal = fit_calibration(peaks, source="test")
+    assert cal.margin_peak_mpp == pytest.approx(0.55)
+    assert cal.sd_log2 == pytest.approx(float(np.std(np.log2(peaks), ddof=1)))
+    assert (cal.slides, cal.source) == (5, "test")
+    assert cal.predictive_sd_log2 == pytest.approx(cal.sd_log2 * math.sqrt(1.2))
+
+
+@pytest.mark.parametrize(
+    ("peaks", "match"), [([0.5, 0.6], "at least 3"), ([0.5, -0.6, 0.7], "positive"), ([0.5, math.nan, 0.7], "positive")]
+)
+def test_fit_refuses_too_few_or_invalid_values(peaks: list[float], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        fit_calibration(peaks)
+
+
+def test_correct_moves_to_the_training_mpp_and_widens_in_quadrature() -> None:
+    cal = ScaleCalibration(margin_peak_mpp=0.6, sd_log2=0.1, slides=24)
+    assert cal.factor(0.5) == pytest.approx(0.5 / 0.6)
+    assert cal.factor(None) == 1.0  # training um/px unknown: the peak is the best guess of it
+    centre, (lo, hi) = cal.correct(1.0, (0.9, 1.3), 0.5)
+    shift = math.log2(0.5 / 0.6)
+    spread = 1.959963984540054 * 0.1 * math.sqrt(1 + 1 / 24)
+    assert centre == pytest.approx(1.0 + shift)
+    assert centre - lo == pytest.approx(math.hypot(0.1, spread))
+    assert hi - centre == pytest.approx(math.hypot(0.3, spread))
+    # no scatter: the bootstrap interval, shifted
+    assert ScaleCalibration(0.6, 0.0, 3).correct(1.0, (0.9, 1.3), 0.5)[1] == pytest.approx((0.9 + shift, 1.3 + shift))
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        ({"margin_peak_mpp": 0.5, "sd_log2": 0.1}, "missing \\['slides'\\]"),
+        ({"margin_peak_mpp": 0.5, "sd_log2": 0.1, "slides": 5, "offset": 1}, "unknown \\['offset'\\]"),
+        ({"margin_peak_mpp": 0, "sd_log2": 0.1, "slides": 5}, "positive"),
+        ({"margin_peak_mpp": 0.5, "sd_log2": 0.1, "slides": 2}, "at least 3"),
+        ({"margin_peak_mpp": "x", "sd_log2": 0.1, "slides": 5}, "numbers"),
+        ([0.5], "JSON object"),
+    ],
+)
+def test_a_card_with_a_bad_calibration_is_refused_naming_the_card(tmp_path: Path, value: object, match: str) -> None:
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"format": "onnx", "file": "m.onnx", "calibration": value}))
+    with pytest.raises(ModelError, match=match) as err:
+        load_card(path)
+    assert str(path) in str(err.value)
+
+
+def test_card_round_trips_its_calibration(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    cal = {"margin_peak_mpp": 0.61, "sd_log2": 0.12, "slides": 30, "source": "unit test"}
+    path.write_text(json.dumps({"format": "onnx", "file": "m.onnx", "mpp": 0.5, "calibration": cal}))
+    card = load_card(path)
+    assert card.calibration == ScaleCalibration(0.61, 0.12, 30, "unit test")
+    save_card(card, tmp_path / "again.json")
+    assert json.loads((tmp_path / "again.json").read_text())["calibration"] == cal
+
+
+def test_the_bundled_model_is_calibrated_in_both_formats() -> None:
+    torch_model = load_model()
+    onnx_model = load_model(str(files("histoscale") / "assets" / "reference.onnx"))
+    assert torch_model.calibration is not None
+    assert torch_model.calibration == onnx_model.calibration  # the card inside reference.onnx says the same
+    assert torch_model.describe()["calibration"]["slides"] >= 20
+
+
+def test_search_applies_the_calibration_exactly(phantoms: dict[float, Path]) -> None:
+    slide = phantoms[0.45]
+    cal = ScaleCalibration(margin_peak_mpp=0.6, sd_log2=0.15, slides=20)
+    plain = find_scale(slide, load_model(), calibrated=False)
+    assert plain.calibration is None
+    model = load_model(calibration=cal.to_dict())
+    fixed = find_scale(slide, model)
+    factor = 0.5 / 0.6
+    assert fixed.calibration == cal
+    assert fixed.estimate == pytest.approx(plain.estimate * factor)
+    assert fixed.chosen_scale == pytest.approx(plain.chosen_scale * factor)
+    assert fixed.to_dict()["margin_peak_scale"] == pytest.approx(plain.chosen_scale)
+    lo, hi = fixed.interval
+    assert lo < plain.interval[0] * factor and hi > plain.interval[1] * factor  # the scatter widens it
+    assert fixed.check.implied_estimate == pytest.approx(plain.check.implied_estimate / factor)
+    assert "calibrated: this model's margins peak at 0.6 um/px" in fixed.summary()
+    # the paper's Algorithm 1 is never calibrated
+    assert find_scale(slide, model, SearchConfig.paper(points=20)).calibration is None
+
+
+def test_a_calibration_gives_a_model_of_unknown_mpp_an_effective_one(phantoms: dict[float, Path]) -> None:
+    model = load_model(calibration={"margin_peak_mpp": 0.55, "sd_log2": 0.1, "slides": 10})
+    model.mpp = None
+    result = find_scale(phantoms[0.3], model)
+    assert result.check.model_mpp == 0.55
+    assert result.check.status in ("OK", "MISMATCH")  # compared: not UNKNOWN-MODEL-MPP
+    assert result.estimate == pytest.approx(result.to_dict()["margin_peak_scale"], rel=0.2)
+
+
+def test_calibrate_model_measures_skips_and_records(phantoms: dict[float, Path], tmp_path: Path) -> None:
+    slides = [str(p) for p in phantoms.values()] + [str(tmp_path / "missing.svs")]
+    run = calibrate_model(load_model(calibration={"margin_peak_mpp": 2.0, "sd_log2": 0, "slides": 3}), slides)
+    measured = [r for r in run.rows if r["peak_mpp"] is not None]
+    assert len(measured) == 3 and run.calibration.slides == 3
+    skipped = [r for r in run.rows if r["skipped"]]
+    assert len(skipped) == 1 and "missing.svs" in skipped[0]["slide"]
+    for row, truth in zip(measured, TRUE_MPPS):  # the slides' own metadata is trusted; the model's calibration unused
+        assert row["trusted_mpp"] == pytest.approx(truth, rel=1e-3)
+        assert 0.35 < row["peak_mpp"] < 0.8
+        assert row["steps_from_model_mpp"] == pytest.approx(4 * math.log2(row["peak_mpp"] / 0.5))
+    peaks = [r["peak_mpp"] for r in measured]
+    assert run.calibration.margin_peak_mpp == pytest.approx(float(np.median(peaks)))
+    assert "skipped" in run.table()
+
+
+def test_calibrate_needs_three_measured_slides_and_says_why(phantoms: dict[float, Path], tmp_path: Path) -> None:
+    slides = [str(phantoms[0.3]), str(tmp_path / "nope.svs")]
+    with pytest.raises(ConfigError, match="at least 3.*nope"):
+        calibrate_model(None, slides)
+
+
+def test_cli_calibrate_then_search_with_it(
+    phantoms: dict[float, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cal.json"
+    assert main(["calibrate", *map(str, phantoms.values()), "--out", str(out), "--points", "40"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["calibration"]["slides"] == 3 and len(doc["slides"]) == 3
+    assert "margins peak at" in capsys.readouterr().out
+    slide = str(phantoms[0.7])
+    assert main(["search", slide, "--calibration", str(out), "--json", "--points", "40"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["calibration"] == doc["calibration"]
+    assert main(["search", slide, "--uncalibrated", "--json", "--points", "40"]) == 0
+    assert json.loads(capsys.readouterr().out)["calibration"] is None
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"margin_peak_mpp": 0.5}')
+    assert main(["search", slide, "--calibration", str(bad)]) == 2
+    assert "--calibration" in capsys.readouterr().err
+    assert main(["calibrate", "--out", str(out)]) == 2
+    assert "--manifest" in capsys.readouterr().err
