@@ -110,10 +110,10 @@ def test_the_bundled_model_is_calibrated_in_both_formats() -> None:
 def test_search_applies_the_calibration_exactly(phantoms: dict[float, Path]) -> None:
     slide = phantoms[0.45]
     cal = ScaleCalibration(margin_peak_mpp=0.6, sd_log2=0.15, slides=20)
-    plain = find_scale(slide, load_model(), calibrated=False)
+    plain = find_scale(slide, load_model(), calibrated=False, early_stop=False)
     assert plain.calibration is None
     model = load_model(calibration=cal.to_dict())
-    fixed = find_scale(slide, model)
+    fixed = find_scale(slide, model, early_stop=False)  # the same points: the early stop depends on the calibration
     factor = 0.5 / 0.6
     assert fixed.calibration == cal
     assert fixed.estimate == pytest.approx(plain.estimate * factor)
@@ -125,6 +125,15 @@ def test_search_applies_the_calibration_exactly(phantoms: dict[float, Path]) -> 
     assert "calibrated: this model's margins peak at 0.6 um/px" in fixed.summary()
     # the paper's Algorithm 1 is never calibrated
     assert find_scale(slide, model, SearchConfig.paper(points=20)).calibration is None
+
+
+def test_sampling_stops_once_the_scatter_between_slides_dominates(phantoms: dict[float, Path]) -> None:
+    loose = load_model(calibration={"margin_peak_mpp": 0.56, "sd_log2": 0.5, "slides": 20})
+    result = find_scale(phantoms[0.45], loose, points=100)
+    assert result.stopped_early and result.points_used == 32  # the minimum: 4 blocks of 8 points
+    lo, hi = np.log2(result.interval)
+    assert hi - lo > 2 * 1.96 * 0.5  # the interval still carries the whole scatter
+    assert find_scale(phantoms[0.45], loose, points=100, calibrated=False).points_used > 32
 
 
 def test_a_calibration_gives_a_model_of_unknown_mpp_an_effective_one(phantoms: dict[float, Path]) -> None:

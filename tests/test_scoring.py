@@ -3,7 +3,16 @@
 import numpy as np
 import pytest
 
-from histoscale.aggregate import analyse_curves, monotone_direction, rival_peaks, vote, vote_is_decided
+from histoscale.aggregate import (
+    Vote,
+    analyse_curves,
+    is_settled,
+    monotone_direction,
+    rival_peaks,
+    scan_peak,
+    vote,
+    vote_is_decided,
+)
 from histoscale.errors import ConfigError
 from histoscale.scoring import SCORERS, hyperplane_distances, score_points
 
@@ -165,3 +174,31 @@ def test_pooled_bootstrap_is_the_resample_by_resample_definition():
         estimates.append(estimate)
     assert got.confidence == np.mean(np.array(winners) == got.winner)
     np.testing.assert_allclose(got.log2_interval, np.percentile(estimates, [2.5, 97.5]), rtol=0, atol=1e-12)
+
+
+def test_pooled_search_settles_on_agreement_or_on_a_narrow_enough_interval() -> None:
+    counts = np.array([1, 5, 3])
+
+    def interim(confidence: float, interval: tuple[float, float], n: int = 40) -> Vote:
+        return Vote(counts, 1, 0.0, interval, confidence, n)
+
+    assert not is_settled(interim(0.99, (-0.1, 0.1), n=20), "pooled", 60, min_points=32)  # too few points
+    assert is_settled(interim(0.96, (-0.4, 0.4)), "pooled", 60, min_points=32)
+    assert not is_settled(interim(0.7, (-0.2, 0.2)), "pooled", 60, min_points=32)  # no width given: agreement only
+    assert is_settled(interim(0.7, (-0.12, 0.12)), "pooled", 60, min_points=32, enough_width=0.25)
+    assert not is_settled(interim(0.7, (-0.2, 0.2)), "pooled", 60, min_points=32, enough_width=0.25)
+
+
+def test_scan_peak_prefers_an_interior_maximum_to_a_rise_at_the_edge() -> None:
+    log2 = np.log2(np.geomspace(0.5, 5.0, 8))
+    # phantom 9015's scan (16 points): the 2x-upsampling edge a little above the true, interior peak
+    curve = np.array([0.57, 0.4, -0.49, -0.32, 0.52, 0.32, -0.3, -0.69])
+    centre, rivals = scan_peak(curve, log2, 0, float(log2[0]))
+    assert log2[3] < centre < log2[5] and rivals.tolist() == [0]
+    # an interior winner stays, its rivals reported
+    interior_first = np.array([0.45, 0.4, -0.49, -0.32, 0.62, 0.32, -0.3, -0.69])
+    centre, rivals = scan_peak(interior_first, log2, 4, 0.123)
+    assert centre == 0.123 and rivals.tolist() == [0]
+    # a rise to the edge with nothing inside rivalling it stays at the edge
+    rising = np.array([0.9, 0.5, 0.2, 0.0, -0.2, -0.4, -0.6, -0.8])
+    assert scan_peak(rising, log2, 0, float(log2[0])) == (float(log2[0]), pytest.approx(np.zeros(0)))

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
-    "AGGREGATIONS", "PointAnswers", "Vote", "analyse_curves", "is_settled", "pooled_curve", "standardised_curves", "vote",
-    "vote_is_decided", "monotone_direction",
+    "AGGREGATIONS", "PointAnswers", "Vote", "analyse_curves", "is_settled", "pooled_curve", "scan_peak",
+    "standardised_curves", "vote", "vote_is_decided", "monotone_direction",
 ]
 
 # "vote": the paper's majority vote of per-point argmaxes. "pooled": argmax of the mean of the per-point curves,
@@ -206,12 +206,19 @@ def vote_is_decided(counts: np.ndarray, remaining: int) -> bool:
     return bool(top[0] - runner_up > remaining)
 
 
-def is_settled(interim: Vote, method: str, remaining: int, min_points: int) -> bool:
+def is_settled(
+    interim: Vote, method: str, remaining: int, min_points: int, *, enough_width: float | None = None
+) -> bool:
     """May sampling stop? The paper's vote: when the leader cannot be caught by the remaining points (exact).
-    The pooled curve has no such bound: when 95% of bootstrap resamples agree on at least ``min_points``."""
+    The pooled curve has no such bound: when, on at least ``min_points``, 95% of bootstrap resamples agree, or the
+    bootstrap 95% interval is at most ``enough_width`` wide (log2; more points could not narrow what else limits
+    the answer, e.g. a calibration's slide-to-slide scatter)."""
     if method == "vote":
         return vote_is_decided(interim.counts, remaining)
-    return interim.n_informative >= min_points and interim.confidence >= 0.95
+    if interim.n_informative < min_points:
+        return False
+    lo, hi = interim.log2_interval
+    return interim.confidence >= 0.95 or (enough_width is not None and hi - lo <= enough_width)
 
 
 def monotone_direction(answers: PointAnswers, *, majority: float = 0.5) -> int:
@@ -250,3 +257,27 @@ def rival_peaks(curve: np.ndarray, log2_scales: np.ndarray, *, share: float = 0.
         if curve[lo:hi + 1].min() < min(curve[i], curve[best]):
             out.append(int(i))
     return np.array(out, dtype=int)
+
+
+def scan_peak(curve: np.ndarray, log2_scales: np.ndarray, winner: int, log2_estimate: float) -> tuple[float, np.ndarray]:
+    """Where a sparse scan says the answer lies: (log2 scale, indices of the rival peaks) from its pooled ``curve``
+    (N,) and its vote (``winner`` index, ``log2_estimate``).
+
+    The vote's answer, unless it sits on the grid's edge while an interior local maximum rivals it
+    (:func:`rival_peaks`): an edge value is a rise with no far side (at the fine end of the range, upsampled blur,
+    on which margins can grow without meaning), an interior one is a maximum, so the highest interior rival is
+    taken (refined by a parabola) and the edge becomes a rival. Held-out phantom 9015 (true 0.25 um/px): 16 scan
+    points put 0.57 at 2x upsampling against 0.52 at the true scale, and the answer was 7 steps off.
+    """
+    curve = np.asarray(curve, dtype=np.float64)
+    log2_scales = np.asarray(log2_scales, dtype=np.float64)
+    rivals = rival_peaks(curve, log2_scales)
+    last = len(curve) - 1
+    interior = [int(i) for i in rivals if 0 < i < last]
+    if winner not in (0, last) or not interior:
+        return log2_estimate, rivals
+    best = max(interior, key=lambda i: curve[i])
+    idx = np.arange(best - 1, best + 2)
+    centre = float(_parabola_vertex(log2_scales[idx][None], curve[idx][None])[0])
+    others = np.array(sorted({*(int(i) for i in rivals if i != best), winner}), dtype=int)
+    return centre, others

@@ -36,7 +36,8 @@ class SearchConfig:
         sampling: ``"tissue"`` (points on the tissue mask) or ``"uniform"`` (the paper's).
         relative: report (and read explicit ``scales``) in level-0 downsample units even when the slide
             declares its um/px.
-        early_stop: stop sampling once the answer is settled.
+        early_stop: stop sampling once the answer is settled (:func:`histoscale.aggregate.is_settled`; a calibrated
+            model's search also stops when more points could not narrow its calibrated interval).
         widen: extend the grid when the curves keep rising towards one of its edges.
         max_widen_steps: at most this many scales added by widening.
         calibrated: apply the model's scale calibration when it has one (:mod:`histoscale.calibration`: the

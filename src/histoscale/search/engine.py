@@ -24,7 +24,8 @@ import numpy as np
 
 from histoscale._compat import renamed
 from histoscale._progress import progress_bar
-from histoscale.aggregate import PointAnswers, Vote, analyse_curves, is_settled, pooled_curve, rival_peaks, vote
+from histoscale.aggregate import PointAnswers, Vote, analyse_curves, is_settled, pooled_curve, scan_peak, vote
+from histoscale.calibration import ScaleCalibration
 from histoscale.errors import MissingMppError, ScaleSearchError
 from histoscale.models import SplitModel, load_model
 from histoscale.patches import iter_multiscale, read_multiscale, read_regions
@@ -163,6 +164,11 @@ class _Run:
         return self.plan.grid
 
     @property
+    def _calibration(self) -> ScaleCalibration | None:
+        """The model's calibration, when it has one and the search applies it."""
+        return getattr(self.model, "calibration", None) if self.config.calibrated else None
+
+    @property
     def _on_device(self) -> bool:
         """The model crops and resamples the reads itself, on its device (a GPU)."""
         return bool(getattr(self.model, "resamples_on_device", False))
@@ -212,7 +218,8 @@ class _Run:
                         continue
                     remaining = points - self.used
                     if config.early_stop and is_settled(
-                        interim, config.aggregation, remaining, min_points=4 * config.batch_points
+                        interim, config.aggregation, remaining, min_points=4 * config.batch_points,
+                        enough_width=self._calibration.enough_width_log2 if self._calibration else None,
                     ):
                         self.stopped_early = remaining > 0
                         break
@@ -236,13 +243,12 @@ class _Run:
         scan_grid_units = self.grid
         if scan_vote.winner < 0:
             raise self._no_informative_point("the scan ")
-        informative = curves[answers.informative]
-        peak_ds = float(self.plan.downsamples(np.array([2.0**scan_vote.log2_estimate]))[0])
+        pooled = pooled_curve(curves[answers.informative])
+        log2_peak, rivals = scan_peak(pooled, np.log2(scan_grid_units), scan_vote.winner, scan_vote.log2_estimate)
+        peak_ds = float(self.plan.downsamples(np.array([2.0**log2_peak]))[0])
         self.plan.grid = self.plan.scales(fine_grid(peak_ds, *self.plan.search_range))  # type: ignore[misc]
-        pooled = pooled_curve(informative)
-        rivals = rival_peaks(pooled, np.log2(scan_grid_units))
         self.scan = ScanSummary(
-            scales=scan_grid_units, pooled_curve=pooled, peak=2.0**scan_vote.log2_estimate, points=n,
+            scales=scan_grid_units, pooled_curve=pooled, peak=2.0**log2_peak, points=n,
             rivals=tuple(float(scan_grid_units[i]) for i in rivals),
         )
         logger.info("scan over %s: peak at %.3g; fine grid %s", scan_grid_units.round(3).tolist(),
@@ -312,7 +318,7 @@ class _Run:
         chosen = float(grid[result_vote.winner])
         log2_estimate, log2_interval = result_vote.log2_estimate, result_vote.log2_interval
         model_mpp = getattr(self.model, "mpp", None)
-        calibration = getattr(self.model, "calibration", None) if config.calibrated else None
+        calibration = self._calibration
         check_mpp = model_mpp
         if calibration is not None:
             # From where the margins peak to where the model sees its training um/px; the interval gains the
