@@ -187,3 +187,12 @@ def test_cli_calibrate_then_search_with_it(
     assert "--calibration" in capsys.readouterr().err
     assert main(["calibrate", "--out", str(out)]) == 2
     assert "--manifest" in capsys.readouterr().err
+
+
+def test_model_info_shows_the_calibration_and_its_source(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["model-info"]) == 0
+    out = capsys.readouterr().out
+    assert "calibration: margins peak at 0.5" in out and "reference.json" in out.split("calibration:")[1]
+    assert main(["model-info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["calibration"]["slides"] == 40 and info["sources"]["calibration"].endswith("reference.json")
