@@ -21,6 +21,7 @@ from histoscale import (
     save_card,
 )
 from histoscale.cli import main
+from histoscale.cohort.manifest import jobs_from
 from histoscale.errors import ConfigError, ModelError
 from histoscale.phantom import write_phantom
 
@@ -75,7 +76,7 @@ def test_correct_moves_to_the_training_mpp_and_widens_in_quadrature() -> None:
     [
         ({"margin_peak_mpp": 0.5, "sd_log2": 0.1}, "missing \\['slides'\\]"),
         ({"margin_peak_mpp": 0.5, "sd_log2": 0.1, "slides": 5, "offset": 1}, "unknown \\['offset'\\]"),
-        ({"margin_peak_mpp": 0, "sd_log2": 0.1, "slides": 5}, "positive"),
+        ({"margin_peak_mpp": 0, "sd_log2": 0.1, "slides": 5}, "plausible"),
         ({"margin_peak_mpp": 0.5, "sd_log2": 0.1, "slides": 2}, "at least 3"),
         ({"margin_peak_mpp": "x", "sd_log2": 0.1, "slides": 5}, "numbers"),
         ([0.5], "JSON object"),
@@ -196,3 +197,57 @@ def test_model_info_shows_the_calibration_and_its_source(capsys: pytest.CaptureF
     assert main(["model-info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["calibration"]["slides"] == 40 and info["sources"]["calibration"].endswith("reference.json")
+
+
+def test_a_calibration_file_reaches_cohort_workers_and_is_named(
+    phantoms: dict[float, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cal = tmp_path / "cal.json"
+    cal.write_text(json.dumps({"calibration": {"margin_peak_mpp": 0.6, "sd_log2": 0.1, "slides": 12}, "slides": []}))
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("slide,slide_mpp\n" + "".join(f"{p},{m}\n" for m, p in list(phantoms.items())[:2]))
+    out = tmp_path / "cohort"
+    assert main(["cohort", str(manifest), "--out", str(out), "--workers", "1", "--no-figures", "--points", "24",
+                 "--calibration", str(cal)]) == 0
+    assert "ERROR" not in (out / "results.csv").read_text()
+    assert str(cal.resolve()) in (out / "cohort.json").read_text()
+    model = load_model(calibration=str(cal))  # the file `calibrate` writes, as a path
+    assert model.calibration == ScaleCalibration(0.6, 0.1, 12) and model.sources["calibration"] == f"file {cal}"
+    assert main(["model-info", "--calibration", str(cal)]) == 0
+    assert f"file {cal.resolve()}" in capsys.readouterr().out
+    assert main(["search", str(phantoms[0.3]), "--calibration", str(cal), "--uncalibrated"]) == 2
+    assert "drop one of them" in capsys.readouterr().err
+    assert main(["search", str(phantoms[0.3]), "--calibration", str(tmp_path / "nope.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_misplaced_or_mistyped_settings_are_named() -> None:
+    with pytest.raises(ConfigError, match="load_model\\(calibration="):
+        find_scale("any.svs", None, calibration={"margin_peak_mpp": 0.6, "sd_log2": 0.1, "slides": 5})
+    with pytest.raises(ConfigError, match="calibrated must be True or False"):
+        SearchConfig(calibrated="no")
+    with pytest.raises(ConfigError, match="points must be a whole number"):
+        SearchConfig(points="10")
+    with pytest.raises(ConfigError, match="whole number"):
+        ScaleCalibration.from_dict({"margin_peak_mpp": 0.5, "sd_log2": 0.1, "slides": 3.9})
+    with pytest.raises(ConfigError, match="plausible"):
+        ScaleCalibration.from_dict({"margin_peak_mpp": 6000, "sd_log2": 0.1, "slides": 5})
+    with pytest.raises(ConfigError, match="list of numbers"):
+        fit_calibration("0.5,0.6,0.7")  # type: ignore[arg-type]
+    assert jobs_from([{"slide": "a.svs", "slide_mpp": 0.4}])[0].mpp == 0.4  # the manifest column's name works too
+    with pytest.raises(ConfigError, match="keep one"):
+        jobs_from([{"slide": "a.svs", "slide_mpp": 0.4, "mpp": 0.4}])
+
+
+def test_an_uncalibrated_search_says_so(phantoms: dict[float, Path]) -> None:
+    result = find_scale(phantoms[0.45], None, calibrated=False, points=24)
+    assert "uncalibrated: the model's calibration was not applied" in result.summary()
+
+
+def test_calibrate_refuses_early(phantoms: dict[float, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    two = [str(p) for p in list(phantoms.values())[:2]]
+    assert main(["calibrate", *two, "--out", str(tmp_path / "c.json")]) == 2
+    assert "at least 3 slides" in capsys.readouterr().err
+    three = [str(p) for p in phantoms.values()]
+    assert main(["calibrate", *three, "--out", str(tmp_path / "c.json"), "--calibration", "x.json"]) == 2
+    assert "drop the flag" in capsys.readouterr().err

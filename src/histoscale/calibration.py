@@ -17,18 +17,23 @@ is widened in quadrature by 1.96 x the predictive scatter ``sd_log2 * sqrt(1 + 1
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from histoscale.errors import ConfigError
 
-__all__ = ["MIN_CALIBRATION_SLIDES", "ScaleCalibration", "fit_calibration"]
+__all__ = ["MIN_CALIBRATION_SLIDES", "ScaleCalibration", "fit_calibration", "read_calibration"]
 
 MIN_CALIBRATION_SLIDES = 3  # fewer cannot estimate a scatter
+# No brightfield model works at patches finer than 0.01 or coarser than 100 um/px: a value outside is a unit mix-up.
+_PLAUSIBLE_MPP = (0.01, 100.0)
 _Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
 
@@ -49,8 +54,11 @@ class ScaleCalibration:
     source: str | None = None
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.margin_peak_mpp) and self.margin_peak_mpp > 0):
-            raise ConfigError(f"calibration margin_peak_mpp must be a positive um/px, got {self.margin_peak_mpp}")
+        lo, hi = _PLAUSIBLE_MPP
+        if not (math.isfinite(self.margin_peak_mpp) and lo <= self.margin_peak_mpp <= hi):
+            raise ConfigError(
+                f"calibration margin_peak_mpp must be a plausible um/px ({lo:g} to {hi:g}), got {self.margin_peak_mpp}"
+            )
         if not (math.isfinite(self.sd_log2) and self.sd_log2 >= 0):
             raise ConfigError(f"calibration sd_log2 must be a finite number >= 0, got {self.sd_log2}")
         if int(self.slides) < MIN_CALIBRATION_SLIDES:
@@ -110,8 +118,11 @@ class ScaleCalibration:
                 f"calibration keys: missing {missing}, unknown {unknown}; expected margin_peak_mpp, sd_log2, slides"
                 " (and optionally source), as `histoscale calibrate` writes them"
             )
+        slides = data["slides"]
+        if isinstance(slides, bool) or not isinstance(slides, (int, float)) or slides != int(slides):
+            raise ConfigError(f"calibration slides must be a whole number, got {slides!r}")
         try:
-            return cls(float(data["margin_peak_mpp"]), float(data["sd_log2"]), int(data["slides"]), data.get("source"))
+            return cls(float(data["margin_peak_mpp"]), float(data["sd_log2"]), int(slides), data.get("source"))
         except (TypeError, ValueError) as err:
             raise ConfigError(f"calibration values must be numbers: {err}") from None
 
@@ -123,7 +134,14 @@ def fit_calibration(peak_mpps: Sequence[float], *, source: str | None = None) ->
     Raises:
         ConfigError: fewer than :data:`MIN_CALIBRATION_SLIDES` values, or values that are not positive numbers.
     """
-    values = np.asarray(peak_mpps, dtype=np.float64).reshape(-1)
+    if isinstance(peak_mpps, (str, bytes, Mapping)) or not hasattr(peak_mpps, "__len__"):
+        raise ConfigError(f"peak um/px values must be a list of numbers, got {type(peak_mpps).__name__}")
+    try:
+        values = np.asarray(peak_mpps, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ConfigError(f"peak um/px values must be a list of numbers, got {list(peak_mpps)!r}") from None
+    if values.ndim != 1:
+        raise ConfigError(f"peak um/px values must be a flat list (one per slide), got shape {values.shape}")
     if values.size < MIN_CALIBRATION_SLIDES:
         raise ConfigError(
             f"a calibration needs at least {MIN_CALIBRATION_SLIDES} slides with a trusted um/px, got {values.size}"
@@ -132,3 +150,25 @@ def fit_calibration(peak_mpps: Sequence[float], *, source: str | None = None) ->
         raise ConfigError(f"peak um/px values must be positive numbers, got {values.tolist()}")
     logs = np.log2(values)
     return ScaleCalibration(float(2.0 ** np.median(logs)), float(np.std(logs, ddof=1)), int(values.size), source)
+
+
+def read_calibration(path: str | os.PathLike[str]) -> ScaleCalibration:
+    """The calibration in a JSON file: what ``histoscale calibrate --out`` writes (``{"calibration": {...}, ...}``),
+    a model card holding one, or the calibration object itself.
+
+    Raises:
+        ConfigError: the file is missing, not JSON, or holds no valid calibration (the message names it).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"calibration file {p} does not exist: give the JSON `histoscale calibrate --out` wrote")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"calibration file {p} is not readable JSON: {err}") from None
+    if isinstance(data, Mapping) and "calibration" in data:
+        data = data["calibration"]
+    try:
+        return ScaleCalibration.from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"calibration file {p}: {err}") from None

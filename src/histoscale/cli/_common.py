@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
 from histoscale.aggregate import AGGREGATIONS
-from histoscale.calibration import ScaleCalibration
+from histoscale.calibration import read_calibration
 from histoscale.errors import ConfigError
 from histoscale.models import SplitModel, load_model
 from histoscale.sampling import SAMPLING_MODES
@@ -19,8 +18,7 @@ from histoscale.search import DEFAULT_AGGREGATION, DEFAULT_SCORER, SearchConfig
 
 __all__ = [
     "add_model_options", "add_search_options", "add_slide_mpp_option", "model_from", "model_options_from",
-    "positive_float", "read_calibration",
-    "search_config_from", "size",
+    "positive_float", "search_config_from", "size",
 ]
 
 
@@ -100,20 +98,6 @@ def search_config_from(args: argparse.Namespace) -> SearchConfig:
         raise ConfigError(f"--{err.keyword.replace('_', '-')}: {err}") from None
 
 
-def read_calibration(path: str) -> dict[str, Any]:
-    """The calibration object of a JSON file (``histoscale calibrate --out``'s, or a card holding one), checked."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"--calibration {path}: not a readable JSON file ({err})") from None
-    if isinstance(data, dict) and "calibration" in data:
-        data = data["calibration"]
-    try:
-        return ScaleCalibration.from_dict(data).to_dict()
-    except ConfigError as err:
-        raise ConfigError(f"--calibration {path}: {err}") from None
-
-
 def model_options_from(args: argparse.Namespace) -> dict[str, Any]:
     """Keywords of :func:`histoscale.load_model` the model options set (defaults left out)."""
     options: dict[str, Any] = {"device": args.device, "factory": args.factory}
@@ -122,7 +106,14 @@ def model_options_from(args: argparse.Namespace) -> dict[str, Any]:
     if args.precision != "auto":
         options["precision"] = args.precision
     if args.calibration is not None:
-        options["calibration"] = read_calibration(args.calibration)
+        if not getattr(args, "calibrated", True) or getattr(args, "paper", False):
+            raise ConfigError("--calibration with --uncalibrated or --paper: the calibration would not be applied; "
+                              "drop one of them")
+        try:
+            read_calibration(args.calibration)  # a bad file fails here, before any slide is read
+        except ConfigError as err:
+            raise ConfigError(f"--calibration: {err}") from None
+        options["calibration"] = str(Path(args.calibration).resolve())  # a path: workers read it, records name it
     return {k: v for k, v in options.items() if v is not None}
 
 

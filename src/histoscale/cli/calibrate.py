@@ -9,9 +9,13 @@ import sys
 from pathlib import Path
 
 from histoscale._files import atomic_write, check_writable, json_safe
+from histoscale.calibration import MIN_CALIBRATION_SLIDES
 from histoscale.cli._common import add_model_options, add_search_options, model_from, search_config_from
 from histoscale.cohort import calibrate_model
+from histoscale.cohort.manifest import jobs_from
 from histoscale.errors import ConfigError
+
+RECOMMENDED_SLIDES = 20
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,14 +38,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if bool(args.slides) == bool(args.manifest):
         raise ConfigError("give the slides, or --manifest CSV with 'slide' and 'slide_mpp' columns (one of them)")
+    if args.calibration is not None:
+        raise ConfigError("--calibration: calibrate measures the model without a calibration; drop the flag")
     check_writable(Path(args.out).resolve().parent)
-    run_ = calibrate_model(
-        model_from(args), args.manifest or args.slides, search_config_from(args), progress=sys.stderr.isatty()
-    )
+    jobs = jobs_from(args.manifest or args.slides)  # a bad manifest or too few slides fail before the model loads
+    if len(jobs) < MIN_CALIBRATION_SLIDES:
+        raise ConfigError(f"a calibration needs at least {MIN_CALIBRATION_SLIDES} slides of trusted um/px, got {len(jobs)}")
+    run_ = calibrate_model(model_from(args), jobs, search_config_from(args), progress=sys.stderr.isatty())
     doc = {"calibration": run_.calibration.to_dict(), "slides": list(run_.rows)}
     atomic_write(args.out, json.dumps(json_safe(doc), indent=2) + "\n")
     print(run_.table())
     cal = run_.calibration
     print(f"margins peak at {cal.margin_peak_mpp:.4g} um/px (scatter {cal.sd_log2:.3f} octave over {cal.slides} "
-          f"slides); written to {args.out}")
+          f"slides); written to {args.out}. 'steps': where each slide's margins peaked against the model's training "
+          "um/px, in grid steps of 2^(1/4) (positive: coarser)")
+    if cal.slides < RECOMMENDED_SLIDES:
+        print(f"note: {cal.slides} slides; the scatter (hence the interval's width) is uncertain below "
+              f"{RECOMMENDED_SLIDES}", file=sys.stderr)
     return 0

@@ -105,7 +105,7 @@ def read_manifest(path: str | os.PathLike[str]) -> list[CohortJob]:
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
     if header is None:
-        raise ConfigError(f"manifest {p} is empty: its first line must name the columns, e.g. 'slide,mpp,id'")
+        raise ConfigError(f"manifest {p} is empty: its first line must name the columns, e.g. 'slide,slide_mpp,id'")
     names = [h.strip().lower() for h in header]
     if "slide_mpp" in names:  # the override's name everywhere else; "mpp" is its older name here
         if "mpp" in names:
@@ -114,7 +114,7 @@ def read_manifest(path: str | os.PathLike[str]) -> list[CohortJob]:
     if "slide" not in names:
         raise ConfigError(
             f"manifest {p} has no 'slide' column (columns: {', '.join(h.strip() for h in header) or 'none'}); "
-            "its first line must name the columns, e.g. 'slide,mpp,id'"
+            "its first line must name the columns, e.g. 'slide,slide_mpp,id'"
         )
     for name in ("slide", "mpp", "id"):
         if names.count(name) > 1:
@@ -148,9 +148,12 @@ def jobs_from(manifest_or_rows: Any) -> list[CohortJob]:
             entries.append((str(Path(item.slide).absolute()), item.mpp, item.id, item.line))
         elif isinstance(item, Mapping):
             if not item.get("slide"):
-                raise ConfigError(f"cohort row {i} has no 'slide': give {{'slide': path, 'mpp': ..., 'id': ...}}")
+                raise ConfigError(f"cohort row {i} has no 'slide': give {{'slide': path, 'slide_mpp': ..., 'id': ...}}")
+            if "slide_mpp" in item and "mpp" in item:
+                raise ConfigError(f"cohort row {i} has both 'slide_mpp' and 'mpp' (the same override): keep one")
             given = item.get("id")
-            entries.append((str(Path(item["slide"]).absolute()), item.get("mpp"), str(given) if given else None, 0))
+            mpp = item.get("slide_mpp", item.get("mpp"))
+            entries.append((str(Path(item["slide"]).absolute()), mpp, str(given) if given else None, 0))
         elif isinstance(item, (str, os.PathLike)):
             entries.append((str(Path(item).absolute()), None, None, 0))
         else:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from histoscale.calibration import ScaleCalibration
+from histoscale.calibration import ScaleCalibration, read_calibration
 from histoscale.errors import ConfigError, ModelError
 from histoscale.models.card import ModelCard
 from histoscale.models.contract import SplitModel
@@ -161,7 +161,7 @@ def load_model(
     mpp: float | None = None,
     preprocess: str | None = None,
     background: str | None = None,
-    calibration: ScaleCalibration | Mapping[str, Any] | None = None,
+    calibration: ScaleCalibration | Mapping[str, Any] | str | os.PathLike[str] | None = None,
 ) -> SplitModel:
     """Load a classifier and split it into features (Phi) and its final linear layer (W, b).
 
@@ -191,20 +191,28 @@ def load_model(
             input, for models that do not take normalised RGB (see :class:`Preprocessing`); torch and ONNX.
         background: the class a segmentation model's scale search leaves out of its pooling over cells (see
             :mod:`histoscale.scoring`); None: every cell counts.
-        calibration: where the model's margins peak (a :class:`~histoscale.calibration.ScaleCalibration` or its
-            dict, as ``histoscale calibrate`` writes it into a card); overrides the card's.
+        calibration: where the model's margins peak: a :class:`~histoscale.calibration.ScaleCalibration`, its
+            dict, or the JSON file ``histoscale calibrate --out`` wrote; overrides the card's.
 
     Raises:
         ModelError: the model cannot be loaded or split; the message names the file and the fix.
         ConfigError: contradictory or invalid arguments.
     """
-    if calibration is not None and not isinstance(calibration, ScaleCalibration):
-        calibration = ScaleCalibration.from_dict(calibration)
+    calibration_file = calibration if isinstance(calibration, (str, os.PathLike)) else None
+    cal: ScaleCalibration | None
+    if isinstance(calibration, (str, os.PathLike)):
+        cal = read_calibration(calibration)
+    elif isinstance(calibration, Mapping):
+        cal = ScaleCalibration.from_dict(calibration.get("calibration", calibration))
+    else:
+        cal = calibration
     given = {
         "input_size": input_size, "class_names": class_names, "mpp": mpp, "head": head, "factory": factory,
-        "calibration": calibration,
+        "calibration": cal,
     }
     sources = {k: "argument" for k, v in given.items() if v is not None}
+    if calibration_file is not None:
+        sources["calibration"] = f"file {calibration_file}"
     if mean is not None or std is not None or preprocess is not None:
         sources["preprocessing"] = "argument"
     if spec is None and card is None:
@@ -239,7 +247,7 @@ def load_model(
     request = LoadRequest(
         spec=spec, fmt=None, where=where, name=name, device=device, precision=precision, batch_size=batch_size,
         class_names=class_names, mpp=mpp, input_size=input_size, mean=mean, std=std, head=head, factory=factory,
-        allow_pickle=allow_pickle, preprocess=preprocess, background=background, calibration=calibration,
+        allow_pickle=allow_pickle, preprocess=preprocess, background=background, calibration=cal,
         sources=sources,
     )
     if card is not None:

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from histoscale.aggregate import AGGREGATIONS
 from histoscale.errors import ConfigError
 from histoscale.sampling import SAMPLING_MODES, SamplingMode
@@ -64,6 +66,12 @@ class SearchConfig:
     prefetch: int = 16
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type == "bool" and not isinstance(value, bool):
+                raise ConfigError(f"{f.name} must be True or False, got {value!r}", keyword=f.name)
+            if f.type == "int" and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+                raise ConfigError(f"{f.name} must be a whole number, got {value!r}", keyword=f.name)
         if isinstance(self.scales, (list, tuple)) or hasattr(self.scales, "tolist"):
             object.__setattr__(self, "scales", tuple(float(v) for v in self.scales))  # type: ignore[union-attr]
         for name in ("points", "batch_points", "scan_points"):
@@ -95,7 +103,16 @@ class SearchConfig:
         return cls(**(settings | changes))
 
     def replace(self, **changes: Any) -> SearchConfig:
-        """A copy with ``changes`` applied (and checked)."""
+        """A copy with ``changes`` applied (and checked).
+
+        Raises:
+            ConfigError: an unknown setting (its name, the known ones) or an invalid value.
+        """
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            hint = " (a model's calibration goes to load_model(calibration=...))" if "calibration" in unknown else ""
+            raise ConfigError(f"unknown search settings {unknown}{hint}: known are {sorted(known)}")
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:

@@ -135,6 +135,8 @@ class ScaleResult:
             cal = self.calibration
             text += (f" (calibrated: this model's margins peak at {cal.margin_peak_mpp:.3g} um/px, measured on "
                      f"{cal.slides} slides)")
+        elif self.model_info.get("calibration"):
+            text += " (uncalibrated: the model's calibration was not applied; the answer is where its margins peak)"
         text += f" -> {c.status}"
         if self.edge is not None:
             text += (f" (the answer is the {self.edge}st scale tried: the peak was not bracketed, the true scale may lie "
