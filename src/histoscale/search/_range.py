@@ -30,10 +30,11 @@ FINEST_PLAUSIBLE_MPP = 0.1
 #: Without the model's training um/px nothing bounds the coarse end physically: 5 octaves above 2x upsampling.
 MAX_DOWNSAMPLE_UNKNOWN_MODEL = 16.0
 SCAN_STEPS_PER_OCTAVE = 2
-# The scan's refined peak lies within about a quarter octave of the answer, so +-2 quarter-octave steps bracket it;
-# when the curves still rise at an edge the grid widens. On held-out phantoms 5 fine scales answered as well as 9 did
-# with 40% fewer patches (BENCHMARKS.md, "The default search").
-FINE_HALF_WIDTH = 2
+# The fine grid: +-4 quarter-octave steps (9 scales) around the scan's refined peak. 5 scales answered as well on
+# phantoms with 40% fewer patches, but real models' curves are broad and noisy, and each point's curve is
+# standardised over the grid it was read on: over 5 scales noise weighs more, and the equivariance of both real models
+# fell (Capricorn on CMU-1: slope 0.97 -> 0.48; BENCHMARKS.md, "Real models on real tissue").
+FINE_HALF_WIDTH = 4
 
 
 def plausible_range(model_mpp: float | None, input_px: int, size_wh: tuple[int, int], where: str) -> tuple[float, float]:
