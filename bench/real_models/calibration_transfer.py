@@ -1,7 +1,7 @@
 """Does a scale calibration measured on one real image carry to another? (leave one image out, real models)
 
 Usage (after ``python bench/real.py``, whose equivariance searches it reads; no model runs again):
-    python bench/real_models/calibration_transfer.py
+    python bench/real_models/calibration_transfer.py [--results real.json]
 
 For each real model and each ordered pair of labelled images (fit, test): the calibration is fitted with
 ``histoscale.fit_calibration`` on the fit image's seven shrunk versions (trusted um/px = truth x shrink factor; the
@@ -16,6 +16,7 @@ Writes bench/results/real_calibration.md.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -30,7 +31,10 @@ NOMINAL_MPP = 0.5
 
 
 def main() -> None:
-    doc = json.loads((RESULTS / "real.json").read_text())
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--results", default="real.json", help="a bench/real.py result in bench/results/")
+    args = ap.parse_args()
+    doc = json.loads((RESULTS / args.results).read_text())
     best = {(r["model"], r["slide"]): r for r in doc["absolute"]}
     truth = {slide: r["truth"] for (_, slide), r in best.items()}
     peaks: dict[tuple[str, str], list[float]] = {}
@@ -39,7 +43,8 @@ def main() -> None:
         if slide in truth:
             peaks[model, slide] = [truth[slide] * v["factor"] * v["estimate_downsample"] for v in eq["versions"]]
     lines = [
-        f"From `bench/results/real.json` ({doc['date']}, the searches with {doc['search_settings']['points']} points): "
+        f"From `bench/results/{args.results}` ({doc['date']}, the searches with {doc['search_settings']['points']} "
+        "points): "
         "a calibration fitted on one image's seven shrunk versions, applied to the other image's seven.",
         "",
         "| model | fit on | margins peak at (fit) | test image | best accuracy at | applied, uncalibrated (steps from best) "
