@@ -17,7 +17,7 @@ from histoscale.units import steps_between
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="hide a phantom's um/px and find it again with the reference model")
     p.add_argument("--true-mpp", type=positive_float, default=None, help="default: random in [0.2, 1.0]")
-    p.add_argument("--size", type=size, default=(4096, 4096))
+    p.add_argument("--size", type=size, default=(4096, 4096), help="phantom size WIDTHxHEIGHT in px (default 4096x4096)")
     p.add_argument("--out", default=None, help="keep the phantom and the report here")
     add_model_options(p)
     add_search_options(p)
@@ -46,4 +46,5 @@ def run(args: argparse.Namespace) -> int:
         f"{100 * (estimate / true_mpp - 1):+.1f}%; 95% CI {lo:.3f}-{hi:.3f}) -> {verdict}, the truth {inside} the "
         "95% interval"
     )
+    print(f"the same slide again: histoscale demo --seed {seed}" + (f" --true-mpp {args.true_mpp:g}" if args.true_mpp else ""))
     return 0
