@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from histoscale.errors import ConfigError, ModelError
+from histoscale.models._torch_dense import dense_fns, find_dense_head
 from histoscale.models.card import ModelCard
 from histoscale.models.contract import (
     DENSE_CELLS,
@@ -279,8 +280,8 @@ def build_torch(
                 "export it to ONNX (torch.onnx.export) or load the state dict with factory='module:callable'"
             )
         cells = min(DENSE_CELLS, *out.shape[2:])
-        head_mod = _find_dense_head(module, where, name, head, runner, probe, out)
-        phi, forward = _dense_fns(module, head_mod, cells)
+        head_mod = find_dense_head(module, where, name, head, runner._call, probe, out)
+        phi, forward = dense_fns(module, head_mod, cells)
     else:
         phi, head_mod = _find_split(module, where, name, head, n_out, runner, probe, out, scripted)
     if cells is None:
@@ -298,94 +299,6 @@ def build_torch(
     model.precision = resolve_precision(precision, device)
     logger.info("loaded %r from %s: M=%d, C=%d, %s %s", name, where, W.shape[0], W.shape[1], device, model.precision)
     return model
-
-
-def _is_pointwise_conv(module: Any) -> bool:
-    """A 2D convolution that is a per-pixel linear map: 1x1 kernel, stride 1, no padding, one group."""
-    return (
-        isinstance(module, nn.Conv2d)
-        and tuple(module.kernel_size) == (1, 1)
-        and tuple(module.stride) == (1, 1)
-        and module.groups == 1
-        and (module.padding in ("valid", "same") or tuple(module.padding) == (0, 0))  # type: ignore[arg-type]
-    )
-
-
-def _find_dense_head(
-    module: nn.Module, where: str, name: str, head: str | None, runner: TorchSplitModel, probe: np.ndarray,
-    out: np.ndarray,
-) -> nn.Conv2d:
-    """The 1x1 convolution whose output is the model's output ``out`` (N, C, H, W), as is or through a sigmoid or
-    softmax over the channels."""
-    convs = [n for n, m in module.named_modules() if isinstance(m, nn.Conv2d)]
-    if head is not None:
-        try:
-            head_mod = module.get_submodule(head)
-        except AttributeError as err:
-            raise ModelError(f"{where}: model {name!r} has no submodule {head!r}; its convolutions: {convs}") from err
-        if not _is_pointwise_conv(head_mod):
-            raise ModelError(
-                f"{where}: head {head!r} of the segmentation model {name!r} is a {type(head_mod).__name__}"
-                + (f" with kernel {tuple(head_mod.kernel_size)}, stride {tuple(head_mod.stride)}, padding "
-                   f"{head_mod.padding}" if isinstance(head_mod, nn.Conv2d) else "")
-                + ", not a 1x1 convolution of stride 1 (a per-pixel linear classifier)"
-            )
-        candidates = [(head, head_mod)]
-    else:
-        candidates = [
-            (n, m) for n, m in module.named_modules() if _is_pointwise_conv(m) and m.out_channels == out.shape[1]
-        ]
-        if not candidates:
-            raise ModelError(
-                f"{where}: no 1x1 convolution with {out.shape[1]} outputs (the model's output channels) in the "
-                f"segmentation model {name!r}; histoscale needs one as its last layer (pass head=... to name it; "
-                f"its convolutions: {convs})"
-            )
-    outputs: dict[str, torch.Tensor] = {}
-    handles = [m.register_forward_hook(lambda _m, _a, o, n=n: outputs.__setitem__(n, o)) for n, m in candidates]
-    try:
-        runner._call(module, probe)
-    finally:
-        for h in handles:
-            h.remove()
-    target = torch.from_numpy(out)
-    tol = 1e-3 * (1.0 + float(target.abs().max()))
-    for n, m in reversed(candidates):  # the last registered first, as the final head usually is
-        if n not in outputs or outputs[n].shape != target.shape:
-            continue
-        logits = outputs[n].float().cpu()
-        for act in (lambda t: t, torch.sigmoid, lambda t: torch.softmax(t, dim=1)):
-            if float((act(logits) - target).abs().max()) <= tol:
-                return m  # type: ignore[return-value]
-    if head is not None:  # named: its own output is the per-pixel logits, whatever follows (e.g. an upsampling)
-        logger.info("%s: the output of %r is not that of its head %r; scoring the head's own output", where, name, head)
-        return candidates[0][1]  # type: ignore[return-value]
-    raise ModelError(
-        f"{where}: the output of the segmentation model {name!r} is not the output of any of its 1x1 convolutions "
-        f"{[n for n, _ in candidates]} (as is, or through a sigmoid or softmax): something follows it (resizing, "
-        "scaling); name the 1x1 convolution to score with head=... (its own output is then taken as the logits), "
-        "or export the model so that a 1x1 convolution is its last layer"
-    )
-
-
-def _dense_fns(
-    module: nn.Module, head_mod: nn.Module, cells: int
-) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
-    """(phi, forward): the head's input and output maps, each averaged over ``cells`` x ``cells`` cells, (N, G, K)."""
-
-    def maps(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        captured: list[tuple[torch.Tensor, torch.Tensor]] = []
-        handle = head_mod.register_forward_hook(lambda _m, args, o: captured.append((args[0], o)))
-        try:
-            module(x)
-        finally:
-            handle.remove()
-        return captured[-1]
-
-    def pool(t: torch.Tensor) -> torch.Tensor:
-        return nn.functional.adaptive_avg_pool2d(t.float(), cells).flatten(2).transpose(1, 2)
-
-    return (lambda x: pool(maps(x)[0])), (lambda x: pool(maps(x)[1]))
 
 
 def _find_split(
