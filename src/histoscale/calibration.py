@@ -78,10 +78,15 @@ class ScaleCalibration:
         of points could give. The search stops sampling there (early stop)."""
         return _Z95 * self.predictive_sd_log2
 
+    def reference_mpp(self, model_mpp: float | None) -> float:
+        """The um/px a calibrated answer gives the model: its training ``model_mpp``, or where its margins peak when
+        that is unknown (the peak is then the best guess of it). The metadata check compares through it."""
+        return self.margin_peak_mpp if model_mpp is None else float(model_mpp)
+
     def factor(self, model_mpp: float | None) -> float:
-        """Multiplier taking the scale where the margins peak to the scale at which the model sees its training
-        ``model_mpp`` (1 when the training um/px is unknown: the peak is then the best guess of it)."""
-        return 1.0 if model_mpp is None else float(model_mpp) / self.margin_peak_mpp
+        """Multiplier taking the scale where the margins peak to the scale at which the model sees
+        :meth:`reference_mpp`."""
+        return self.reference_mpp(model_mpp) / self.margin_peak_mpp
 
     def correct(
         self, log2_estimate: float, log2_interval: tuple[float, float], model_mpp: float | None

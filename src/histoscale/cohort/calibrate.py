@@ -59,8 +59,9 @@ def _peak_mpp(job: CohortJob, model: SplitModel, config: SearchConfig) -> tuple[
             )
         trusted = slide.level0_mpp()
         result = find_scale(slide, model, config)
-    downsample = result.estimate / trusted if result.units == "um/px" else result.estimate
-    return trusted, trusted * downsample, "manifest" if job.mpp is not None else res.source
+    # the estimate in um/px is already the patches' um/px; in downsample units it needs the level-0 um/px
+    peak = result.estimate if result.units == "um/px" else trusted * result.estimate
+    return trusted, peak, "manifest" if job.mpp is not None else res.source
 
 
 def calibrate_model(

@@ -198,21 +198,18 @@ def load_model(
         ModelError: the model cannot be loaded or split; the message names the file and the fix.
         ConfigError: contradictory or invalid arguments.
     """
-    calibration_file = calibration if isinstance(calibration, (str, os.PathLike)) else None
     cal: ScaleCalibration | None
+    cal_source = "argument"
     if isinstance(calibration, (str, os.PathLike)):
-        cal = read_calibration(calibration)
+        cal, cal_source = read_calibration(calibration), f"file {calibration}"
     elif isinstance(calibration, Mapping):
         cal = ScaleCalibration.from_dict(calibration.get("calibration", calibration))
     else:
         cal = calibration
-    given = {
-        "input_size": input_size, "class_names": class_names, "mpp": mpp, "head": head, "factory": factory,
-        "calibration": cal,
-    }
+    given = {"input_size": input_size, "class_names": class_names, "mpp": mpp, "head": head, "factory": factory}
     sources = {k: "argument" for k, v in given.items() if v is not None}
-    if calibration_file is not None:
-        sources["calibration"] = f"file {calibration_file}"
+    if cal is not None:
+        sources["calibration"] = cal_source
     if mean is not None or std is not None or preprocess is not None:
         sources["preprocessing"] = "argument"
     if spec is None and card is None:

@@ -108,12 +108,16 @@ class SearchConfig:
         Raises:
             ConfigError: an unknown setting (its name, the known ones) or an invalid value.
         """
-        known = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - known)
+        self._refuse_unknown(changes)
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def _refuse_unknown(cls, settings: Mapping[str, Any]) -> None:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(settings) - known)
         if unknown:
             hint = " (a model's calibration goes to load_model(calibration=...))" if "calibration" in unknown else ""
             raise ConfigError(f"unknown search settings {unknown}{hint}: known are {sorted(known)}")
-        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able fields (scales as a list)."""
@@ -125,8 +129,5 @@ class SearchConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SearchConfig:
         """The inverse of :meth:`to_dict`; unknown keys are refused with their names."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown search settings {unknown}: known are {sorted(known)}")
+        cls._refuse_unknown(data)
         return cls(**dict(data))

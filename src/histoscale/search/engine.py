@@ -325,7 +325,7 @@ class _Run:
             # slide-to-slide scatter the bootstrap over points cannot see.
             log2_estimate, log2_interval = calibration.correct(log2_estimate, log2_interval, model_mpp)
             chosen *= calibration.factor(model_mpp)
-            check_mpp = model_mpp if model_mpp is not None else calibration.margin_peak_mpp
+            check_mpp = calibration.reference_mpp(model_mpp)
         interval = (2.0 ** log2_interval[0], 2.0 ** log2_interval[1])
         estimate = 2.0**log2_estimate
         res = self.slide.resolution
