@@ -226,10 +226,9 @@ def write_figures(figures: dict[str, Any], workdir: Path, accuracy: dict[str, An
             ax2 = ax.twinx()
             npz = np.load(workdir / "real" / f"{mname}_{sname.split('.')[0]}_k0.npz")
             curves = npz["curves"]
-            z = (curves - curves.mean(1, keepdims=True)) / (curves.std(1, keepdims=True) + 1e-12)
-            ax2.plot(np.array(v0["scales"]) * common.SLIDES[sname], np.nanmean(z, 0), "r--", lw=2,
+            ax2.plot(np.array(v0["scales"]) * common.SLIDES[sname], np.nanmean(curves, 0), "r--", lw=2,
                      label="search: pooled margin curve")
-            ax2.set_ylabel("pooled standardised margin", color="r")
+            ax2.set_ylabel("pooled margin (mean over points)", color="r")
             ax.axvline(v0["estimate_downsample"] * common.SLIDES[sname], color="r", lw=1, ls=":")
         ax.set_title(f"{mname} on {sname.split('.')[0]}", fontsize=9)
         ax.legend(fontsize=6, loc="lower left")

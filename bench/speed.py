@@ -16,8 +16,9 @@ Usage:
 (c) Peak memory of a search (reference model) on a large phantom vs the 16000 px one, each case in a fresh
     subprocess: tracemalloc peak (Python/NumPy allocations during the search) and the process's peak RSS (VmHWM;
     ru_maxrss is recorded in the JSON too, but Linux carries the parent's peak into a child's ru_maxrss),
-    against a baseline process that only loads the model. The large slide is 64000 px unless its predicted write
-    time (16x the measured 16000 px write) exceeds 10 minutes; then 32000 px (said in the output).
+    against a baseline process that only loads the model. The large slide is 64000 px: a 4 x 4 mosaic of the
+    16000 px phantom's own pyramid levels, written once and cached (rendering 64000 px afresh would take ~20 min on
+    2 cores; a search's memory depends on the slide's size and pyramid, not on which tissue repeats).
 (d) One default search (``--stage-points`` points, early stop and widening on) and its report as the CLI writes
     them, stage by stage (bench/_stages.py): wall and CPU seconds (every thread of the process) per stage, reads
     on the calling thread (prefetch=0) so that they can be attributed; then the same search with the default
@@ -51,26 +52,63 @@ RESULTS = HERE / "results"
 SLIDE_MPP = 0.25
 SMALL_SIDE = 16000
 BIG_SIDE = 64000
-FALLBACK_SIDE = 32000
-WRITE_LIMIT_S = 600.0
 
 
 def phantom_svs(workdir: Path, side: int) -> tuple[Path, float | None]:
     """The cached phantom SVS of ``side`` px (written if absent) and how long writing it took (None if cached
-    without a record)."""
+    without a record). Sides above :data:`SMALL_SIDE` are mosaics of the small phantom (:func:`mosaic_source`)."""
     from histoscale.phantom import write_phantom
+    from histoscale.slide import open_slide, write_slide
 
     folder = workdir / "speed"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"phantom_{side}.svs"
     record = folder / f"phantom_{side}.write.json"
     if not path.is_file():
-        print(f"writing {path} ({side} x {side} px at {SLIDE_MPP} um/px) ...", flush=True)
         t = time.perf_counter()
-        write_phantom(path, mpp=SLIDE_MPP, size_px_wh=(side, side), seed=7, fmt="svs", workers=2)
+        if side > SMALL_SIDE:
+            small, _ = phantom_svs(workdir, SMALL_SIDE)
+            print(f"writing {path} ({side} x {side} px, a mosaic of {small.name}) ...", flush=True)
+            with open_slide(small) as tile_slide:
+                write_slide(path, mosaic_source(tile_slide), (side, side), mpp=SLIDE_MPP, fmt="svs")
+        else:
+            print(f"writing {path} ({side} x {side} px at {SLIDE_MPP} um/px) ...", flush=True)
+            write_phantom(path, mpp=SLIDE_MPP, size_px_wh=(side, side), seed=7, fmt="svs", workers=2)
         record.write_text(json.dumps({"seconds": time.perf_counter() - t, "side": side}))
     seconds = json.loads(record.read_text())["seconds"] if record.is_file() else None
     return path, seconds
+
+
+def mosaic_source(tile_slide: Any) -> Any:
+    """A ``write_slide`` source repeating ``tile_slide`` (a Slide) in both directions, level by level: level pixels
+    come from the tile's level of the same downsample (its whole level, shrunk, where it has none), so the mosaic
+    has a real pyramid without resampling the large level 0."""
+    import cv2
+
+    side = tile_slide.dimensions[0]
+    shrunk: dict[int, np.ndarray] = {}
+
+    def rows_of(d: int, y0: int, h: int) -> np.ndarray:
+        period = side // d
+        if d in tile_slide.level_downsamples:
+            level = tile_slide.level_downsamples.index(d)
+            parts, y = [], y0
+            while y < y0 + h:  # one read per run of rows inside one period
+                start, n = y % period, min(y0 + h - y, period - y % period)
+                parts.append(tile_slide.read_level(level, (0, start * d), (period, n)))
+                y += n
+            return np.concatenate(parts)
+        if d not in shrunk:
+            coarsest = len(tile_slide.level_downsamples) - 1
+            whole = tile_slide.read_level(coarsest, (0, 0), tile_slide.level_dimensions[coarsest])
+            shrunk[d] = cv2.resize(whole, (period, period), interpolation=cv2.INTER_AREA)
+        return shrunk[d][np.arange(y0, y0 + h) % period]
+
+    def source(x: int, y: int, w: int, h: int, d: int) -> np.ndarray:
+        rows = rows_of(int(d), y, h)
+        return np.ascontiguousarray(rows[:, np.arange(x, x + w) % rows.shape[1]])
+
+    return source
 
 
 # ------------------------------------------------------------------------------------------------ (a), (b)
@@ -232,24 +270,11 @@ def memory_case(path: str, points: int) -> None:
 
 def memory_rows(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
     notes = []
-    small, t_small = phantom_svs(args.workdir, SMALL_SIDE)
-    big_side = args.big_side
-    if big_side is None:
-        cached = args.workdir / "speed" / f"phantom_{BIG_SIDE}.svs"
-        predicted = 16 * t_small if t_small is not None else None
-        if cached.is_file() or (predicted is not None and predicted <= WRITE_LIMIT_S):
-            big_side = BIG_SIDE
-        else:
-            big_side = FALLBACK_SIDE
-            notes.append(
-                f"large slide: {FALLBACK_SIDE} x {FALLBACK_SIDE} px instead of {BIG_SIDE} x {BIG_SIDE}: writing the "
-                f"{SMALL_SIDE} px phantom took {t_small:.0f} s here, so the {BIG_SIDE} px one (16x the pixels) would "
-                f"take ~{predicted / 60:.0f} min, over the 10 min limit"
-            )
-            print(notes[-1])
+    small, _ = phantom_svs(args.workdir, SMALL_SIDE)
+    big_side = args.big_side or BIG_SIDE
     big, t_big = phantom_svs(args.workdir, big_side)
     if t_big is not None:
-        notes.append(f"writing the {big_side} px phantom SVS took {t_big:.0f} s (cached for re-runs)")
+        notes.append(f"writing the {big_side} px mosaic SVS took {t_big:.0f} s (cached for re-runs)")
     rows = []
     for label, case in (("baseline (model loaded, no search)", "baseline"), (f"{SMALL_SIDE} px", str(small)),
                         (f"{big_side} px", str(big))):

@@ -8,6 +8,7 @@ from histoscale.aggregate import (
     analyse_curves,
     is_settled,
     monotone_direction,
+    pooled_curve,
     rival_peaks,
     scan_peak,
     vote,
@@ -143,7 +144,8 @@ def test_rival_peaks_need_height_distance_and_a_dip():
     assert rival_peaks(near, log2, min_octaves=1.5).size == 0
 
 
-def test_pooled_bootstrap_is_the_resample_by_resample_definition():
+@pytest.mark.parametrize("standardise", [False, True])
+def test_pooled_bootstrap_is_the_resample_by_resample_definition(standardise):
     # The pooled vote draws every resample at once; it must give what resampling the points one resample after
     # another gives: same draws (seeded), same pooled curve per resample, same winners and parabola estimates.
     from histoscale.aggregate import standardised_curves
@@ -153,13 +155,14 @@ def test_pooled_bootstrap_is_the_resample_by_resample_definition():
     curves = -((np.arange(11) - 6.0) ** 2) / 30 + rng.normal(scale=0.5, size=(70, 11))
     curves[:4] = 0.0  # flat: not informative
     answers = analyse_curves(curves, log2s)
-    got = vote(answers, log2s, curves=curves, method="pooled", n_boot=300, seed=9)
+    got = vote(answers, log2s, curves=curves, method="pooled", standardise=standardise, n_boot=300, seed=9)
 
     informative = curves[answers.informative]
     draws = np.random.default_rng(9)
     winners, estimates = [], []
     for _ in range(300):
-        pooled = standardised_curves(informative[draws.integers(0, len(informative), len(informative))]).mean(axis=0)
+        resample = informative[draws.integers(0, len(informative), len(informative))]
+        pooled = (standardised_curves(resample) if standardise else resample).mean(axis=0)
         w = int(np.argmax(pooled))
         estimate = log2s[w]
         if 0 < w < 10:
@@ -174,6 +177,21 @@ def test_pooled_bootstrap_is_the_resample_by_resample_definition():
         estimates.append(estimate)
     assert got.confidence == np.mean(np.array(winners) == got.winner)
     np.testing.assert_allclose(got.log2_interval, np.percentile(estimates, [2.5, 97.5]), rtol=0, atol=1e-12)
+
+
+def test_pooled_mean_weighs_near_flat_noisy_curves_little():
+    # 10 points see the scale clearly (a margin peak of height 2 at index 6); 40 barely change over the grid and
+    # carry only noise. The mean of the scores keeps the clear points' peak; standardising each curve first gives
+    # every noisy curve the weight of a clear one (and a point's weight would depend on where the grid lies).
+    rng = np.random.default_rng(3)
+    log2s = np.log2(np.geomspace(0.5, 8, 9))
+    clear = 2.0 * np.exp(-((np.arange(9) - 6.0) ** 2) / 2) + rng.normal(scale=0.05, size=(10, 9))
+    noisy = 1.0 + rng.normal(scale=0.05, size=(40, 9)) + 0.02 * np.arange(9)[::-1]  # a slight lean to the fine end
+    curves = np.vstack([clear, noisy])
+    answers = analyse_curves(curves, log2s, flat_tol=0.0)
+    assert vote(answers, log2s, curves=curves, method="pooled").winner == 6
+    assert int(np.argmax(pooled_curve(curves))) == 6
+    assert int(np.argmax(pooled_curve(curves, standardise=True))) != 6
 
 
 def test_pooled_search_settles_on_agreement_or_on_a_narrow_enough_interval() -> None:

@@ -123,7 +123,7 @@ def test_cli_demo_finds_the_hidden_scale(capsys):
     the benchmark's business: BENCHMARKS.md, seeds 9000+)."""
     assert main(["demo", "--seed", "3", "--true-mpp", "0.3", "--size", "2560x2560"]) == 0
     out = capsys.readouterr().out
-    found = re.search(r"truth: 0\.300 um/px; estimate: ([\d.]+) um/px \(([-+][\d.]+) grid steps.*95% CI ([\d.]+)-([\d.]+)\) "
+    found = re.search(r"truth: 0\.3000 um/px; estimate: ([\d.]+) um/px \(([-+][\d.]+) grid steps.*95% CI ([\d.]+)-([\d.]+)\) "
                       r"-> (within one grid step|OFF by more than one grid step), the truth (inside|OUTSIDE)", out)
     assert found, out
     estimate, steps, lo, hi = (float(found.group(i)) for i in range(1, 5))

@@ -42,8 +42,9 @@ def run(args: argparse.Namespace) -> int:
     verdict = "within one grid step" if abs(steps) <= 1 else "OFF by more than one grid step"
     inside = "inside" if lo <= true_mpp <= hi else "OUTSIDE"
     print(
-        f"truth: {true_mpp:.3f} um/px; estimate: {estimate:.3f} um/px ({steps:+.2f} grid steps, "
-        f"{100 * (estimate / true_mpp - 1):+.1f}%; 95% CI {lo:.3f}-{hi:.3f}) -> {verdict}, the truth {inside} the "
+        # four decimals: with three, a truth just outside the interval printed as its bound ("0.300-0.410", OUTSIDE)
+        f"truth: {true_mpp:.4f} um/px; estimate: {estimate:.4f} um/px ({steps:+.2f} grid steps, "
+        f"{100 * (estimate / true_mpp - 1):+.1f}%; 95% CI {lo:.4f}-{hi:.4f}) -> {verdict}, the truth {inside} the "
         "95% interval"
     )
     print(f"the same slide again: histoscale demo --seed {seed}" + (f" --true-mpp {args.true_mpp:g}" if args.true_mpp else ""))

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from histoscale._files import atomic_write
-from histoscale.aggregate import standardised_curves
+from histoscale.aggregate import pooled_curve
 from histoscale.reports._figures import figure_png, log_axis, thumbnail_jpeg
 from histoscale.reports._provenance import write_document
 from histoscale.reports.html import render_search_page
@@ -31,8 +31,8 @@ def _unit_label(result: ScaleResult) -> str:
 def plot_curves(result: ScaleResult, *, max_points: int = 5) -> bytes:
     """The pooled curve, then the paper's Fig. 4: per point, each class's score against scale.
 
-    The first panel shows the informative points' standardised curves (grey) and their mean, the pooled curve
-    (black) that the pooled aggregation maximises; then ``max_points`` points, one per class where possible.
+    The first panel shows the informative points' curves (grey) and their mean, the pooled curve (black) that the
+    pooled aggregation maximises; then ``max_points`` points, one per class where possible.
     """
     import matplotlib
 
@@ -54,16 +54,16 @@ def plot_curves(result: ScaleResult, *, max_points: int = 5) -> bytes:
     flat = axes.ravel()
     ax = flat[0]
     if informative.size:
-        standardised = standardised_curves(result.curves[informative])
-        ax.plot(result.scales, standardised[:50].T, color="0.75", lw=0.6)
-        ax.plot(result.scales, standardised.mean(axis=0), color="k", lw=2.2, marker="o", ms=3)
+        curves = result.curves[informative]
+        ax.plot(result.scales, curves[:50].T, color="0.75", lw=0.6)
+        ax.plot(result.scales, pooled_curve(curves), color="k", lw=2.2, marker="o", ms=3)
     ax.axvline(result.scales[result.chosen_index], color="tab:orange", lw=1.5, label="margin peak")
     calibrated = " (calibrated)" if result.calibration is not None else ""
     ax.axvline(result.estimate, color="k", ls="--", lw=1, label=f"apply at{calibrated}")
     ax.legend(fontsize=7, loc="lower center")
     log_axis(ax, result.scales)
     ax.set_title(f"pooled: {informative.size} informative points", fontsize=9)
-    ax.set_ylabel("standardised score", fontsize=8)
+    ax.set_ylabel(f"{result.scorer} score", fontsize=8)
     for ax, i in zip(flat[1:], chosen):
         for c, name in enumerate(result.class_names):
             ax.plot(result.scales, result.class_scores[i, :, c], marker="o", ms=3, label=name)

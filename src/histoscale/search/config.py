@@ -34,7 +34,8 @@ class SearchConfig:
             a slide without um/px): a fixed grid.
         seed: seed of the point sampling and the bootstrap.
         scorer: one of :data:`histoscale.scoring.SCORERS` (default: the bias-aware class margin).
-        aggregation: ``"pooled"`` (argmax of the mean standardised curve) or ``"vote"`` (the paper's).
+        aggregation: ``"pooled"`` (argmax of the points' mean curve; :mod:`histoscale.aggregate`) or ``"vote"``
+            (the paper's majority vote).
         sampling: ``"tissue"`` (points on the tissue mask) or ``"uniform"`` (the paper's).
         relative: report (and read explicit ``scales``) in level-0 downsample units even when the slide
             declares its um/px.

@@ -239,11 +239,13 @@ class _Run:
         finally:
             patches.close()
         curves = self._score(feats).curve
-        answers, scan_vote = self.consensus(n_boot=20, curves=curves)
+        # Standardised: over the whole range a few points' margins far from the model's scale must not outvote
+        # the rest (histoscale.aggregate).
+        answers, scan_vote = self.consensus(n_boot=20, curves=curves, standardise=True)
         scan_grid_units = self.grid
         if scan_vote.winner < 0:
             raise self._no_informative_point("the scan ")
-        pooled = pooled_curve(curves[answers.informative])
+        pooled = pooled_curve(curves[answers.informative], standardise=True)
         log2_peak, rivals = scan_peak(pooled, np.log2(scan_grid_units), scan_vote.winner, scan_vote.log2_estimate)
         peak_ds = float(self.plan.downsamples(np.array([2.0**log2_peak]))[0])
         self.plan.grid = self.plan.scales(fine_grid(peak_ds, *self.plan.search_range))  # type: ignore[misc]
@@ -268,7 +270,9 @@ class _Run:
         self.features.append(self._features_of([next(patches) for _ in range(n)]))
         self.used += n
 
-    def consensus(self, n_boot: int | None = None, curves: np.ndarray | None = None) -> tuple[PointAnswers, Vote]:
+    def consensus(
+        self, n_boot: int | None = None, curves: np.ndarray | None = None, standardise: bool = False
+    ) -> tuple[PointAnswers, Vote]:
         """The slide's answer from the points so far (``curves``: their scores, when already computed)."""
         if curves is None:
             curves = self._score().curve
@@ -276,7 +280,8 @@ class _Run:
         answers = analyse_curves(curves, log2_grid)
         kwargs = {} if n_boot is None else {"n_boot": n_boot}
         return answers, vote(
-            answers, log2_grid, curves=curves, method=self.config.aggregation, seed=self.config.seed, **kwargs
+            answers, log2_grid, curves=curves, method=self.config.aggregation, standardise=standardise,
+            seed=self.config.seed, **kwargs
         )
 
     def try_widen(self, winner: int, answers: PointAnswers) -> bool:
