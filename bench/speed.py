@@ -3,7 +3,7 @@ not grow with the slide.
 
 Usage:
     python bench/speed.py [--quick] [--points 100] [--dn-points 100] [--threads N] [--workdir bench/.work]
-                          [--skip-stages] [--stage-points 100] [--skip-memory]
+                          [--skip-stages] [--stage-points 100] [--skip-memory | --memory-only]
     python bench/speed.py --gpu          # (a) and (d) only, on CUDA (skipped with a message where there is none)
 
 (a) End-to-end patches/s of ``find_scale`` (the default coarse-to-fine search: its scan, then P points x N=9 fine
@@ -451,6 +451,7 @@ def main() -> None:
     ap.add_argument("--dn-points", type=int, default=None, help="points for DenseNet121 (default 100)")
     ap.add_argument("--workdir", type=Path, default=HERE / ".work")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--memory-only", action="store_true", help="only (c); writes speed_memory.json/.md")
     ap.add_argument("--skip-stages", action="store_true")
     ap.add_argument("--stage-points", type=int, default=100, help="points of the default searches profiled in (d)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
@@ -490,10 +491,11 @@ def main() -> None:
         f"(bf16 accelerated: {bf16_supported(device)}); the naive pipeline always runs fp32, batch 1"
     )
     print(f"{where}; torch {torch.__version__}; {notes[-1]}")
-    print("(a)+(b) end-to-end vs model alone vs naive:" if not args.gpu else "(a) end-to-end vs model alone:")
-    rows = speed_rows(args, device, naive=not args.gpu)
+    if not args.memory_only:
+        print("(a)+(b) end-to-end vs model alone vs naive:" if not args.gpu else "(a) end-to-end vs model alone:")
+    rows = [] if args.memory_only else speed_rows(args, device, naive=not args.gpu)
     stage_rows: list[dict[str, Any]] = []
-    if not args.skip_stages:  # on CUDA too: the stages of a GPU search
+    if not (args.skip_stages or args.memory_only):  # on CUDA too: the stages of a GPU search
         print(f"(d) one default search ({args.stage_points} points) and its report, stage by stage:")
         stage_rows = stages_rows(args, device)
     mem_rows: list[dict[str, Any]] = []
@@ -502,11 +504,12 @@ def main() -> None:
         mem_rows, mem_notes = memory_rows(args)
         notes += mem_notes
     elapsed = time.perf_counter() - t_start
-    text = speed_table(rows)
+    tables = [speed_table(rows)] if rows else []
     if stage_rows:
-        text += "\n\n" + stage_table(stage_rows)
+        tables.append(stage_table(stage_rows))
     if mem_rows:
-        text += "\n\n" + memory_table(mem_rows)
+        tables.append(memory_table(mem_rows))
+    text = "\n\n".join(tables)
     print("\n" + text + "\n\n" + "\n".join(notes) + f"\ntotal {elapsed:.0f} s")
     doc = {
         "command": command,
@@ -520,7 +523,7 @@ def main() -> None:
         "notes": notes,
         "elapsed_s": elapsed,
     }
-    stem = "speed_gpu" if args.gpu else "speed"
+    stem = "speed_gpu" if args.gpu else "speed_memory" if args.memory_only else "speed"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(doc, indent=1, default=float) + "\n")
     md = [f"Command: `{command}` ({doc['date']}, {where}, {elapsed:.0f} s)", "", text, "", *[f"- {n}" for n in notes]]

@@ -31,9 +31,10 @@ FINEST_PLAUSIBLE_MPP = 0.1
 MAX_DOWNSAMPLE_UNKNOWN_MODEL = 16.0
 SCAN_STEPS_PER_OCTAVE = 2
 # The fine grid: +-4 quarter-octave steps (9 scales) around the scan's refined peak. 5 scales answered as well on
-# phantoms with 40% fewer patches, but real models' curves are broad and noisy, and each point's curve is
-# standardised over the grid it was read on: over 5 scales noise weighs more, and the equivariance of both real models
-# fell (Capricorn on CMU-1: slope 0.97 -> 0.48; BENCHMARKS.md, "Real models on real tissue").
+# phantoms with 40% fewer patches, but real models' margin curves are broad and noisy: one octave around a scan peak
+# from 16 points may miss their maximum, and both times it was measured (standardised curves, then the plain mean)
+# real models followed a shrink of the image less well (Capricorn on CMU-1: slope 0.97 -> 0.48, 0.99 -> 0.52;
+# BENCHMARKS.md, "Real models on real tissue").
 FINE_HALF_WIDTH = 4
 
 
