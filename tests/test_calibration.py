@@ -211,6 +211,7 @@ def test_a_calibration_file_reaches_cohort_workers_and_is_named(
                  "--calibration", str(cal)]) == 0
     assert "ERROR" not in (out / "results.csv").read_text()
     assert str(cal.resolve()) in (out / "cohort.json").read_text()
+    assert "calibration: from cal.json" in (out / "index.html").read_text()  # the page says what moved the answers
     model = load_model(calibration=str(cal))  # the file `calibrate` writes, as a path
     assert model.calibration == ScaleCalibration(0.6, 0.1, 12) and model.sources["calibration"] == f"file {cal}"
     assert main(["model-info", "--calibration", str(cal)]) == 0

@@ -125,6 +125,7 @@ def test_local_pool_writes_reports(local_run) -> None:
             assert (slides / name / file).is_file(), (name, file)
     assert not (slides / "corrupt").exists() and not (slides / "crashme" / "result.json").exists()
     assert (local_run.out_dir / "cohort.json").is_file() and (local_run.out_dir / "index.html").is_file()
+    assert "calibration: the model card&#39;s, if it has one" in (local_run.out_dir / "index.html").read_text()
     assert "MISMATCH" in local_run.table()
 
 

@@ -117,6 +117,21 @@ def _settings(model_spec: str | None, model_options: Mapping[str, Any], search: 
     ))
 
 
+def _settings_line(model_spec: str | None, model_options: Mapping[str, Any], search: SearchConfig) -> str:
+    """How the slides were searched, in one line for the cohort page: a reader comparing implied um/px between
+    runs must know whether a calibration moved them."""
+    calibration = model_options.get("calibration")
+    if not search.calibrated:
+        applied = "not applied (--uncalibrated)"
+    elif calibration:
+        applied = f"from {Path(str(calibration)).name}"
+    else:
+        applied = "the model card's, if it has one"
+    grid = "coarse to fine over the plausible range" if search.scales is None else f"scales {search.scales}"
+    return (f"model: {model_spec or 'the bundled reference model'}; calibration: {applied}; search: {grid}, "
+            f"{search.points} points, {search.scorer} + {search.aggregation}")
+
+
 def _check_resume_settings(out: Path, settings: Mapping[str, Any]) -> None:
     path = out / SETTINGS_NAME
     if not path.is_file():
@@ -200,6 +215,7 @@ def run_cohort(
     out = Path(out_dir)
     results_path = out / RESULTS_NAME
     settings = _settings(spec, options, search, figures)
+    settings_line = _settings_line(spec, options, search)
 
     kept: dict[str, dict[str, Any]] = {}
     stale: dict[str, dict[str, Any]] = {}  # rows to redo: they stay in results.csv until their new row arrives
@@ -244,7 +260,7 @@ def run_cohort(
         rows = current_rows()
         ResultsTable.write(results_path, rows)
         folders = {r["id"]: report_dir(out, r["id"]) for r in rows}
-        write_cohort_index(out, rows, total=len(jobs) + len(extra), report_dirs=folders)
+        write_cohort_index(out, rows, total=len(jobs) + len(extra), report_dirs=folders, settings=settings_line)
 
     def on_row(row: dict[str, Any]) -> None:
         if row.pop(MODEL_FAILED, False):  # the same for every slide: a bad argument, not a bad slide

@@ -90,11 +90,13 @@ def write_cohort_index(
     *,
     total: int,
     report_dirs: Mapping[str, str | os.PathLike[str]],
+    settings: str | None = None,
 ) -> Path:
     """Write ``out_dir/index.html`` atomically: every row of the results table, MISMATCH and ERROR first.
 
     ``report_dirs`` maps a row's ``id`` to the folder of its search report; its ``report.html`` and
-    ``thumbnail.jpg`` are linked when they exist. ``total`` is the number of slides in the manifest.
+    ``thumbnail.jpg`` are linked when they exist. ``total`` is the number of slides in the manifest; ``settings``
+    one line saying how the slides were searched (model, calibration, search), shown under the title.
     """
     out = Path(out_dir)
     links: dict[str, dict[str, str]] = {}
@@ -108,6 +110,6 @@ def write_cohort_index(
             if (folder / name).is_file():
                 link[key] = quote(Path(os.path.relpath(folder / name, out)).as_posix())
         links[str(row["id"])] = link
-    page = render_cohort_page(rows, total=total, links=links, plot=plot_declared_vs_implied(rows))
+    page = render_cohort_page(rows, total=total, links=links, plot=plot_declared_vs_implied(rows), settings=settings)
     return atomic_write(out / INDEX_NAME, page)
 

@@ -88,7 +88,7 @@ def render_classify_page(
 
 def render_cohort_page(
     rows: Sequence[Mapping[str, Any]], *, total: int, links: Mapping[str, Mapping[str, str]],
-    plot: bytes | None, title: str = "histoscale cohort",
+    plot: bytes | None, title: str = "histoscale cohort", settings: str | None = None,
 ) -> str:
     """A cohort's ``index.html``: one row per finished slide, MISMATCH then ERROR rows first.
 
@@ -99,6 +99,7 @@ def render_cohort_page(
         total: slides in the manifest (the page says how many have finished).
         links: per row id, ``report`` and ``thumbnail``: URLs relative to the page, for those that exist.
         plot: the declared vs implied um/px figure (PNG bytes), or None.
+        settings: one line saying how the slides were searched, or None.
     """
     rank = {flag: i for i, flag in enumerate(FLAG_ORDER)}
 
@@ -111,5 +112,5 @@ def render_cohort_page(
     counts = {flag: sum(1 for r in rows if r.get("flag") == flag) for flag in FLAG_ORDER}
     return _render(
         "cohort.html.j2", rows=ordered, total=total, links=links, rank=rank, counts=counts,
-        plot=data_uri(plot) if plot is not None else None, title=title,
+        plot=data_uri(plot) if plot is not None else None, title=title, settings=settings,
     )
