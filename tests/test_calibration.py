@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from importlib.resources import files
@@ -160,6 +161,9 @@ def test_calibrate_model_measures_skips_and_records(phantoms: dict[float, Path],
     peaks = [r["peak_mpp"] for r in measured]
     assert run.calibration.margin_peak_mpp == pytest.approx(float(np.median(peaks)))
     assert "skipped" in run.table()
+    assert all(0.0 <= r["confidence"] <= 1.0 for r in measured) and "LOW confidence" not in run.table()
+    unsure = dataclasses.replace(run, rows=(dict(measured[0], confidence=0.26), *run.rows[1:]))
+    assert "26%" in unsure.table() and "LOW confidence" in unsure.table()  # kept in the fit, flagged to the user
 
 
 def test_calibrate_needs_three_measured_slides_and_says_why(phantoms: dict[float, Path], tmp_path: Path) -> None:
@@ -220,6 +224,8 @@ def test_a_calibration_file_reaches_cohort_workers_and_is_named(
     assert "drop one of them" in capsys.readouterr().err
     assert main(["search", str(phantoms[0.3]), "--calibration", str(tmp_path / "nope.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["search", str(phantoms[0.3]), "--calibration", str(tmp_path)]) == 2
+    assert "is a folder, not a file" in capsys.readouterr().err
 
 
 def test_misplaced_or_mistyped_settings_are_named() -> None:

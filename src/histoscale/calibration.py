@@ -166,7 +166,8 @@ def read_calibration(path: str | os.PathLike[str]) -> ScaleCalibration:
     """
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"calibration file {p} does not exist: give the JSON `histoscale calibrate --out` wrote")
+        what = "is a folder, not a file" if p.is_dir() else "does not exist"
+        raise ConfigError(f"calibration file {p} {what}: give the JSON `histoscale calibrate --out` wrote")
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:

@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run the scale search over every slide of a manifest CSV (columns: slide, optional mpp and id); "
         "writes OUT/results.csv and OUT/index.html (rewritten after every slide) and OUT/slides/<id>/ reports.",
     )
-    p.add_argument("manifest", help="CSV with a 'slide' column; optional 'mpp' (um/px override) and 'id'")
+    p.add_argument("manifest", help="CSV with a 'slide' column; optional 'slide_mpp' (um/px override) and 'id'")
     p.add_argument("--out", required=True, help="folder for results.csv and slides/<id>/ reports")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: half the CPU cores)")
     where = p.add_mutually_exclusive_group()

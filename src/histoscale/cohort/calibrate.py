@@ -24,32 +24,41 @@ from histoscale.search import SearchConfig, find_scale
 from histoscale.slide import open_slide
 from histoscale.units import STEPS_PER_OCTAVE
 
-__all__ = ["CalibrationRun", "calibrate_model"]
+__all__ = ["LOW_CONFIDENCE", "CalibrationRun", "calibrate_model"]
+
+#: A search this unsure of its own answer (share of bootstrap resamples agreeing) is flagged in the table: its peak
+#: is kept (the scatter must be honest) but a user should look at the slide.
+LOW_CONFIDENCE = 0.5
 
 
 @dataclass(frozen=True)
 class CalibrationRun:
     """The fitted ``calibration`` and one row per slide: ``id``, ``slide``, ``trusted_mpp``, ``mpp_source``,
     ``peak_mpp`` (um/px of the patches where the margins peaked), ``steps_from_model_mpp`` (that against the
-    model's training um/px, in quarter-octave steps; positive: coarser) and ``skipped`` (the reason, or None)."""
+    model's training um/px, in quarter-octave steps; positive: coarser), ``confidence`` (the search's: share of
+    bootstrap resamples with the same answer; below :data:`LOW_CONFIDENCE` the table says to check the slide) and
+    ``skipped`` (the reason, or None)."""
 
     calibration: ScaleCalibration
     rows: tuple[dict[str, Any], ...]
 
     def table(self) -> str:
         """The rows as aligned text, for the terminal."""
-        lines = [f"{'slide':<32} {'trusted um/px':>13} {'peak um/px':>10} {'steps':>6}  note"]
+        lines = [f"{'slide':<32} {'trusted um/px':>13} {'peak um/px':>10} {'steps':>6} {'conf.':>5}  note"]
         for row in self.rows:
             peak = f"{row['peak_mpp']:.3g}" if row["peak_mpp"] is not None else "-"
             steps = f"{row['steps_from_model_mpp']:+.2f}" if row["steps_from_model_mpp"] is not None else "-"
             trusted = f"{row['trusted_mpp']:.4g}" if row["trusted_mpp"] is not None else "-"
+            confidence = f"{row['confidence']:.0%}" if row["confidence"] is not None else "-"
             note = f"skipped: {row['skipped']}" if row["skipped"] else row["mpp_source"]
-            lines.append(f"{row['id'][:32]:<32} {trusted:>13} {peak:>10} {steps:>6}  {note}")
+            if row["confidence"] is not None and row["confidence"] < LOW_CONFIDENCE:
+                note += "; LOW confidence: its peak is unsure, check the slide (tissue, focus) or leave it out"
+            lines.append(f"{row['id'][:32]:<32} {trusted:>13} {peak:>10} {steps:>6} {confidence:>5}  {note}")
         return "\n".join(lines)
 
 
-def _peak_mpp(job: CohortJob, model: SplitModel, config: SearchConfig) -> tuple[float, float, str]:
-    """(trusted um/px, peak um/px, source of the trusted um/px) of one slide."""
+def _peak_mpp(job: CohortJob, model: SplitModel, config: SearchConfig) -> tuple[float, float, str, float]:
+    """(trusted um/px, peak um/px, source of the trusted um/px, the search's confidence) of one slide."""
     with open_slide(job.slide, slide_mpp=job.mpp) as slide:
         res = slide.resolution
         if res is None:
@@ -61,7 +70,7 @@ def _peak_mpp(job: CohortJob, model: SplitModel, config: SearchConfig) -> tuple[
         result = find_scale(slide, model, config)
     # the estimate in um/px is already the patches' um/px; in downsample units it needs the level-0 um/px
     peak = result.estimate if result.units == "um/px" else trusted * result.estimate
-    return trusted, peak, "manifest" if job.mpp is not None else res.source
+    return trusted, peak, "manifest" if job.mpp is not None else res.source, result.confidence
 
 
 def calibrate_model(
@@ -93,13 +102,13 @@ def calibrate_model(
         task = bar.add_task("calibration", total=len(jobs)) if bar is not None else None
         for job in jobs:
             row: dict[str, Any] = {"id": job.id, "slide": job.slide, "trusted_mpp": job.mpp, "mpp_source": None,
-                                   "peak_mpp": None, "steps_from_model_mpp": None, "skipped": None}
+                                   "peak_mpp": None, "steps_from_model_mpp": None, "confidence": None, "skipped": None}
             try:
-                trusted, peak, source = _peak_mpp(job, model, config)
+                trusted, peak, source, confidence = _peak_mpp(job, model, config)
             except HistoscaleError as err:
                 row["skipped"] = str(err)
             else:
-                row.update(trusted_mpp=trusted, mpp_source=source, peak_mpp=peak)
+                row.update(trusted_mpp=trusted, mpp_source=source, peak_mpp=peak, confidence=confidence)
                 if model.mpp is not None:
                     row["steps_from_model_mpp"] = STEPS_PER_OCTAVE * math.log2(peak / model.mpp)
             rows.append(row)
