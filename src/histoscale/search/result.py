@@ -143,9 +143,10 @@ class ScaleResult:
             text += (f" (the answer is the {self.edge}st scale tried: the peak was not bracketed, the true scale may lie "
                      "beyond what this slide or the scales allow)")
         if self.scan is not None and self.scan.rivals:
-            unit = "um/px" if self.units == "um/px" else "x downsample"
-            others = ", ".join(f"{r:.3g}" for r in self.scan.rivals)
-            text += (f" (the scan also peaked at {others} {unit}: the model's margins far from its scale can mislead;"
+            values = [f"{r:.3g}" for r in self.scan.rivals]
+            others = values[0] if len(values) == 1 else ", ".join(values[:-1]) + " and " + values[-1]
+            where = f"{others} um/px" if self.units == "um/px" else f"downsample {others}"
+            text += (f" (the scan also peaked at {where}: the model's margins far from its scale can mislead;"
                      " check the curves)")
         missing = self.model_info.get("missing")
         if missing:
