@@ -29,7 +29,10 @@ import numpy as np
 
 from histoscale.errors import ConfigError
 
-__all__ = ["MIN_CALIBRATION_SLIDES", "ScaleCalibration", "fit_calibration", "read_calibration"]
+__all__ = [
+    "MIN_CALIBRATION_SLIDES", "ScaleCalibration", "calibration_from", "fit_calibration", "read_calibration",
+    "require_slides",
+]
 
 MIN_CALIBRATION_SLIDES = 3  # fewer cannot estimate a scatter
 # No brightfield model works at patches finer than 0.01 or coarser than 100 um/px: a value outside is a unit mix-up.
@@ -147,14 +150,42 @@ def fit_calibration(peak_mpps: Sequence[float], *, source: str | None = None) ->
         raise ConfigError(f"peak um/px values must be a list of numbers, got {list(peak_mpps)!r}") from None
     if values.ndim != 1:
         raise ConfigError(f"peak um/px values must be a flat list (one per slide), got shape {values.shape}")
-    if values.size < MIN_CALIBRATION_SLIDES:
-        raise ConfigError(
-            f"a calibration needs at least {MIN_CALIBRATION_SLIDES} slides with a trusted um/px, got {values.size}"
-        )
+    require_slides(values.size)
     if not np.all(np.isfinite(values) & (values > 0)):
         raise ConfigError(f"peak um/px values must be positive numbers, got {values.tolist()}")
     logs = np.log2(values)
     return ScaleCalibration(float(2.0 ** np.median(logs)), float(np.std(logs, ddof=1)), int(values.size), source)
+
+
+def require_slides(count: int, *, detail: str = "") -> None:
+    """Refuse to fit from fewer than :data:`MIN_CALIBRATION_SLIDES` slides (``detail``: why, appended).
+
+    Raises:
+        ConfigError: too few slides.
+    """
+    if count < MIN_CALIBRATION_SLIDES:
+        raise ConfigError(
+            f"a calibration needs at least {MIN_CALIBRATION_SLIDES} slides with a trusted um/px, got {count}{detail}"
+        )
+
+
+def _unwrap(data: Any) -> Any:
+    """The calibration object of what ``histoscale calibrate --out`` writes or a card holding one, else ``data``."""
+    return data["calibration"] if isinstance(data, Mapping) and "calibration" in data else data
+
+
+def calibration_from(value: ScaleCalibration | Mapping[str, Any] | str | os.PathLike[str]) -> ScaleCalibration:
+    """A calibration from the object itself, its dict (bare or wrapped as ``calibrate`` writes it) or its JSON file
+    (:func:`read_calibration`).
+
+    Raises:
+        ConfigError: an invalid calibration (the message names the file, if any).
+    """
+    if isinstance(value, ScaleCalibration):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        return read_calibration(value)
+    return ScaleCalibration.from_dict(_unwrap(value))
 
 
 def read_calibration(path: str | os.PathLike[str]) -> ScaleCalibration:
@@ -172,9 +203,7 @@ def read_calibration(path: str | os.PathLike[str]) -> ScaleCalibration:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ConfigError(f"calibration file {p} is not readable JSON: {err}") from None
-    if isinstance(data, Mapping) and "calibration" in data:
-        data = data["calibration"]
     try:
-        return ScaleCalibration.from_dict(data)
+        return ScaleCalibration.from_dict(_unwrap(data))
     except ConfigError as err:
         raise ConfigError(f"calibration file {p}: {err}") from None

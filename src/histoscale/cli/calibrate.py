@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from histoscale._files import atomic_write, check_writable, json_safe
-from histoscale.calibration import MIN_CALIBRATION_SLIDES
+from histoscale.calibration import require_slides
 from histoscale.cli._common import add_model_options, add_search_options, model_from, search_config_from
 from histoscale.cohort import calibrate_model
 from histoscale.cohort.manifest import jobs_from
@@ -42,8 +42,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--calibration: calibrate measures the model without a calibration; drop the flag")
     check_writable(Path(args.out).resolve().parent)
     jobs = jobs_from(args.manifest or args.slides)  # a bad manifest or too few slides fail before the model loads
-    if len(jobs) < MIN_CALIBRATION_SLIDES:
-        raise ConfigError(f"a calibration needs at least {MIN_CALIBRATION_SLIDES} slides of trusted um/px, got {len(jobs)}")
+    require_slides(len(jobs))
     run_ = calibrate_model(model_from(args), jobs, search_config_from(args), progress=sys.stderr.isatty())
     doc = {"calibration": run_.calibration.to_dict(), "slides": list(run_.rows)}
     atomic_write(args.out, json.dumps(json_safe(doc), indent=2) + "\n")

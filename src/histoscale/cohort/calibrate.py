@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from histoscale._progress import progress_bar
-from histoscale.calibration import MIN_CALIBRATION_SLIDES, ScaleCalibration, fit_calibration
+from histoscale.calibration import ScaleCalibration, fit_calibration, require_slides
 from histoscale.cohort.manifest import CohortJob, jobs_from
-from histoscale.errors import ConfigError, HistoscaleError, MissingMppError
+from histoscale.errors import HistoscaleError, MissingMppError
 from histoscale.models import SplitModel, load_model
 from histoscale.search import SearchConfig, find_scale
 from histoscale.slide import open_slide
@@ -115,12 +115,8 @@ def calibrate_model(
             if bar is not None:
                 bar.update(task, advance=1)
     measured = [r["peak_mpp"] for r in rows if r["peak_mpp"] is not None]
-    if len(measured) < MIN_CALIBRATION_SLIDES:
-        skipped = "; ".join(f"{r['id']}: {r['skipped']}" for r in rows if r["skipped"])
-        raise ConfigError(
-            f"a calibration needs at least {MIN_CALIBRATION_SLIDES} slides with a trusted um/px, {len(measured)} "
-            f"could be measured" + (f"; skipped: {skipped}" if skipped else "")
-        )
+    skipped = "; ".join(f"{r['id']}: {r['skipped']}" for r in rows if r["skipped"])
+    require_slides(len(measured), detail=" measured" + (f"; skipped: {skipped}" if skipped else ""))
     date = _dt.date.today().isoformat()
     calibration = fit_calibration(measured, source=f"histoscale calibrate, {len(measured)} slides of trusted um/px, {date}")
     return CalibrationRun(calibration, tuple(rows))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from histoscale.calibration import ScaleCalibration, read_calibration
+from histoscale.calibration import ScaleCalibration, calibration_from
 from histoscale.errors import ConfigError, ModelError
 from histoscale.models.card import ModelCard
 from histoscale.models.contract import SplitModel
@@ -198,18 +198,11 @@ def load_model(
         ModelError: the model cannot be loaded or split; the message names the file and the fix.
         ConfigError: contradictory or invalid arguments.
     """
-    cal: ScaleCalibration | None
-    cal_source = "argument"
-    if isinstance(calibration, (str, os.PathLike)):
-        cal, cal_source = read_calibration(calibration), f"file {calibration}"
-    elif isinstance(calibration, Mapping):
-        cal = ScaleCalibration.from_dict(calibration.get("calibration", calibration))
-    else:
-        cal = calibration
+    cal = None if calibration is None else calibration_from(calibration)
     given = {"input_size": input_size, "class_names": class_names, "mpp": mpp, "head": head, "factory": factory}
     sources = {k: "argument" for k, v in given.items() if v is not None}
     if cal is not None:
-        sources["calibration"] = cal_source
+        sources["calibration"] = f"file {calibration}" if isinstance(calibration, (str, os.PathLike)) else "argument"
     if mean is not None or std is not None or preprocess is not None:
         sources["preprocessing"] = "argument"
     if spec is None and card is None:

@@ -41,11 +41,10 @@ class MetadataCheck:
 @dataclass(frozen=True)
 class ScanSummary:
     """The default search's sparse scan over the whole plausible range: its ``scales`` (N,) in the result's units,
-    the ``pooled_curve`` (N,) of its informative points (mean standardised score: over the whole range no
-    point may outvote the rest), the ``peak`` the fine grid was
-    centred on (an interior maximum rather than a rise at the range's edge: :func:`histoscale.aggregate.scan_peak`),
-    ``rivals``: scales of other peaks nearly as high, at least an octave away, and the ``points`` and ``patches`` it
-    cost."""
+    the ``pooled_curve`` (N,) of its informative points (mean standardised score: over the whole range no point may
+    outvote the rest), the ``peak`` the fine grid was centred on (an interior maximum rather than a rise at the
+    range's edge: :func:`histoscale.aggregate.scan_peak`), ``rivals``: scales of other peaks nearly as high, at least
+    an octave away, and the ``points`` and ``patches`` it cost."""
 
     scales: np.ndarray
     pooled_curve: np.ndarray
