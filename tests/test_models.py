@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 from pathlib import Path
@@ -488,6 +489,27 @@ def test_preprocess_function_feeds_torch_and_onnx_models(tmp_path: Path) -> None
             "class_names": ["a", "b", "c"]}
     (tmp_path / "od.json").write_text(json.dumps(card))
     via_onnx = load_model(tmp_path / "od.json")
+    np.testing.assert_allclose(via_onnx.logits(x), expected, rtol=1e-4, atol=1e-4)
+    assert_split(via_onnx, 32)
+
+
+def test_preprocess_callable_carries_per_slide_parameters(tmp_path: Path) -> None:
+    """In Python the function itself (e.g. bound to stain parameters estimated once per slide) replaces the name."""
+    from _preprocess import optical_density, scaled_density
+    from histoscale.models.torch_adapter import export_onnx
+
+    net = _two_channel_net()
+    x = patches(4, 32)
+    bound = functools.partial(scaled_density, gain=2.5)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(2.5 * optical_density(x))).numpy()
+    via_torch = load_model(net, input_size=32, preprocess=bound, precision="fp32")
+    np.testing.assert_allclose(via_torch.logits(x), expected, rtol=1e-4, atol=1e-4)
+    assert via_torch.describe()["preprocess_function"] == "_preprocess:scaled_density (partial)"
+    json.dumps(via_torch.describe())  # provenance stays JSON
+
+    export_onnx(net, tmp_path / "od.onnx", input_size=32, channels=2)
+    via_onnx = load_model(tmp_path / "od.onnx", input_size=32, preprocess=bound, class_names=["a", "b", "c"])
     np.testing.assert_allclose(via_onnx.logits(x), expected, rtol=1e-4, atol=1e-4)
     assert_split(via_onnx, 32)
 

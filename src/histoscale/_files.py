@@ -6,6 +6,7 @@ the previous file (or none), never half of one, and no temporary file.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -50,6 +51,23 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
             f"cannot write {path}: {err.strerror or err}; choose a writable --out folder with free space"
         ) from err
     return path
+
+
+def read_json(path: str | os.PathLike[str], what: str, error: type[HistoscaleError], fix: str) -> Any:
+    """The JSON document at ``path``. ``what`` names it in messages ("model card", "calibration file"), ``fix``
+    says what to give instead, and ``error`` is the caller's error type.
+
+    Raises:
+        error: missing, a folder, or not readable JSON; the message names the file and the fix.
+    """
+    p = Path(path)
+    if not p.is_file():
+        state = "is a folder, not a file" if p.is_dir() else "does not exist"
+        raise error(f"{what} {p} {state}: {fix}")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise error(f"{what} {p} is not readable JSON: {err}; {fix}") from None
 
 
 def check_writable(out_dir: str | os.PathLike[str]) -> Path:

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from histoscale._files import atomic_path
+from histoscale._files import atomic_path, read_json
 from histoscale.calibration import ScaleCalibration
 from histoscale.errors import ConfigError, ModelError
 
-__all__ = ["CARD_FORMATS", "ModelCard", "card_from_dict", "card_to_dict", "load_card", "read_json", "save_card"]
+__all__ = ["CARD_FORMATS", "ModelCard", "card_from_dict", "card_to_dict", "load_card", "read_card_json", "save_card"]
 
 CARD_FORMATS = ("torch-state-dict", "torchscript", "onnx", "keras", "torch-pickle")
 
@@ -67,18 +67,14 @@ model's margins peak (:mod:`histoscale.calibration`, written by ``histoscale cal
         return f"{self.kind} {self.path}" if self.path is not None else self.kind
 
 
-def read_json(path: Path, what: str) -> Any:
-    """The JSON document at ``path``; ``what`` names it in messages ("model card", "config").
+def read_card_json(path: Path) -> Any:
+    """The JSON document of a model card or model config at ``path``.
 
     Raises:
-        ModelError: missing or not JSON, naming the file.
+        ModelError: missing, a folder, or not JSON, naming the file.
     """
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise ModelError(f"{what} {path} does not exist") from err
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelError(f"{what} {path} is not readable JSON: {err}; fix or re-save it") from err
+    return read_json(path, "model card", ModelError,
+                     "give a histoscale model card, or a WSInfer or timm config.json (fix or re-save it)")
 
 
 def card_from_dict(data: Any, path: Path | None, *, where: str, kind: str = "model card") -> ModelCard:
@@ -115,7 +111,7 @@ def card_from_dict(data: Any, path: Path | None, *, where: str, kind: str = "mod
 def load_card(path: str | os.PathLike[str]) -> ModelCard:
     """Read and validate a model card JSON file (keys: see :class:`ModelCard`)."""
     path = Path(path)
-    return card_from_dict(read_json(path, "model card"), path, where=f"model card {path}")
+    return card_from_dict(read_card_json(path), path, where=f"model card {path}")
 
 
 def card_to_dict(card: ModelCard) -> dict[str, Any]:

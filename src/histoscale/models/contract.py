@@ -91,15 +91,17 @@ class Preprocessing:
     """How uint8 RGB patches become model input: ``(x / 255 - mean) / std`` at ``input_size`` x ``input_size`` px.
 
     ``mean`` and ``std`` are per RGB channel for 0..1-scaled values, as in timm's pretrained config.
-    ``function`` (``"module:function"``, a model card's ``"preprocess"``) replaces that normalisation for models
-    that do not take normalised RGB (e.g. stain-derived channels): it receives uint8 RGB patches (N, S, S, 3)
-    and returns the model's input as float32 (N, C, S, S), NCHW whatever the model's own layout.
+    ``function`` (``"module:function"``, a model card's ``"preprocess"``, or in Python the callable itself)
+    replaces that normalisation for models that do not take normalised RGB (e.g. stain-derived channels): it
+    receives uint8 RGB patches (N, S, S, 3) and returns the model's input as float32 (N, C, S, S), NCHW whatever
+    the model's own layout. A callable serves what a name cannot, e.g. parameters estimated once per slide
+    (``functools.partial(stain_channels, stain_params=...)``).
     """
 
     input_size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    function: str | None = None
+    function: str | Callable[[np.ndarray], np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         if int(self.input_size) <= 0:
@@ -127,10 +129,21 @@ class Preprocessing:
         n, s = batch.shape[0], self.input_size
         if out.ndim != 4 or out.shape[0] != n or out.shape[2:] != (s, s):
             raise ModelError(
-                f"preprocess function {self.function!r} returned shape {out.shape} for {n} patches of {s} px; it "
+                f"preprocess function {self.function_name!r} returned shape {out.shape} for {n} patches of {s} px; it "
                 f"must return float32 (N, C, {s}, {s}) NCHW input"
             )
         return np.ascontiguousarray(out)
+
+    @property
+    def function_name(self) -> str | None:
+        """The preprocess function as messages and provenance name it: ``"module:function"`` as given, or a
+        callable's ``module:qualname`` (a ``functools.partial`` is named by the function it wraps)."""
+        fn = self.function
+        if fn is None or isinstance(fn, str):
+            return fn
+        inner = getattr(fn, "func", fn)
+        name = getattr(inner, "__qualname__", type(inner).__name__)
+        return f"{getattr(inner, '__module__', '?')}:{name}" + (" (partial)" if inner is not fn else "")
 
     def scale_offset(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel ``scale``, ``offset`` (float32, (3,)) such that input = uint8 * scale - offset."""
@@ -342,7 +355,7 @@ class SplitModel(ABC):
             "input_size": pre.input_size,
             "mean": list(pre.mean) if pre.function is None else None,
             "std": list(pre.std) if pre.function is None else None,
-            "preprocess_function": pre.function,
+            "preprocess_function": pre.function_name,
             "mpp": self.mpp,
             "calibration": None if self.calibration is None else self.calibration.to_dict(),
             "preprocessing": self.sources["preprocessing"],

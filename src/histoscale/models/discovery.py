@@ -14,7 +14,7 @@ from pathlib import Path
 
 from histoscale.errors import ModelError
 from histoscale.models._published import published_card, published_kind
-from histoscale.models.card import ModelCard, card_from_dict, read_json
+from histoscale.models.card import ModelCard, card_from_dict, read_card_json
 
 __all__ = ["CARD_NAMES", "MODEL_SUFFIXES", "find_card", "looked_for", "model_in_folder", "read_card"]
 
@@ -37,7 +37,7 @@ def read_card(path: str | os.PathLike[str], model_file: Path | None = None) -> M
         ModelError: unreadable, neither kind, or (for a config) no single model file beside it.
     """
     path = Path(path)
-    data = read_json(path, "model card")
+    data = read_card_json(path)
     if isinstance(data, dict) and published_kind(data) is not None and "format" not in data:
         return published_card(data, path, model_file or _single_model_file(path.parent, path))
     return card_from_dict(data, path, where=f"model card {path}")
@@ -49,7 +49,7 @@ def find_card(model_file: str | os.PathLike[str]) -> ModelCard | None:
     for candidate in _card_names(model_file):
         if not candidate.is_file():
             continue
-        data = read_json(candidate, "model card")
+        data = read_card_json(candidate)
         if isinstance(data, dict) and "format" in data and "file" in data:
             card = card_from_dict(data, candidate, where=f"model card {candidate}")
             if not _same_file(card.resolve_file(), model_file):

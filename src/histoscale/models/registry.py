@@ -64,7 +64,7 @@ class LoadRequest:
     factory: str | Callable[..., Any] | None
     factory_kwargs: Mapping[str, Any] = field(default_factory=dict)
     allow_pickle: bool = False
-    preprocess: str | None = None
+    preprocess: str | Callable[..., Any] | None = None
     background: str | None = None
     calibration: ScaleCalibration | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
@@ -159,7 +159,7 @@ def load_model(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     mpp: float | None = None,
-    preprocess: str | None = None,
+    preprocess: str | Callable[..., Any] | None = None,
     background: str | None = None,
     calibration: ScaleCalibration | Mapping[str, Any] | str | os.PathLike[str] | None = None,
 ) -> SplitModel:
@@ -187,8 +187,9 @@ def load_model(
         batch_size: patches per forward pass; None: 16 on CPU (larger batches fall out of cache and run slower,
             measured on DenseNet121: 18 patches/s at 8, 10 at 64), 64 on GPUs.
         class_names, input_size (px), mean, std (0..1 RGB), mpp (um/px at training): override the card.
-        preprocess: ``"module:function"`` turning uint8 RGB (N, S, S, 3) into the model's float32 (N, C, S, S)
-            input, for models that do not take normalised RGB (see :class:`Preprocessing`); torch and ONNX.
+        preprocess: ``"module:function"`` or a callable turning uint8 RGB (N, S, S, 3) into the model's float32
+            (N, C, S, S) input, for models that do not take normalised RGB (see :class:`Preprocessing`); torch
+            and ONNX.
         background: the class a segmentation model's scale search leaves out of its pooling over cells (see
             :mod:`histoscale.scoring`); None: every cell counts.
         calibration: where the model's margins peak: a :class:`~histoscale.calibration.ScaleCalibration`, its
