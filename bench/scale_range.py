@@ -16,7 +16,7 @@ Protocol (one run, DEFAULT settings unless a row says otherwise; what a user run
   slide the check of each ratio is also computed from the no-metadata answer with the library's
   ``metadata_check``, which is what the table reports for all slides.
 * Calibration: the bundled model's card carries where its margins peak, fitted by
-  ``scripts/calibrate_reference.py`` on development phantoms (seeds 7000-7039); the default applies it, the row
+  ``scripts/calibrate_reference.py`` on development phantoms (seeds 7000-7079); the default applies it, the row
   "default, uncalibrated" is the same search answering where the margins peak (``calibrated=False``).
 * Patches: the default (scan + fine grid, early stop, widening) against a fixed 15-scale grid (downsample 2^(k/4),
   k = -6..8, the previous benchmark protocol) with early stop, and the previous default (9 scales around the

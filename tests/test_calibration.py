@@ -60,8 +60,8 @@ def test_fit_refuses_too_few_or_invalid_values(peaks: list[float], match: str) -
 
 def test_correct_moves_to_the_training_mpp_and_widens_in_quadrature() -> None:
     cal = ScaleCalibration(margin_peak_mpp=0.6, sd_log2=0.1, slides=24)
-    assert cal.factor(0.5) == pytest.approx(0.5 / 0.6)
-    assert cal.factor(None) == 1.0  # training um/px unknown: the peak is the best guess of it
+    assert cal.apply(0.0, 0.5) == pytest.approx(math.log2(0.5 / 0.6))
+    assert cal.apply(0.0, None) == 0.0  # training um/px unknown: the peak is the best guess of it
     centre, (lo, hi) = cal.correct(1.0, (0.9, 1.3), 0.5)
     shift = math.log2(0.5 / 0.6)
     spread = 1.959963984540054 * 0.1 * math.sqrt(1 + 1 / 24)
@@ -72,10 +72,58 @@ def test_correct_moves_to_the_training_mpp_and_widens_in_quadrature() -> None:
     assert ScaleCalibration(0.6, 0.0, 3).correct(1.0, (0.9, 1.3), 0.5)[1] == pytest.approx((0.9 + shift, 1.3 + shift))
 
 
+def _pulled_peaks(slope: float, fixed_point: float, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Slide um/px log-uniform in 0.2-1.0 and where margins pulled towards downsample 1 would peak (+ scatter)."""
+    rng = np.random.default_rng(seed)
+    slide = np.exp(rng.uniform(math.log(0.2), math.log(1.0), count))
+    peak = fixed_point**slope * slide ** (1 - slope) * 2.0 ** rng.normal(0.0, 0.05, count)
+    return peak, slide
+
+
+def test_fit_measures_the_pull_towards_the_slides_own_pixels() -> None:
+    peak, slide = _pulled_peaks(0.9, 0.55, 60, seed=5)
+    peak[3] *= 2.5  # one failed search must not tilt the line
+    cal = fit_calibration(peak, slide_mpps=slide)
+    assert cal.slope == pytest.approx(0.9, abs=0.03)
+    assert cal.margin_peak_mpp == pytest.approx(0.55, rel=0.03)
+    # the calibrated answer gives the model its training um/px whatever the slide's: in downsample units ...
+    for truth in (0.22, 0.5, 0.95):
+        d_peak = (cal.margin_peak_mpp / truth) ** cal.slope
+        assert 2.0 ** cal.apply(math.log2(d_peak), 0.5) == pytest.approx(0.5 / truth)
+        # ... and in um/px, the slope acting on the level-0 downsample
+        assert 2.0 ** cal.apply(math.log2(truth * d_peak), 0.5, math.log2(truth)) == pytest.approx(0.5)
+    assert ScaleCalibration.from_dict(cal.to_dict()) == cal
+
+
+@pytest.mark.parametrize(
+    ("slide_mpps", "why"),
+    [(None, "not given"), ([0.5] * 60, "one um/px"), ("few", "too few slides"), ("narrow", "spread too small")],
+)
+def test_without_slides_of_several_mpp_the_slope_stays_one(slide_mpps: object, why: str) -> None:
+    peak, slide = _pulled_peaks(0.9, 0.55, 60, seed=6)
+    if slide_mpps == "few":
+        peak, slide_mpps = peak[:7], slide[:7]
+    elif slide_mpps == "narrow":
+        slide_mpps = np.linspace(0.45, 0.55, 60)
+    cal = fit_calibration(peak, slide_mpps=slide_mpps)
+    assert cal.slope == 1.0, why
+    assert cal == fit_calibration(peak)  # exactly the slope-free fit
+    assert "slope" not in cal.to_dict()  # files without a slope read as slope 1
+
+
+def test_a_fit_whose_peak_ignores_the_scale_is_refused() -> None:
+    slide = np.geomspace(0.2, 1.0, 20)
+    with pytest.raises(ConfigError, match="does not follow the slides' um/px"):
+        fit_calibration(np.full(20, 0.4) * slide**0.9, slide_mpps=slide)  # slope 0.1: the peak moves with the slide
+    with pytest.raises(ConfigError, match="give one per slide"):
+        fit_calibration([0.5, 0.6, 0.55], slide_mpps=[0.5, 0.6])
+
+
 @pytest.mark.parametrize(
     ("value", "match"),
     [
         ({"margin_peak_mpp": 0.5, "sd_log2": 0.1}, "missing \\['slides'\\]"),
+        ({"margin_peak_mpp": 0.5, "sd_log2": 0.1, "slides": 5, "slope": 3}, "slope must lie in"),
         ({"margin_peak_mpp": 0.5, "sd_log2": 0.1, "slides": 5, "offset": 1}, "unknown \\['offset'\\]"),
         ({"margin_peak_mpp": 0, "sd_log2": 0.1, "slides": 5}, "plausible"),
         ({"margin_peak_mpp": 0.5, "sd_log2": 0.1, "slides": 2}, "at least 3"),
@@ -125,6 +173,12 @@ def test_search_applies_the_calibration_exactly(phantoms: dict[float, Path]) -> 
     assert lo < plain.interval[0] * factor and hi > plain.interval[1] * factor  # the scatter widens it
     assert fixed.check.implied_estimate == pytest.approx(plain.check.implied_estimate / factor)
     assert "calibrated: this model's margins peak at 0.6 um/px" in fixed.summary()
+    # a slope acts on the level-0 downsample (the slide declares its um/px, so the scales are um/px)
+    level0 = math.log2(0.45)
+    pulled = find_scale(slide, load_model(calibration=dataclasses.replace(cal, slope=0.9)), early_stop=False)
+    expected = level0 + (math.log2(plain.estimate) - level0) / 0.9 + math.log2(factor)
+    assert math.log2(pulled.estimate) == pytest.approx(expected)
+    assert "following the scale with slope 0.90" in pulled.summary()
     # the paper's Algorithm 1 is never calibrated
     assert find_scale(slide, model, SearchConfig.paper(points=20)).calibration is None
 
@@ -198,9 +252,10 @@ def test_model_info_shows_the_calibration_and_its_source(capsys: pytest.CaptureF
     assert main(["model-info"]) == 0
     out = capsys.readouterr().out
     assert "calibration: margins peak at 0.5" in out and "reference.json" in out.split("calibration:")[1]
+    assert "slope 0.9" in out  # fitted on phantoms of 0.2-1.0 um/px
     assert main(["model-info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["calibration"]["slides"] == 40 and info["sources"]["calibration"].endswith("reference.json")
+    assert info["calibration"]["slides"] == 80 and info["sources"]["calibration"].endswith("reference.json")
 
 
 def test_a_calibration_file_reaches_cohort_workers_and_is_named(

@@ -13,11 +13,18 @@ Fitting (:func:`fit_calibration`): per calibration slide, the um/px its patches 
 median and the sample standard deviation of their log2. Applying (:meth:`ScaleCalibration.correct`): the answer is
 multiplied by ``model_mpp / margin_peak_mpp`` (so the model sees its training um/px) and each side of the interval
 is widened in quadrature by 1.96 x the predictive scatter ``sd_log2 * sqrt(1 + 1/slides)``.
+
+The offset is not quite constant: margins favour the slide's own pixels, which no resampling has blurred
+(upsampling) or cleaned of sensor noise and compression (area downsampling), so the level-0 downsample where they
+peak follows the one the model needs with a ``slope`` below 1, ``log2 d_peak = slope * log2 d``: estimates are
+pulled towards downsample 1, too coarse on slides finer than the model's scale and too fine on coarser ones
+(the bundled model on 80 development phantoms of 0.2-1.0 um/px: slope 0.96). Calibration slides of different
+um/px measure it (a robust line of log2 peak um/px on log2 slide um/px, whose gradient is ``1 - slope``); slides
+that share one um/px cannot, and keep the slope at 1.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -27,14 +34,20 @@ from typing import Any
 
 import numpy as np
 
+from histoscale._files import read_json
 from histoscale.errors import ConfigError
 
 __all__ = [
-    "MIN_CALIBRATION_SLIDES", "ScaleCalibration", "calibration_from", "fit_calibration", "read_calibration",
-    "require_slides",
+    "MIN_CALIBRATION_SLIDES", "MIN_SLOPE_SLIDES", "MIN_SLOPE_SPREAD", "PLAUSIBLE_SLOPE", "ScaleCalibration",
+    "calibration_from", "fit_calibration", "read_calibration", "require_slides",
 ]
 
 MIN_CALIBRATION_SLIDES = 3  # fewer cannot estimate a scatter
+# A slope needs slides of several um/px: at least this many, spread by this many octaves (sd of log2 um/px; 0.2 to
+# 1.0 um/px log-uniform gives 0.67). Outside the plausible range the margins do not follow the scale at all.
+MIN_SLOPE_SLIDES = 8
+MIN_SLOPE_SPREAD = 0.25
+PLAUSIBLE_SLOPE = (0.5, 1.5)
 # No brightfield model works at patches finer than 0.01 or coarser than 100 um/px: a value outside is a unit mix-up.
 _PLAUSIBLE_MPP = (0.01, 100.0)
 _Z95 = 1.959963984540054  # two-sided 95% normal quantile
@@ -49,12 +62,17 @@ class ScaleCalibration:
         sd_log2: slide-to-slide standard deviation of log2 of that um/px, in octaves (>= 0).
         slides: how many slides it was measured on (>= :data:`MIN_CALIBRATION_SLIDES`).
         source: how it was measured (command, slides, date), for provenance.
+        slope: how the level-0 downsample where the margins peak follows the one at which the patches are at
+            ``margin_peak_mpp`` (``log2 d_peak = slope * log2 d``; 1: exactly; see the module docstring). With a
+            slope, ``margin_peak_mpp`` is where the margins peak on a slide scanned at that um/px, and ``sd_log2``
+            the scatter of the answer around the fitted line.
     """
 
     margin_peak_mpp: float
     sd_log2: float
     slides: int
     source: str | None = None
+    slope: float = 1.0
 
     def __post_init__(self) -> None:
         lo, hi = _PLAUSIBLE_MPP
@@ -68,6 +86,9 @@ class ScaleCalibration:
             raise ConfigError(
                 f"a calibration needs at least {MIN_CALIBRATION_SLIDES} slides, got {self.slides}"
             )
+        lo, hi = PLAUSIBLE_SLOPE
+        if not (math.isfinite(self.slope) and lo <= self.slope <= hi):
+            raise ConfigError(f"calibration slope must lie in {lo:g}..{hi:g} (1: no pull), got {self.slope}")
 
     @property
     def predictive_sd_log2(self) -> float:
@@ -86,25 +107,29 @@ class ScaleCalibration:
         that is unknown (the peak is then the best guess of it). The metadata check compares through it."""
         return self.margin_peak_mpp if model_mpp is None else float(model_mpp)
 
-    def factor(self, model_mpp: float | None) -> float:
-        """Multiplier taking the scale where the margins peak to the scale at which the model sees
-        :meth:`reference_mpp`."""
-        return self.reference_mpp(model_mpp) / self.margin_peak_mpp
+    def apply(self, log2_scale: float, model_mpp: float | None, log2_level0: float = 0.0) -> float:
+        """log2 of the scale at which the model sees :meth:`reference_mpp`, from log2 of the scale where the
+        margins peak. ``log2_level0``: log2 of one level-0 px in the scale's units (of the level-0 um/px for
+        um/px scales, 0 for level-0 downsamples): the slope acts on the level-0 downsample."""
+        log2_downsample = (log2_scale - log2_level0) / self.slope
+        return log2_level0 + log2_downsample + math.log2(self.reference_mpp(model_mpp) / self.margin_peak_mpp)
 
     def correct(
-        self, log2_estimate: float, log2_interval: tuple[float, float], model_mpp: float | None
+        self, log2_estimate: float, log2_interval: tuple[float, float], model_mpp: float | None,
+        log2_level0: float = 0.0,
     ) -> tuple[float, tuple[float, float]]:
-        """A search's log2 estimate and bootstrap 95% interval (any scale units) -> calibrated ones: shifted by
-        :meth:`factor`, each side widened in quadrature by the predictive scatter."""
-        shift = math.log2(self.factor(model_mpp))
-        centre = log2_estimate + shift
+        """A search's log2 estimate and bootstrap 95% interval -> calibrated ones: each moved by :meth:`apply`,
+        each side widened in quadrature by the predictive scatter."""
+        centre = self.apply(log2_estimate, model_mpp, log2_level0)
         spread = _Z95 * self.predictive_sd_log2
-        lo = centre - math.hypot(log2_estimate - log2_interval[0], spread)
-        hi = centre + math.hypot(log2_interval[1] - log2_estimate, spread)
+        lo = centre - math.hypot(centre - self.apply(log2_interval[0], model_mpp, log2_level0), spread)
+        hi = centre + math.hypot(self.apply(log2_interval[1], model_mpp, log2_level0) - centre, spread)
         return centre, (lo, hi)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"margin_peak_mpp": self.margin_peak_mpp, "sd_log2": self.sd_log2, "slides": self.slides}
+        if self.slope != 1.0:
+            out["slope"] = self.slope
         if self.source:
             out["source"] = self.source
         return out
@@ -118,43 +143,83 @@ class ScaleCalibration:
         """
         if not isinstance(data, Mapping):
             raise ConfigError(f"a calibration must be a JSON object, got {type(data).__name__}")
-        keys = {"margin_peak_mpp", "sd_log2", "slides", "source"}
+        keys = {"margin_peak_mpp", "sd_log2", "slides", "source", "slope"}
         missing = sorted({"margin_peak_mpp", "sd_log2", "slides"} - set(data))
         unknown = sorted(set(data) - keys)
         if missing or unknown:
             raise ConfigError(
                 f"calibration keys: missing {missing}, unknown {unknown}; expected margin_peak_mpp, sd_log2, slides"
-                " (and optionally source), as `histoscale calibrate` writes them"
+                " (and optionally slope, source), as `histoscale calibrate` writes them"
             )
         slides = data["slides"]
         if isinstance(slides, bool) or not isinstance(slides, (int, float)) or slides != int(slides):
             raise ConfigError(f"calibration slides must be a whole number, got {slides!r}")
         try:
-            return cls(float(data["margin_peak_mpp"]), float(data["sd_log2"]), int(slides), data.get("source"))
+            return cls(float(data["margin_peak_mpp"]), float(data["sd_log2"]), int(slides), data.get("source"),
+                       float(data.get("slope", 1.0)))
         except (TypeError, ValueError) as err:
             raise ConfigError(f"calibration values must be numbers: {err}") from None
 
 
-def fit_calibration(peak_mpps: Sequence[float], *, source: str | None = None) -> ScaleCalibration:
+def fit_calibration(
+    peak_mpps: Sequence[float], *, slide_mpps: Sequence[float] | None = None, source: str | None = None
+) -> ScaleCalibration:
     """Fit a calibration from per-slide um/px at which the margins peaked (trusted slide um/px x the level-0
     downsample the uncalibrated search estimated).
 
+    ``slide_mpps``: the slides' trusted level-0 um/px, in the same order. When at least
+    :data:`MIN_SLOPE_SLIDES` of them spread by :data:`MIN_SLOPE_SPREAD` octave or more, the slope is fitted too
+    (Theil-Sen line of log2 peak um/px on log2 slide um/px: the median of the pairwise gradients, robust to a few
+    failed searches); otherwise, or given none, the slope stays 1.
+
     Raises:
-        ConfigError: fewer than :data:`MIN_CALIBRATION_SLIDES` values, or values that are not positive numbers.
+        ConfigError: fewer than :data:`MIN_CALIBRATION_SLIDES` values, values that are not positive numbers, a
+            ``slide_mpps`` of another length, or a fitted slope outside :data:`PLAUSIBLE_SLOPE` (the margins do
+            not follow the scale: calibrate on slides of one um/px).
     """
-    if isinstance(peak_mpps, (str, bytes, Mapping)) or not hasattr(peak_mpps, "__len__"):
-        raise ConfigError(f"peak um/px values must be a list of numbers, got {type(peak_mpps).__name__}")
+    logs = _log2_values(peak_mpps, "peak um/px")
+    require_slides(logs.size)
+    if slide_mpps is not None:
+        x = _log2_values(slide_mpps, "slide um/px")
+        if x.size != logs.size:
+            raise ConfigError(f"{x.size} slide um/px for {logs.size} peak um/px: give one per slide")
+        if x.size >= MIN_SLOPE_SLIDES and float(np.std(x, ddof=1)) >= MIN_SLOPE_SPREAD:
+            i, j = np.triu_indices(x.size, 1)
+            apart = np.abs(x[j] - x[i]) > 1e-9
+            gradient = float(np.median((logs[j] - logs[i])[apart] / (x[j] - x[i])[apart]))
+            slope = 1.0 - gradient
+            lo, hi = PLAUSIBLE_SLOPE
+            if not lo <= slope <= hi:
+                raise ConfigError(
+                    f"the margins' peak does not follow the slides' um/px (fitted slope {slope:.2f}, plausible "
+                    f"{lo:g}..{hi:g}): the model cannot tell these scales apart; calibrate on slides of one um/px"
+                )
+            # log2 peak = (1 - slope) log2 slide + slope log2 m: m is the fixed point, the scatter is the line's
+            # residual moved into the answer's units (divided by the slope)
+            resid = logs - gradient * x
+            centre = float(np.median(resid))
+            scatter = float(np.std(resid - centre, ddof=2)) / slope
+            return ScaleCalibration(float(2.0 ** (centre / slope)), scatter, int(logs.size), source, slope)
+    return ScaleCalibration(float(2.0 ** np.median(logs)), float(np.std(logs, ddof=1)), int(logs.size), source)
+
+
+def _log2_values(values: Sequence[float], what: str) -> np.ndarray:
+    """log2 of a flat list of positive numbers, one per slide.
+
+    Raises:
+        ConfigError: not such a list (the message names ``what``).
+    """
+    if isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__len__"):
+        raise ConfigError(f"{what} values must be a list of numbers, got {type(values).__name__}")
     try:
-        values = np.asarray(peak_mpps, dtype=np.float64)
+        array = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ConfigError(f"peak um/px values must be a list of numbers, got {list(peak_mpps)!r}") from None
-    if values.ndim != 1:
-        raise ConfigError(f"peak um/px values must be a flat list (one per slide), got shape {values.shape}")
-    require_slides(values.size)
-    if not np.all(np.isfinite(values) & (values > 0)):
-        raise ConfigError(f"peak um/px values must be positive numbers, got {values.tolist()}")
-    logs = np.log2(values)
-    return ScaleCalibration(float(2.0 ** np.median(logs)), float(np.std(logs, ddof=1)), int(values.size), source)
+        raise ConfigError(f"{what} values must be a list of numbers, got {list(values)!r}") from None
+    if array.ndim != 1:
+        raise ConfigError(f"{what} values must be a flat list (one per slide), got shape {array.shape}")
+    if not np.all(np.isfinite(array) & (array > 0)):
+        raise ConfigError(f"{what} values must be positive numbers, got {array.tolist()}")
+    return np.log2(array)
 
 
 def require_slides(count: int, *, detail: str = "") -> None:
@@ -196,13 +261,7 @@ def read_calibration(path: str | os.PathLike[str]) -> ScaleCalibration:
         ConfigError: the file is missing, not JSON, or holds no valid calibration (the message names it).
     """
     p = Path(path)
-    if not p.is_file():
-        what = "is a folder, not a file" if p.is_dir() else "does not exist"
-        raise ConfigError(f"calibration file {p} {what}: give the JSON `histoscale calibrate --out` wrote")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"calibration file {p} is not readable JSON: {err}") from None
+    data = read_json(p, "calibration file", ConfigError, "give the JSON `histoscale calibrate --out` wrote")
     try:
         return ScaleCalibration.from_dict(_unwrap(data))
     except ConfigError as err:

@@ -48,8 +48,10 @@ def run(args: argparse.Namespace) -> int:
     atomic_write(args.out, json.dumps(json_safe(doc), indent=2) + "\n")
     print(run_.table())
     cal = run_.calibration
-    print(f"margins peak at {cal.margin_peak_mpp:.4g} um/px (scatter {cal.sd_log2:.3f} octave over {cal.slides} "
-          f"slides); written to {args.out}. 'steps': where each slide's margins peaked against the model's training "
+    slope = ("slope 1: the slides share one um/px, or too few to fit it" if cal.slope == 1.0 else
+             f"following the scale with slope {cal.slope:.3f}")
+    print(f"margins peak at {cal.margin_peak_mpp:.4g} um/px ({slope}; scatter {cal.sd_log2:.3f} octave over "
+          f"{cal.slides} slides); written to {args.out}. 'steps': where each slide's margins peaked against the model's training "
           "um/px, in grid steps of 2^(1/4) (positive: coarser)")
     if cal.slides < RECOMMENDED_SLIDES:
         print(f"note: {cal.slides} slides; the scatter (hence the interval's width) is uncertain below "

@@ -25,7 +25,9 @@ def _fmt(values: list[float] | None) -> str:
 def _calibration(cal: dict | None) -> str:
     if cal is None:
         return "none (histoscale calibrate measures where the margins peak)"
-    return f"margins peak at {cal['margin_peak_mpp']:.4g} um/px, scatter {cal['sd_log2']:.2f} octave, {cal['slides']} slides"
+    slope = f", slope {cal['slope']:.3f}" if "slope" in cal else ""
+    return (f"margins peak at {cal['margin_peak_mpp']:.4g} um/px{slope}, scatter {cal['sd_log2']:.2f} octave, "
+            f"{cal['slides']} slides")
 
 
 def run(args: argparse.Namespace) -> int:

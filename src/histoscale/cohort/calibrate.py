@@ -115,8 +115,9 @@ def calibrate_model(
             if bar is not None:
                 bar.update(task, advance=1)
     measured = [r["peak_mpp"] for r in rows if r["peak_mpp"] is not None]
+    trusted = [r["trusted_mpp"] for r in rows if r["peak_mpp"] is not None]
     skipped = "; ".join(f"{r['id']}: {r['skipped']}" for r in rows if r["skipped"])
     require_slides(len(measured), detail=" measured" + (f"; skipped: {skipped}" if skipped else ""))
     date = _dt.date.today().isoformat()
-    calibration = fit_calibration(measured, source=f"histoscale calibrate, {len(measured)} slides of trusted um/px, {date}")
+    calibration = fit_calibration(measured, slide_mpps=trusted, source=f"histoscale calibrate, {len(measured)} slides of trusted um/px, {date}")
     return CalibrationRun(calibration, tuple(rows))

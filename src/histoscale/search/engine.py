@@ -15,6 +15,7 @@ only: the sparse scan that places the fine grid), then per block of points ``_Ru
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from os import PathLike
@@ -328,8 +329,9 @@ class _Run:
         if calibration is not None:
             # From where the margins peak to where the model sees its training um/px; the interval gains the
             # slide-to-slide scatter the bootstrap over points cannot see.
-            log2_estimate, log2_interval = calibration.correct(log2_estimate, log2_interval, model_mpp)
-            chosen *= calibration.factor(model_mpp)
+            log2_level0 = math.log2(self.plan.level0_mpp or 1.0)
+            log2_estimate, log2_interval = calibration.correct(log2_estimate, log2_interval, model_mpp, log2_level0)
+            chosen = 2.0 ** calibration.apply(math.log2(chosen), model_mpp, log2_level0)
             check_mpp = calibration.reference_mpp(model_mpp)
         interval = (2.0 ** log2_interval[0], 2.0 ** log2_interval[1])
         estimate = 2.0**log2_estimate

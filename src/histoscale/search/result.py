@@ -66,8 +66,9 @@ class ScaleResult:
     """Everything the search found; ``to_dict()`` / ``to_json()`` serialise it.
 
     ``chosen_scale``, ``estimate`` and ``interval`` say where to apply the model. Without ``calibration`` that is
-    where its margins peak (``scales[chosen_index]``, the paper's answer); with it, that scale times
-    ``calibration.factor(model mpp)``, the interval widened by the calibration's slide-to-slide scatter.
+    where its margins peak (``scales[chosen_index]``, the paper's answer); with it, that scale moved by
+    ``calibration.apply`` (to where the model sees its training um/px), the interval widened by the calibration's
+    slide-to-slide scatter.
     """
 
     slide: str
@@ -133,7 +134,8 @@ class ScaleResult:
                      f" to give the model its {c.model_mpp:.3g} um/px")
         if self.calibration is not None:
             cal = self.calibration
-            text += (f" (calibrated: this model's margins peak at {cal.margin_peak_mpp:.3g} um/px, measured on "
+            pull = "" if cal.slope == 1.0 else f", following the scale with slope {cal.slope:.2f}"
+            text += (f" (calibrated: this model's margins peak at {cal.margin_peak_mpp:.3g} um/px{pull}, measured on "
                      f"{cal.slides} slides)")
         elif self.model_info.get("calibration"):
             text += " (uncalibrated: the model's calibration was not applied; the answer is where its margins peak)"
