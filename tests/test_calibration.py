@@ -233,7 +233,10 @@ def test_cli_calibrate_then_search_with_it(
     assert main(["calibrate", *map(str, phantoms.values()), "--out", str(out), "--points", "40"]) == 0
     doc = json.loads(out.read_text())
     assert doc["calibration"]["slides"] == 3 and len(doc["slides"]) == 3
-    assert "margins peak at" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    # three slides of 0.3-0.7 um/px: too few for a slope, and the output says what it would need
+    assert "margins peak at" in printed and "slope not fitted, 1: 3 slides spread 0.61 octave" in printed
+    assert ">= 8 slides" in printed
     slide = str(phantoms[0.7])
     assert main(["search", slide, "--calibration", str(out), "--json", "--points", "40"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -313,3 +316,8 @@ def test_calibrate_refuses_early(phantoms: dict[float, Path], tmp_path: Path, ca
     three = [str(p) for p in phantoms.values()]
     assert main(["calibrate", *three, "--out", str(tmp_path / "c.json"), "--calibration", "x.json"]) == 2
     assert "drop the flag" in capsys.readouterr().err
+    assert main(["calibrate", *three, "--out", str(tmp_path / "c.json"), "--uncalibrated"]) == 2
+    assert "--uncalibrated: calibrate always measures the model without a calibration" in capsys.readouterr().err
+    assert main(["calibrate", *three, "--out", str(tmp_path / "c.json"), "--paper"]) == 2
+    assert "--paper: the paper's Algorithm 1 is never calibrated" in capsys.readouterr().err
+    assert not (tmp_path / "c.json").exists()

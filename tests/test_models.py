@@ -521,5 +521,8 @@ def test_preprocess_function_errors_name_the_function() -> None:
         load_model(_two_channel_net(), input_size=32, preprocess="no_colon")
     with pytest.raises(ModelError, match=r"wrong_shape.*\(N, C, 32, 32\)"):
         load_model(_two_channel_net(), input_size=32, preprocess="_preprocess:wrong_shape")
-    with pytest.raises(ModelError, match="3 channel|in_channels|RGB"):  # without it, a 2-channel model is refused
-        load_model(_two_channel_net(), input_size=32)
+    with pytest.raises(ModelError, match="3 channels.*give a preprocess function.*preprocess= in Python"):
+        load_model(_two_channel_net(), input_size=32)  # without it, a 2-channel model is refused, saying what to do
+    with pytest.raises(ModelError, match="wrong_shape") as err:  # the function's own message, not an input-size hint
+        load_model(_two_channel_net(), input_size=32, preprocess="_preprocess:wrong_shape")
+    assert "set input_size" not in str(err.value) and str(err.value).count("wrong_shape") == 1

@@ -84,8 +84,15 @@ def test_the_answer_depends_on_the_content_not_on_the_declaration(files, model) 
 
 def test_mismatch_summary_says_what_to_read(files, model) -> None:
     result = find_scale(files["tenfold"], model, **SETTINGS)
-    ds = result.chosen_scale / result.check.declared_mpp
-    assert f"downsample {ds:.3g}" in result.summary() and result.summary().endswith("MISMATCH")
+    ds = result.estimate / result.check.declared_mpp  # the continuous estimate, as the implied um/px it gives
+    assert f"downsample {ds:.3g}" in result.summary() and "-> MISMATCH" in result.summary()
+
+
+def test_a_widened_grid_says_so(files, model) -> None:
+    """--scales far coarser than the tissue's scale: the grid is widened past its fine end, and the summary says it."""
+    result = find_scale(files["bare"], model, scales=[2.0, 2.38, 2.83], relative=True, points=24, early_stop=False)
+    assert result.widenings and result.widenings[0].startswith("finer")
+    assert f"grid widened past its ends: {result.widenings[0]}" in result.summary()
 
 
 def test_scan_then_fine_grid(files, model) -> None:

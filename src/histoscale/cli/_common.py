@@ -64,7 +64,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 def add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--points", type=int, default=100, help="number of points P (default 100)")
-    p.add_argument("--scales", default=None, help="'paper', or comma-separated ascending scales (um/px or downsample)")
+    p.add_argument("--scales", default=None,
+                   help="'paper', or comma-separated ascending scales (um/px or downsample); a fixed grid with "
+                   "--no-widen, else widened past an end where the margins still rise there")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scorer", choices=SCORERS, default=DEFAULT_SCORER)
     p.add_argument("--aggregation", choices=AGGREGATIONS, default=DEFAULT_AGGREGATION,

@@ -254,7 +254,8 @@ def _input_layout(model: Any, where: str, rgb: bool) -> tuple[str, bool, int | N
     if rgb and channels is not None and channels != 3:
         raise ModelError(
             f"{where}: input {inp.name!r} has {channels} channel(s) (shape {dims}), but histoscale feeds RGB patches "
-            "(3 channels); use a model trained on RGB"
+            "(3 channels); give a preprocess function turning uint8 RGB into its input (preprocess= in Python, "
+            "\"preprocess\" in the model card)"
         )
     h, w = (dims[2], dims[3]) if nchw else (dims[1], dims[2])
     side = h if h is not None and h == w else None

@@ -212,8 +212,8 @@ def _check_rgb(module: nn.Module, where: str) -> None:
             if sub.in_channels != 3:
                 raise ModelError(
                     f"{where}: the first convolution {name!r} expects {sub.in_channels} input channel(s), but "
-                    "histoscale feeds RGB patches (3 channels); use a model trained on RGB or wrap it to convert "
-                    "RGB input"
+                    "histoscale feeds RGB patches (3 channels); give a preprocess function turning uint8 RGB into "
+                    "its input (preprocess= in Python, \"preprocess\" in the model card)"
                 )
             return
         if isinstance(sub, torch.jit.ScriptModule):
@@ -258,6 +258,8 @@ def build_torch(
     runner = TorchSplitModel(module, lambda x: x, W=np.zeros((1, 1)), b=np.zeros(1), class_names=["_"], **common)
     try:
         out = runner._forward_chunk(probe)
+    except ModelError as err:  # the preprocess function's own, already naming it and the fix
+        raise ModelError(f"{where}: model {name!r} failed on a probe batch: {err}") from err
     except Exception as err:
         raise ModelError(
             f"{where}: model {name!r} failed on a probe batch of {pre.input_size} x {pre.input_size} px RGB patches "

@@ -129,7 +129,8 @@ class ScaleResult:
                 text += f" vs declared {c.declared_mpp:.3g} ({c.disagreement_steps:+.1f} steps)"
         if c.status == "MISMATCH" and c.declared_mpp and c.model_mpp:
             # The declared um/px is wrong, so a scale in um/px is only a name: say what to read.
-            ds = self.chosen_scale / c.declared_mpp if self.units == "um/px" else self.chosen_scale
+            # the continuous estimate, as the implied um/px above
+            ds = self.estimate / c.declared_mpp if self.units == "um/px" else self.estimate
             text += (f"; the declared um/px is off: read level 0 at downsample {ds:.3g}"
                      f" to give the model its {c.model_mpp:.3g} um/px")
         if self.calibration is not None:
@@ -143,6 +144,8 @@ class ScaleResult:
         if self.edge is not None:
             text += (f" (the answer is the {self.edge}st scale tried: the peak was not bracketed, the true scale may lie "
                      "beyond what this slide or the scales allow)")
+        if self.widenings:
+            text += f" (grid widened past its ends: {'; '.join(self.widenings)})"
         if self.scan is not None and self.scan.rivals:
             values = [f"{r:.3g}" for r in self.scan.rivals]
             others = values[0] if len(values) == 1 else ", ".join(values[:-1]) + " and " + values[-1]
