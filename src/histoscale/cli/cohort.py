@@ -14,7 +14,7 @@ from histoscale.cohort import run_cohort
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "cohort", help="run the search over a manifest of slides (process pool or Dask)",
-        description="Run the scale search over every slide of a manifest CSV (columns: slide, optional mpp and id); "
+        description="Run the scale search over every slide of a manifest CSV (columns: slide, optional slide_mpp and id); "
         "writes OUT/results.csv and OUT/index.html (rewritten after every slide) and OUT/slides/<id>/ reports.",
     )
     p.add_argument("manifest", help="CSV with a 'slide' column; optional 'slide_mpp' (um/px override) and 'id'")
