@@ -183,6 +183,18 @@ def test_search_applies_the_calibration_exactly(phantoms: dict[float, Path]) -> 
     assert find_scale(slide, model, SearchConfig.paper(points=20)).calibration is None
 
 
+def test_a_calibration_holds_for_the_scorer_and_aggregation_it_was_measured_with(phantoms: dict[float, Path]) -> None:
+    cal = ScaleCalibration(0.6, 0.15, 20, scorer="margin", aggregation="pooled")
+    model = load_model(calibration=cal.to_dict())
+    assert find_scale(phantoms[0.45], model, points=24).calibration == cal
+    other = find_scale(phantoms[0.45], model, points=24, scorer="distance")
+    assert other.calibration is None
+    assert ("calibration was measured with scorer margin + pooled, not this search's distance + pooled"
+            in other.summary())
+    legacy = ScaleCalibration(0.6, 0.15, 20)  # files written before the settings were recorded: applied to any
+    assert legacy.applies_to("distance", "vote") and not cal.applies_to("margin", "vote")
+
+
 def test_sampling_stops_once_the_scatter_between_slides_dominates(phantoms: dict[float, Path]) -> None:
     loose = load_model(calibration={"margin_peak_mpp": 0.56, "sd_log2": 0.5, "slides": 20})
     result = find_scale(phantoms[0.45], loose, points=100)
@@ -233,6 +245,7 @@ def test_cli_calibrate_then_search_with_it(
     assert main(["calibrate", *map(str, phantoms.values()), "--out", str(out), "--points", "40"]) == 0
     doc = json.loads(out.read_text())
     assert doc["calibration"]["slides"] == 3 and len(doc["slides"]) == 3
+    assert (doc["calibration"]["scorer"], doc["calibration"]["aggregation"]) == ("margin", "pooled")
     printed = capsys.readouterr().out
     # three slides of 0.3-0.7 um/px: too few for a slope, and the output says what it would need
     assert "margins peak at" in printed and "slope not fitted, 1: 3 slides spread 0.61 octave" in printed

@@ -66,6 +66,8 @@ class ScaleCalibration:
             ``margin_peak_mpp`` (``log2 d_peak = slope * log2 d``; 1: exactly; see the module docstring). With a
             slope, ``margin_peak_mpp`` is where the margins peak on a slide scanned at that um/px, and ``sd_log2``
             the scatter of the answer around the fitted line.
+        scorer, aggregation: the search's scorer and aggregation it was measured with (None: not recorded, as in
+            files written before they were); a search with others does not apply it (:meth:`applies_to`).
     """
 
     margin_peak_mpp: float
@@ -73,6 +75,8 @@ class ScaleCalibration:
     slides: int
     source: str | None = None
     slope: float = 1.0
+    scorer: str | None = None
+    aggregation: str | None = None
 
     def __post_init__(self) -> None:
         lo, hi = _PLAUSIBLE_MPP
@@ -89,6 +93,11 @@ class ScaleCalibration:
         lo, hi = PLAUSIBLE_SLOPE
         if not (math.isfinite(self.slope) and lo <= self.slope <= hi):
             raise ConfigError(f"calibration slope must lie in {lo:g}..{hi:g} (1: no pull), got {self.slope}")
+
+    def applies_to(self, scorer: str, aggregation: str) -> bool:
+        """Whether a search with this scorer and aggregation may use it: where the margins peak depends on how the
+        curves are scored and pooled, so a calibration holds for the settings it was measured with."""
+        return self.scorer in (None, scorer) and self.aggregation in (None, aggregation)
 
     @property
     def predictive_sd_log2(self) -> float:
@@ -130,6 +139,9 @@ class ScaleCalibration:
         out: dict[str, Any] = {"margin_peak_mpp": self.margin_peak_mpp, "sd_log2": self.sd_log2, "slides": self.slides}
         if self.slope != 1.0:
             out["slope"] = self.slope
+        for key in ("scorer", "aggregation"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         if self.source:
             out["source"] = self.source
         return out
@@ -143,20 +155,20 @@ class ScaleCalibration:
         """
         if not isinstance(data, Mapping):
             raise ConfigError(f"a calibration must be a JSON object, got {type(data).__name__}")
-        keys = {"margin_peak_mpp", "sd_log2", "slides", "source", "slope"}
+        keys = {"margin_peak_mpp", "sd_log2", "slides", "source", "slope", "scorer", "aggregation"}
         missing = sorted({"margin_peak_mpp", "sd_log2", "slides"} - set(data))
         unknown = sorted(set(data) - keys)
         if missing or unknown:
             raise ConfigError(
                 f"calibration keys: missing {missing}, unknown {unknown}; expected margin_peak_mpp, sd_log2, slides"
-                " (and optionally slope, source), as `histoscale calibrate` writes them"
+                " (and optionally slope, scorer, aggregation, source), as `histoscale calibrate` writes them"
             )
         slides = data["slides"]
         if isinstance(slides, bool) or not isinstance(slides, (int, float)) or slides != int(slides):
             raise ConfigError(f"calibration slides must be a whole number, got {slides!r}")
         try:
             return cls(float(data["margin_peak_mpp"]), float(data["sd_log2"]), int(slides), data.get("source"),
-                       float(data.get("slope", 1.0)))
+                       float(data.get("slope", 1.0)), data.get("scorer"), data.get("aggregation"))
         except (TypeError, ValueError) as err:
             raise ConfigError(f"calibration values must be numbers: {err}") from None
 

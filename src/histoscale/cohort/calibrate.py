@@ -12,6 +12,7 @@ import datetime as _dt
 import math
 import os
 from collections.abc import Sequence
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,5 +120,6 @@ def calibrate_model(
     skipped = "; ".join(f"{r['id']}: {r['skipped']}" for r in rows if r["skipped"])
     require_slides(len(measured), detail=" measured" + (f"; skipped: {skipped}" if skipped else ""))
     date = _dt.date.today().isoformat()
-    calibration = fit_calibration(measured, slide_mpps=trusted, source=f"histoscale calibrate, {len(measured)} slides of trusted um/px, {date}")
+    fitted = fit_calibration(measured, slide_mpps=trusted, source=f"histoscale calibrate, {len(measured)} slides of trusted um/px, {date}")
+    calibration = dataclasses.replace(fitted, scorer=config.scorer, aggregation=config.aggregation)
     return CalibrationRun(calibration, tuple(rows))

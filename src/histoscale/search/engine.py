@@ -166,8 +166,10 @@ class _Run:
 
     @property
     def _calibration(self) -> ScaleCalibration | None:
-        """The model's calibration, when it has one and the search applies it."""
-        return getattr(self.model, "calibration", None) if self.config.calibrated else None
+        """The model's calibration, when it has one, the search applies it and it was measured with this search's
+        scorer and aggregation (else the summary says why it was not applied)."""
+        cal = getattr(self.model, "calibration", None) if self.config.calibrated else None
+        return cal if cal is not None and cal.applies_to(self.config.scorer, self.config.aggregation) else None
 
     @property
     def _on_device(self) -> bool:

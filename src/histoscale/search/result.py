@@ -139,7 +139,11 @@ class ScaleResult:
             text += (f" (calibrated: this model's margins peak at {cal.margin_peak_mpp:.3g} um/px{pull}, measured on "
                      f"{cal.slides} slides)")
         elif self.model_info.get("calibration"):
-            text += " (uncalibrated: the model's calibration was not applied; the answer is where its margins peak)"
+            measured = ScaleCalibration.from_dict(self.model_info["calibration"])
+            why = ("was not applied" if measured.applies_to(self.scorer, self.aggregation) else
+                   f"was measured with scorer {measured.scorer} + {measured.aggregation}, not this search's "
+                   f"{self.scorer} + {self.aggregation}")
+            text += f" (uncalibrated: the model's calibration {why}; the answer is where its margins peak)"
         text += f" -> {c.status}"
         if self.edge is not None:
             text += (f" (the answer is the {self.edge}st scale tried: the peak was not bracketed, the true scale may lie "
