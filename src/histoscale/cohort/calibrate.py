@@ -8,11 +8,11 @@ recorded with the reason; the others' results are kept.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import math
 import os
 from collections.abc import Sequence
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
