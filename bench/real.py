@@ -32,7 +32,8 @@ stain parameters estimated once per image, here fed 256 px patches.
    um/px against the truth (what the paper assumes: the optimum is the training scale), and the scale the search
    chose (truth x downsample, in um/px) against the scale of best measured accuracy in 1.
 4. Figures: curves.png and votes.png of each model on the InstanSeg core (k = 0), and per model and labelled
-   slide the accuracy per scale beside the search's pooled curve, in bench/results/.
+   slide the accuracy per scale beside the search's pooled curve, in bench/results/ (a ``--suffix`` run adds
+   the suffix to their names, so it never replaces the main run's).
 
 Writes bench/results/real.json and bench/results/real.md; the bare TIFFs and each search's per-point class
 scores (for re-scoring without re-running the models) go to ``<workdir>/real/``.
@@ -68,6 +69,17 @@ FIGURE_IMAGE = "instanseg-he-example.tif"
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# what a reader of the results needs to know about a model or image, said when it was run
+MODEL_NOTES = (
+    ("capricorn", "Capricorn mapping: EPI -> TUM (adenocarcinoma epithelium; CMU-1's epithelium is benign squamous "
+                  "epidermis, outside its training domain), STR -> STR, LYM -> LYM, BACK -> BACK, ADI -> ADI"),
+    ("shell", "SHELL mapping: EPI -> its epithelium channel ('outer'), every other region class -> its third channel "
+              "(neither lumen nor epithelium: stroma and glass); trained on prostate, so both slides are outside its "
+              "training domain; nominal training scale 1.0 um/px (what its package applies it at)"),
+    ("tcga-cr-7395-01a-01-ts1.svs", "the TCGA slide has no resolution metadata: equivariance only"),
+)
 
 
 # ---------------------------------------------------------------------------------------------- 1. accuracy
@@ -214,7 +226,7 @@ def write_figures(figures: dict[str, Any], workdir: Path, accuracy: dict[str, An
         folder = workdir / "real" / f"report_{mname}"
         files = histoscale.write_search_report(result, folder)
         for key in ("curves.png", "votes.png"):
-            dest = RESULTS / f"real_{mname}_{FIGURE_IMAGE.split('.')[0]}_{key}"
+            dest = RESULTS / f"real_{mname}_{FIGURE_IMAGE.split('.')[0]}_{key}".replace(".png", f"{variant}.png")
             shutil.copyfile(files[key], dest)
             written.append(dest.name)
     for key, acc in accuracy.items():
@@ -242,7 +254,7 @@ def write_figures(figures: dict[str, Any], workdir: Path, accuracy: dict[str, An
         ax.set_title(f"{mname} on {sname.split('.')[0]}", fontsize=9)
         ax.legend(fontsize=6, loc="lower left")
         fig.tight_layout()
-        dest = RESULTS / f"real_{mname}_{sname.split('.')[0]}_accuracy.png"
+        dest = RESULTS / f"real_{mname}_{sname.split('.')[0]}_accuracy{variant}.png"  # a suffixed run keeps its own
         fig.savefig(dest)
         plt.close(fig)
         written.append(dest.name)
@@ -409,13 +421,7 @@ def main() -> int:
         "notes": notes + [
             "accuracy: test regions only (drawn by eye by a non-pathologist, bench/real_models/regions/README.md); "
             "BACK is glass; the mean is over the classes present on that slide",
-            "Capricorn mapping: EPI -> TUM (adenocarcinoma epithelium; CMU-1's epithelium is benign squamous "
-            "epidermis, outside its training domain), STR -> STR, LYM -> LYM, BACK -> BACK, ADI -> ADI",
-            "SHELL mapping: EPI -> its epithelium channel ('outer'), every other region class -> its third channel "
-            "(neither lumen nor epithelium: stroma and glass); trained on prostate, so both slides are outside its "
-            "training domain; nominal training scale 1.0 um/px (what its package applies it at)",
-            "the TCGA slide has no resolution metadata: equivariance only",
-        ],
+        ] + [note for model_or_image, note in MODEL_NOTES if model_or_image in names + images],
         "provenance": common.provenance(),
         "seconds": round(time.perf_counter() - t0, 1),
     }

@@ -225,6 +225,7 @@ def _load_failure(path: Path, err: Exception) -> str:
             return (
                 f"Keras cannot rebuild the model saved in {path} from its config ({err}); its weights are intact: "
                 "build the same architecture in Python, call model.load_weights(path) on it and pass the model "
-                "object to histoscale.load_model (or export it to ONNX from an environment where it loads)"
+                "object to histoscale.load_model (or export it to ONNX from an environment where it loads); "
+                "without TensorFlow, set KERAS_BACKEND=torch before importing keras yourself"
             )
     return f"file {path} is not a loadable Keras model ({err}): an incomplete copy? re-copy it, or re-save it with model.save()"
