@@ -252,7 +252,9 @@ def test_cli_calibrate_then_search_with_it(
     assert ">= 8 slides" in printed
     slide = str(phantoms[0.7])
     assert main(["search", slide, "--calibration", str(out), "--json", "--points", "40"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert f"calibration from {out}" in captured.err  # the model line names the file overriding the card's
     assert result["calibration"] == doc["calibration"]
     assert main(["search", slide, "--uncalibrated", "--json", "--points", "40"]) == 0
     assert json.loads(capsys.readouterr().out)["calibration"] is None

@@ -124,5 +124,6 @@ def model_from(args: argparse.Namespace) -> SplitModel:
     assumed (:func:`histoscale.load_model` logs the details as a warning)."""
     model = load_model(args.model, **model_options_from(args))
     unknown = f"; UNKNOWN: {', '.join(model.missing)} (defaults assumed)" if model.missing else ""
-    print(f"histoscale: model {model.name!r}: {model.card or 'no model card'}{unknown}", file=sys.stderr)
+    calibration = f"; calibration from {args.calibration}" if args.calibration is not None else ""
+    print(f"histoscale: model {model.name!r}: {model.card or 'no model card'}{calibration}{unknown}", file=sys.stderr)
     return model
