@@ -514,7 +514,7 @@ def test_preprocess_callable_carries_per_slide_parameters(tmp_path: Path) -> Non
     assert_split(via_onnx, 32)
 
 
-def test_preprocess_function_errors_name_the_function() -> None:
+def test_preprocess_function_errors_name_the_function(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="cannot import preprocess '_preprocess:missing'"):
         load_model(_two_channel_net(), input_size=32, preprocess="_preprocess:missing")
     with pytest.raises(ModelError, match="module:callable"):
@@ -525,4 +525,8 @@ def test_preprocess_function_errors_name_the_function() -> None:
         load_model(_two_channel_net(), input_size=32)  # without it, a 2-channel model is refused, saying what to do
     with pytest.raises(ModelError, match="wrong_shape") as err:  # the function's own message, not an input-size hint
         load_model(_two_channel_net(), input_size=32, preprocess="_preprocess:wrong_shape")
+    assert "set input_size" not in str(err.value) and str(err.value).count("wrong_shape") == 1
+    export_onnx(_two_channel_net(), tmp_path / "od.onnx", input_size=32, channels=2)  # the ONNX adapter alike
+    with pytest.raises(ModelError, match="wrong_shape") as err:
+        load_model(tmp_path / "od.onnx", input_size=32, preprocess="_preprocess:wrong_shape", class_names=["a", "b", "c"])
     assert "set input_size" not in str(err.value) and str(err.value).count("wrong_shape") == 1

@@ -39,6 +39,7 @@ __all__ = [
     "DENSE_CELLS",
     "check_split",
     "default_batch_size",
+    "probe_failure",
     "import_callable",
     "pool_cells",
     "probe_batch",
@@ -223,6 +224,18 @@ def default_batch_size(device: str) -> int:
 def probe_batch(size: int) -> np.ndarray:
     """Two random uint8 patches (2, size, size, 3), seed 0: the batch adapters verify their split on."""
     return np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+
+
+def probe_failure(where: str, name: str, size: int, err: Exception, detail: str = "") -> ModelError:
+    """The error for a model that failed on :func:`probe_batch`: a :class:`ModelError` (a preprocess function's,
+    already naming it and its fix) is passed on; anything else is most often an input size the network was not
+    built for. ``detail``: what the adapter adds after the patch size (e.g. where the size came from)."""
+    if isinstance(err, ModelError):
+        return ModelError(f"{where}: model {name!r} failed on a probe batch: {err}")
+    return ModelError(
+        f"{where}: model {name!r} failed on a probe batch of {size} x {size} px{detail}: {type(err).__name__}: "
+        f"{err}; set input_size to the size the model was trained at"
+    )
 
 
 def resolve_class_names(class_names: Sequence[str] | None, n: int, where: str) -> tuple[str, ...]:

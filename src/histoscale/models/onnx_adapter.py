@@ -34,6 +34,7 @@ from histoscale.models.contract import (
     default_batch_size,
     pool_cells,
     probe_batch,
+    probe_failure,
     resolve_class_names,
 )
 from histoscale.models.registry import LoadRequest, ModelFormat, register_format
@@ -347,10 +348,7 @@ def load_onnx(request: LoadRequest) -> OnnxSplitModel:
     try:
         feats, out = split._run_session(probe)
     except Exception as err:
-        raise ModelError(
-            f"{where}: model {name!r} failed on a probe batch of {pre.input_size} x {pre.input_size} px: {err}; set "
-            "input_size to the size the model was trained at"
-        ) from err
+        raise probe_failure(where, name, pre.input_size, err) from err
     if dense:  # the maps are only known now: pool them over at most DENSE_CELLS cells per side
         if feats.ndim != 4 or out.ndim != 4:
             raise ModelError(

@@ -41,6 +41,7 @@ from histoscale.models.contract import (
     default_batch_size,
     import_callable,
     probe_batch,
+    probe_failure,
     resolve_class_names,
 )
 from histoscale.models.onnx_adapter import embed_card
@@ -258,14 +259,8 @@ def build_torch(
     runner = TorchSplitModel(module, lambda x: x, W=np.zeros((1, 1)), b=np.zeros(1), class_names=["_"], **common)
     try:
         out = runner._forward_chunk(probe)
-    except ModelError as err:  # the preprocess function's own, already naming it and the fix
-        raise ModelError(f"{where}: model {name!r} failed on a probe batch: {err}") from err
     except Exception as err:
-        raise ModelError(
-            f"{where}: model {name!r} failed on a probe batch of {pre.input_size} x {pre.input_size} px RGB patches "
-            f"(input size from {input_size_from}): {type(err).__name__}: {err}; set input_size to the size the model "
-            "was trained at"
-        ) from err
+        raise probe_failure(where, name, pre.input_size, err, f" RGB patches (input size from {input_size_from})") from err
     if isinstance(out, tuple) or out.ndim not in (2, 4):
         raise ModelError(
             f"{where}: model {name!r} returns shape {tuple(getattr(out, 'shape', ()))}, expected (N, C) class scores "
