@@ -39,7 +39,7 @@ from histoscale.errors import ConfigError
 
 __all__ = [
     "MIN_CALIBRATION_SLIDES", "MIN_SLOPE_SLIDES", "MIN_SLOPE_SPREAD", "PLAUSIBLE_SLOPE", "ScaleCalibration",
-    "calibration_from", "fit_calibration", "read_calibration", "require_slides",
+    "calibration_from", "fit_calibration", "read_calibration", "require_slides", "slope_shortfall",
 ]
 
 MIN_CALIBRATION_SLIDES = 3  # fewer cannot estimate a scatter
@@ -195,7 +195,7 @@ def fit_calibration(
         x = _log2_values(slide_mpps, "slide um/px")
         if x.size != logs.size:
             raise ConfigError(f"{x.size} slide um/px for {logs.size} peak um/px: give one per slide")
-        if x.size >= MIN_SLOPE_SLIDES and float(np.std(x, ddof=1)) >= MIN_SLOPE_SPREAD:
+        if _slope_shortfall(x) is None:
             i, j = np.triu_indices(x.size, 1)
             apart = np.abs(x[j] - x[i]) > 1e-9
             gradient = float(np.median((logs[j] - logs[i])[apart] / (x[j] - x[i])[apart]))
@@ -213,6 +213,23 @@ def fit_calibration(
             scatter = float(np.std(resid - centre, ddof=2)) / slope
             return ScaleCalibration(float(2.0 ** (centre / slope)), scatter, int(logs.size), source, slope)
     return ScaleCalibration(float(2.0 ** np.median(logs)), float(np.std(logs, ddof=1)), int(logs.size), source)
+
+
+def slope_shortfall(slide_mpps: Sequence[float]) -> str | None:
+    """Why these slides' trusted um/px cannot measure a slope (None: they can, and :func:`fit_calibration` fits it).
+
+    Raises:
+        ConfigError: not a list of positive numbers.
+    """
+    return _slope_shortfall(_log2_values(slide_mpps, "slide um/px"))
+
+
+def _slope_shortfall(log2_mpps: np.ndarray) -> str | None:
+    spread = float(np.std(log2_mpps, ddof=1)) if log2_mpps.size > 1 else 0.0
+    if log2_mpps.size >= MIN_SLOPE_SLIDES and spread >= MIN_SLOPE_SPREAD:
+        return None
+    return (f"{log2_mpps.size} slides spread {spread:.2f} octave; it needs >= {MIN_SLOPE_SLIDES} slides spread "
+            f">= {MIN_SLOPE_SPREAD} octave, e.g. x20 and x40 scans")
 
 
 def _log2_values(values: Sequence[float], what: str) -> np.ndarray:

@@ -8,10 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from histoscale._files import atomic_write, check_writable, json_safe
-from histoscale.calibration import MIN_SLOPE_SLIDES, MIN_SLOPE_SPREAD, require_slides
+from histoscale.calibration import require_slides, slope_shortfall
 from histoscale.cli._common import add_model_options, add_search_options, model_from, search_config_from
 from histoscale.cohort import calibrate_model
 from histoscale.cohort.manifest import jobs_from
@@ -54,13 +52,8 @@ def run(args: argparse.Namespace) -> int:
     atomic_write(args.out, json.dumps(json_safe(doc), indent=2) + "\n")
     print(run_.table())
     cal = run_.calibration
-    if cal.slope != 1.0:
-        slope = f"following the scale with slope {cal.slope:.3f}"
-    else:
-        trusted = [r["trusted_mpp"] for r in run_.rows if r["peak_mpp"] is not None]
-        spread = float(np.std(np.log2(trusted), ddof=1))
-        slope = (f"slope not fitted, 1: {len(trusted)} slides spread {spread:.2f} octave; it needs "
-                 f">= {MIN_SLOPE_SLIDES} slides spread >= {MIN_SLOPE_SPREAD} octave, e.g. x20 and x40 scans")
+    shortfall = slope_shortfall([r["trusted_mpp"] for r in run_.rows if r["peak_mpp"] is not None])
+    slope = f"following the scale with slope {cal.slope:.3f}" if shortfall is None else f"slope not fitted, 1: {shortfall}"
     print(f"margins peak at {cal.margin_peak_mpp:.4g} um/px ({slope}; scatter {cal.sd_log2:.3f} octave over "
           f"{cal.slides} slides); written to {args.out}. 'steps': where each slide's margins peaked against the model's training "
           "um/px, in grid steps of 2^(1/4) (positive: coarser)")
