@@ -23,6 +23,10 @@ __all__ = [
 # from the model's scale a few points' margins can grow without meaning and must not outvote the rest. Measured on
 # development phantoms (seeds 7000-7039, 7100-7139), the raw mean on the fine grid: 98% / 95% of slides within one
 # step, 78% / 80% within half a step (standardised: 92% / 90%, 60% / 65%), with 15% fewer patches.
+#
+# Curves may hold NaN where a point was not read (the default search's focus reads later points only near the
+# answer): a point's answer is then over the scales it has, and the pooled curve compares scales through the ones
+# every point has (:func:`_comparable`).
 AGGREGATIONS: tuple[str, ...] = ("pooled", "vote")
 
 PEAK, RISING, FALLING, FLAT = "peak", "rising", "falling", "flat"
@@ -47,7 +51,8 @@ class PointAnswers:
 @dataclass(frozen=True)
 class Vote:
     """The slide's answer: vote ``counts`` (N,) over the grid, the ``winner`` index, a continuous ``log2_estimate``
-    with a bootstrap 95% ``log2_interval``, and ``confidence`` (share of bootstrap resamples with the same winner)."""
+    with a bootstrap 95% ``log2_interval``, ``confidence`` (share of bootstrap resamples with the same winner) and
+    ``winner_span``, the lowest and highest index any bootstrap resample chose."""
 
     counts: np.ndarray
     winner: int
@@ -55,16 +60,18 @@ class Vote:
     log2_interval: tuple[float, float]
     confidence: float
     n_informative: int
+    winner_span: tuple[int, int] = (-1, -1)
 
 
 def _parabola_vertex(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Vertex abscissa of the parabola through three points per row; x, y: (P, 3). Falls back to x[:, 1]."""
+    """Vertex abscissa of the parabola through three points per row; x, y: (P, 3). Falls back to x[:, 1] (also
+    where a neighbour was not read: NaN or -inf)."""
     x0, x1, x2 = x.T
     y0, y1, y2 = y.T
     denom = (x0 - x1) * (x0 - x2) * (x1 - x2)
-    a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / np.where(denom == 0, 1.0, denom)
-    bcoef = (x2**2 * (y0 - y1) + x1**2 * (y2 - y0) + x0**2 * (y1 - y2)) / np.where(denom == 0, 1.0, denom)
     with np.errstate(divide="ignore", invalid="ignore"):
+        a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / np.where(denom == 0, 1.0, denom)
+        bcoef = (x2**2 * (y0 - y1) + x1**2 * (y2 - y0) + x0**2 * (y1 - y2)) / np.where(denom == 0, 1.0, denom)
         vertex = -bcoef / (2 * a)
     ok = (a < 0) & np.isfinite(vertex)
     return np.where(ok, np.clip(vertex, x0, x2), x1)
@@ -74,13 +81,17 @@ def analyse_curves(curves: np.ndarray, log2_scales: np.ndarray, *, flat_tol: flo
     """Read P curves (P, N) sampled at ``log2_scales`` (N,), ascending.
 
     A curve is flat when its range is below ``flat_tol`` times the median range of all curves of the slide: the
-    distances' units depend on the model, so "flat" can only be judged against the slide's other points.
+    distances' units depend on the model, so "flat" can only be judged against the slide's other points (over the
+    scales every point has, when some were not read everywhere: NaN). A point's maximum is over the scales it has;
+    its shape says where that maximum lies on the whole grid.
     """
     curves = np.asarray(curves, dtype=np.float64)
     log2_scales = np.asarray(log2_scales, dtype=np.float64)
     n = curves.shape[1]
-    best = np.argmax(curves, axis=1)
-    spread = curves.max(axis=1) - curves.min(axis=1)
+    read = ~np.isnan(curves)
+    best = np.argmax(np.where(read, curves, -np.inf), axis=1)
+    shared = curves[:, read.all(axis=0)] if len(curves) else curves
+    spread = shared.max(axis=1) - shared.min(axis=1) if shared.shape[1] else np.zeros(len(curves))
     reference = np.median(spread) if len(spread) else 0.0
     flat = spread <= max(flat_tol * reference, 1e-9)
     shape = np.where(best == 0, FALLING, np.where(best == n - 1, RISING, PEAK)).astype(object)
@@ -101,10 +112,32 @@ def standardised_curves(curves: np.ndarray) -> np.ndarray:
     return (curves - curves.mean(axis=1, keepdims=True)) / np.where(spread > 0, spread, 1.0)
 
 
+def _comparable(curves: np.ndarray) -> np.ndarray:
+    """Curves (P, N) whose per-scale means can be compared although some points lack some scales (NaN): each curve
+    less its mean over the scales every point has. A point's level (its tissue, how sure the model is there) then
+    cancels, so a scale read on fewer points is not higher or lower for which points those were. Complete curves
+    are returned as they are (the offset would shift the pooled curve by a constant only)."""
+    read = ~np.isnan(curves)
+    if read.all():
+        return curves
+    shared = read.all(axis=0)
+    return curves - curves[:, shared].mean(axis=1, keepdims=True)
+
+
+def _mean_over_points(z: np.ndarray) -> np.ndarray:
+    """Per-scale mean over axis -2 of (..., P, N) ignoring NaN; -inf where no point has the scale (never a winner)."""
+    read = ~np.isnan(z)
+    count = read.sum(axis=-2)
+    total = np.where(read, z, 0.0).sum(axis=-2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, -np.inf)
+
+
 def pooled_curve(curves: np.ndarray, *, standardise: bool = False) -> np.ndarray:
-    """Mean over points of the curves (P, N) -> (N,), each curve standardised first when ``standardise``."""
+    """Mean over points of the curves (P, N) -> (N,), each curve standardised first when ``standardise`` (complete
+    curves only); NaN (a scale not read on a point) is left out, through :func:`_comparable`."""
     curves = np.asarray(curves, dtype=np.float64)
-    return (standardised_curves(curves) if standardise else curves).mean(axis=0)
+    return _mean_over_points(standardised_curves(curves) if standardise else _comparable(curves))
 
 
 def _pooled_answer(pooled: np.ndarray, log2_scales: np.ndarray) -> tuple[int, float]:
@@ -150,7 +183,7 @@ def _pooled_bootstrap(
     estimates = np.empty(n_boot)
     step = max(1, _BOOT_CHUNK_VALUES // (p * n))
     for start in range(0, n_boot, step):
-        pooled = z[rng.integers(0, p, (min(step, n_boot - start), p))].mean(axis=1)  # (b, N)
+        pooled = _mean_over_points(z[rng.integers(0, p, (min(step, n_boot - start), p))])  # (b, N)
         w = np.argmax(pooled, axis=1)
         est = log2_scales[w]
         interior = np.flatnonzero((w > 0) & (w < n - 1))
@@ -191,19 +224,21 @@ def vote(
         if curves is None:
             raise ValueError("the pooled aggregation needs the curves")
         informative_curves = np.asarray(curves, dtype=np.float64)[answers.informative]
-        z = standardised_curves(informative_curves) if standardise else informative_curves
-        winner, estimate = _pooled_answer(z.mean(axis=0), log2_scales)
+        z = standardised_curves(informative_curves) if standardise else _comparable(informative_curves)
+        winner, estimate = _pooled_answer(_mean_over_points(z), log2_scales)
         boot_winners, boot_estimates = _pooled_bootstrap(z, log2_scales, n_boot, rng)
-        same = int(np.count_nonzero(boot_winners == winner))
     else:
         winner, estimate = _vote_answer(best, estimates, n, np.arange(len(best)))
+        boot_winners = np.empty(n_boot, dtype=np.intp)
         boot_estimates = np.empty(n_boot)
-        same = 0
         for k in range(n_boot):
-            w, boot_estimates[k] = _vote_answer(best, estimates, n, rng.integers(0, len(best), len(best)))
-            same += w == winner
+            boot_winners[k], boot_estimates[k] = _vote_answer(
+                best, estimates, n, rng.integers(0, len(best), len(best))
+            )
     lo, hi = np.percentile(boot_estimates, [2.5, 97.5])
-    return Vote(counts, winner, estimate, (float(lo), float(hi)), same / n_boot, len(best))
+    same = int(np.count_nonzero(boot_winners == winner))
+    span = (int(boot_winners.min()), int(boot_winners.max()))
+    return Vote(counts, winner, estimate, (float(lo), float(hi)), same / n_boot, len(best), span)
 
 
 def vote_is_decided(counts: np.ndarray, remaining: int) -> bool:

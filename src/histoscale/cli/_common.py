@@ -75,6 +75,8 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--relative", action="store_true", help="search in downsample units even if the slide has um/px")
     p.add_argument("--no-early-stop", dest="early_stop", action="store_false")
     p.add_argument("--no-widen", dest="widen", action="store_false")
+    p.add_argument("--no-focus", dest="focus", action="store_false",
+                   help="read every point at every fine scale (default: later points only near the settled answer)")
     p.add_argument("--uncalibrated", dest="calibrated", action="store_false",
                    help="ignore the model's scale calibration: answer where its margins peak")
     p.add_argument("--paper", action="store_true",
@@ -83,7 +85,8 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
 
 
 _SEARCH_FLAGS = (
-    "points", "scales", "seed", "scorer", "aggregation", "sampling", "relative", "early_stop", "widen", "calibrated",
+    "points", "scales", "seed", "scorer", "aggregation", "sampling", "relative", "early_stop", "widen", "focus",
+    "calibrated",
 )
 
 

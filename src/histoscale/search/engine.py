@@ -5,11 +5,12 @@ scored per scale (:mod:`histoscale.scoring`); the points' curves give the slide'
 with a continuous estimate and a bootstrap interval. Beyond the paper: by default the search is coarse to fine over
 the whole plausible range in level-0 downsample (:mod:`histoscale.search._range`), placed without looking at the
 declared um/px, so that the metadata check can catch a declaration off by any factor; the fine grid widens when the
-curves keep rising towards its edge; sampling stops once the answer is settled.
+curves keep rising towards its edge; once the answer is settled to a few fine scales later points are read only
+there; sampling stops once the answer is settled.
 
-The engine is a short loop over named steps: :func:`_plan` (units, grid, points), ``_Run.scan`` (default search
-only: the sparse scan that places the fine grid), then per block of points ``_Run.add_block`` (read + features),
-``_Run.consensus``, ``_Run.try_widen``, and finally ``_Run.settle``.
+The engine is a short loop over named steps: :func:`_plan` (units, grid, points), ``_Run.scan_range`` (default
+search only: the sparse scan that places the fine grid), then per block of points ``_Run.add_block`` (read +
+features), ``_Run.consensus``, ``_Run.try_widen``, ``_Run.try_focus``, and finally ``_Run.settle``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from histoscale.models import SplitModel, load_model
 from histoscale.patches import iter_multiscale, read_multiscale, read_regions
 from histoscale.sampling import sample_points
 from histoscale.scoring import CurveScores, score_points
-from histoscale.search._range import fine_grid, plausible_range, scan_grid
+from histoscale.search._range import fine_grid, focus_window, plausible_range, scan_grid
 from histoscale.search._widen import edge_direction, widen_grid
 from histoscale.search.config import SearchConfig
 from histoscale.search.result import ScaleResult, ScanSummary, metadata_check
@@ -155,6 +156,7 @@ class _Run:
     used: int = 0
     widenings: list[str] = field(default_factory=list)
     widened: int = 0  # direction of the widenings so far: +1 coarser, -1 finer
+    focus: np.ndarray | None = None  # grid indices later points are read at (None: all)
     stopped_early: bool = False
     patches_scored: int = 0
     scan: ScanSummary | None = None
@@ -176,11 +178,22 @@ class _Run:
         """The model crops and resamples the reads itself, on its device (a GPU)."""
         return bool(getattr(self.model, "resamples_on_device", False))
 
+    @property
+    def _read(self) -> Any:
+        return read_regions if self._on_device else read_multiscale
+
     def _patches(self, start: int) -> Any:
+        """Points from ``start`` on, read at the grid's scales (those of the focus, once there is one)."""
+        scales = self.grid if self.focus is None else self.grid[self.focus]
         return iter_multiscale(
-            self.slide, self.plan.xy[start:], self.plan.downsamples(self.grid), int(self.model.input_size),
-            prefetch=self.config.prefetch, read=read_regions if self._on_device else read_multiscale,
+            self.slide, self.plan.xy[start:], self.plan.downsamples(scales), int(self.model.input_size),
+            prefetch=self.config.prefetch, read=self._read,
         )
+
+    def _features_at(self, xy: np.ndarray, scales: np.ndarray) -> np.ndarray:
+        """Features of the points ``xy`` (p, 2) at ``scales`` (n,) -> (p, n, M) (or (p, n, G, M))."""
+        out_px = int(self.model.input_size)
+        return self._features_of([self._read(self.slide, c, self.plan.downsamples(scales), out_px) for c in xy])
 
     def _features_of(self, points: list[Any]) -> np.ndarray:
         """Per point its (N, S, S, 3) uint8 patches (its regions when the model resamples on its device) -> (p, N, M)
@@ -206,26 +219,31 @@ class _Run:
             task = bar.add_task("scale search", total=points) if bar is not None else None
             if self.plan.search_range is not None:
                 self.scan_range()
-            patches = self._patches(0)
+            patches = self._patches(self.used)
             try:
-                while self.used < points:
+                if not self.features:
                     self.add_block(patches)
+                while True:
                     if bar is not None:
                         bar.update(task, completed=self.used)
                     answers, interim = self.consensus(n_boot=100)
-                    if config.widen and self.used >= min(points, 2 * config.batch_points) and self.try_widen(
-                        interim.winner, answers
-                    ):
+                    checked = self.used >= min(points, 2 * config.batch_points)
+                    remaining = points - self.used
+                    if config.widen and checked and self.try_widen(interim.winner, answers):
                         patches.close()
                         patches = self._patches(self.used)
-                        continue
-                    remaining = points - self.used
-                    if config.early_stop and is_settled(
+                    elif config.early_stop and is_settled(
                         interim, config.aggregation, remaining, min_points=4 * config.batch_points,
                         enough_width=self._calibration.enough_width_log2 if self._calibration else None,
                     ):
                         self.stopped_early = remaining > 0
                         break
+                    elif checked and remaining > 0 and self.try_focus(interim):
+                        patches.close()
+                        patches = self._patches(self.used)
+                    if self.used >= points:
+                        break
+                    self.add_block(patches)
             finally:
                 patches.close()
         self.timings["read_and_model_s"] = time.perf_counter() - t0 - self.timings["widen_s"]
@@ -233,8 +251,9 @@ class _Run:
 
     def scan_range(self) -> None:
         """The sparse scan over the whole range on the first ``scan_points`` points; the fine grid (quarter-octave
-        steps, the one the answer comes from) is centred on its peak. Every point, the scan's included, is then
-        read on the fine grid."""
+        steps, the one the answer comes from) is centred on its peak. The scan's points are then completed on the
+        fine grid (the scan read them at its scales already: both grids lie on one lattice) and become the fine
+        stage's first block."""
         n = min(self.config.scan_points, self.config.points)
         patches = self._patches(0)
         try:
@@ -258,6 +277,15 @@ class _Run:
         )
         logger.info("scan over %s: peak at %.3g; fine grid %s", scan_grid_units.round(3).tolist(),
                     self.scan.peak, self.grid.round(3).tolist())
+        log2_fine, log2_scan = np.log2(self.grid), np.log2(scan_grid_units)
+        match = np.abs(log2_fine[:, None] - log2_scan[None, :]) < 1e-6  # (fine, scan)
+        have = match.any(axis=1)
+        fine = np.empty((n, len(self.grid), *feats.shape[2:]), dtype=feats.dtype)
+        fine[:, have] = feats[:, match.argmax(axis=1)[have]]
+        if not have.all():
+            fine[:, ~have] = self._features_at(self.plan.xy[:n], self.grid[~have])
+        self.features.append(fine)
+        self.used = n
 
     def _no_informative_point(self, which: str = "") -> ScaleSearchError:
         """The error for a grid over which every point's curve was flat."""
@@ -268,9 +296,14 @@ class _Run:
         )
 
     def add_block(self, patches: Any) -> None:
-        """Read and run the model on the next block of points."""
+        """Read and run the model on the next block of points (NaN at the scales outside the focus)."""
         n = min(self.config.batch_points, self.config.points - self.used)
-        self.features.append(self._features_of([next(patches) for _ in range(n)]))
+        feats = self._features_of([next(patches) for _ in range(n)])
+        if self.focus is not None:
+            full = np.full((n, len(self.grid), *feats.shape[2:]), np.nan, dtype=feats.dtype)
+            full[:, self.focus] = feats
+            feats = full
+        self.features.append(feats)
         self.used += n
 
     def consensus(
@@ -290,6 +323,8 @@ class _Run:
     def try_widen(self, winner: int, answers: PointAnswers) -> bool:
         """Extend the grid beyond the edge the curves rise towards, re-reading the points used so far at the
         new scales only; True when the grid changed."""
+        if self.focus is not None:
+            return False  # the focus keeps every scale any resample could choose, and two more on each side
         direction = edge_direction(winner, len(self.grid), answers)
         if self.widened and direction == -self.widened:
             return False  # never turn back: the first widening already said where the answer lies
@@ -302,17 +337,27 @@ class _Run:
         t1 = time.perf_counter()
         self.widenings.append(f"{'coarser' if direction > 0 else 'finer'}: +{len(new)} scales after {self.used} points")
         logger.info("widening the grid %s", self.widenings[-1])
-        out_px = int(self.model.input_size)
-        read = read_regions if self._on_device else read_multiscale
-        extra_feats = self._features_of(
-            [read(self.slide, c, self.plan.downsamples(new), out_px) for c in self.plan.xy[: self.used]]
-        )
+        extra_feats = self._features_at(self.plan.xy[: self.used], new)
         old = np.concatenate(self.features)
         pair = [extra_feats, old] if direction < 0 else [old, extra_feats]
         self.features = [np.concatenate(pair, axis=1)]
         self.plan.grid = np.concatenate([new, self.grid] if direction < 0 else [self.grid, new])
         self.widened = direction
         self.timings["widen_s"] += time.perf_counter() - t1
+        return True
+
+    def try_focus(self, interim: Vote) -> bool:
+        """Read later points only at the scales the answer can still come from (:func:`focus_window` of the
+        bootstrap resamples' winners); True when the scales to read shrank."""
+        if not self.config.focus or self.plan.search_range is None or self.config.aggregation != "pooled":
+            return False
+        window = focus_window(interim.winner_span, len(self.grid))
+        if window is None:
+            return False
+        if self.focus is not None and (not np.isin(window, self.focus).all() or len(window) > len(self.focus) - 2):
+            return False  # only ever narrower (the points read so far cannot be read at more scales cheaply)
+        self.focus = window
+        logger.info("focus after %d points: %s", self.used, self.grid[window].round(3).tolist())
         return True
 
     def settle(self) -> ScaleResult:
