@@ -220,3 +220,39 @@ def test_scan_peak_prefers_an_interior_maximum_to_a_rise_at_the_edge() -> None:
     # a rise to the edge with nothing inside rivalling it stays at the edge
     rising = np.array([0.9, 0.5, 0.2, 0.0, -0.2, -0.4, -0.6, -0.8])
     assert scan_peak(rising, log2, 0, float(log2[0])) == (float(log2[0]), pytest.approx(np.zeros(0)))
+
+
+def test_pooled_curve_compares_scales_read_on_fewer_points_through_the_shared_ones():
+    # 40 points with a peak at index 4 of 9; the first 16 read everywhere, the last 24 only at indices 3..5 (the
+    # default search's focus). The last points happen to sit higher (their tissue): a plain per-scale mean would
+    # rank the shared scales above the outer ones for that reason alone. Through the shared scales it does not,
+    # and with every cell read the answer is the one of the complete curves.
+    rng = np.random.default_rng(1)
+    log2s = np.arange(9) / 4.0
+    shape = -((np.arange(9) - 4.0) ** 2) / 8
+    level = np.r_[np.zeros(16), np.full(24, 5.0)]
+    full = shape + level[:, None] + rng.normal(scale=0.05, size=(40, 9))
+    focused = full.copy()
+    focused[16:, [0, 1, 2, 6, 7, 8]] = np.nan
+    pooled = pooled_curve(focused)
+    np.testing.assert_allclose(pooled - pooled[4], shape - shape[4], atol=0.1)
+    answers = analyse_curves(focused, log2s)
+    assert answers.informative.all()  # judged flat or not over the scales every point has
+    assert answers.best_index.tolist() == np.nanargmax(focused, axis=1).tolist()
+    got = vote(answers, log2s, curves=focused, method="pooled", n_boot=200)
+    ref = vote(analyse_curves(full, log2s), log2s, curves=full, method="pooled", n_boot=200)
+    assert got.winner == ref.winner == 4
+    assert abs(got.log2_estimate - ref.log2_estimate) < 0.05
+    assert np.isfinite(got.log2_interval).all() and got.winner_span[0] >= 3 and got.winner_span[1] <= 5
+
+
+def test_vote_reports_the_span_of_the_bootstrap_winners():
+    rng = np.random.default_rng(2)
+    log2s = np.arange(9) / 4.0
+    sharp = -((np.arange(9) - 4.0) ** 2) + rng.normal(scale=0.05, size=(30, 9))
+    broad = -((np.arange(9) - 4.0) ** 2) / 40 + rng.normal(scale=0.3, size=(30, 9))
+    for method in ("pooled", "vote"):
+        assert vote(analyse_curves(sharp, log2s), log2s, curves=sharp, method=method).winner_span == (4, 4)
+        lo, hi = vote(analyse_curves(broad, log2s), log2s, curves=broad, method=method).winner_span
+        assert lo < 4 < hi
+    assert vote(analyse_curves(np.zeros((5, 9)), log2s), log2s).winner_span == (-1, -1)

@@ -85,6 +85,31 @@ def test_report_files_and_json(phantoms, model, tmp_path):
     assert rows[0].startswith("point,x,y,scale") and len(rows) == result.points_used + 1
 
 
+def test_focus_reads_later_points_only_near_the_answer(phantoms, model, tmp_path):
+    """Once the bootstrap resamples agree on a few fine scales, later points are read there only (NaN elsewhere):
+    fewer patches, the same answer, and a report and JSON that show the unread cells as gaps (null)."""
+    whole = find_scale(phantoms[0.5], model, points=48, seed=3, early_stop=False, focus=False)
+    focused = find_scale(phantoms[0.5], model, points=48, seed=3, early_stop=False)
+    assert not np.isnan(whole.curves).any()
+    unread = np.isnan(focused.curves)
+    later = np.flatnonzero(unread.any(axis=1))
+    assert later.size and later[0] >= 16 and np.array_equal(later, np.arange(later[0], 48))  # from a block on
+    for row in ~unread[later]:
+        cols = np.flatnonzero(row)
+        assert np.array_equal(cols, np.arange(cols[0], cols[-1] + 1)) and cols[0] <= focused.chosen_index <= cols[-1]
+    assert focused.patches_scored == whole.patches_scored - int(unread.sum())
+    assert abs(math.log2(focused.estimate / whole.estimate)) < 0.25 / 2
+    assert np.array_equal(focused.scales, whole.scales)
+    fixed = find_scale(phantoms[0.5], model, points=32, seed=3, scales=grid_around(1.0), relative=True, widen=False)
+    assert not np.isnan(fixed.curves).any()  # a grid the caller gave is read whole
+    written = write_search_report(focused, tmp_path)
+    doc = json.loads((tmp_path / "result.json").read_text())  # strict JSON: no NaN token
+    assert doc["points"]["curves"][later[0]].count(None) == int(unread[later[0]].sum())
+    assert "curves.png" in written and doc["focus"] == list(focused.focus)
+    assert focused.focus[0].startswith(f"after {later[0]} points: ") and not whole.focus
+    assert 'id="focus"' in (tmp_path / "report.html").read_text()
+
+
 def test_bad_arguments_are_clear_errors(phantoms, model):
     with pytest.raises(ConfigError, match="at least 1"):
         find_scale(phantoms[0.5], model, points=0)

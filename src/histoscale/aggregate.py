@@ -114,14 +114,15 @@ def standardised_curves(curves: np.ndarray) -> np.ndarray:
 
 def _comparable(curves: np.ndarray) -> np.ndarray:
     """Curves (P, N) whose per-scale means can be compared although some points lack some scales (NaN): each curve
-    less its mean over the scales every point has. A point's level (its tissue, how sure the model is there) then
+    less its mean over the scales every point has (plus the mean of those means). A point's level (its tissue, how sure the model is there) then
     cancels, so a scale read on fewer points is not higher or lower for which points those were. Complete curves
     are returned as they are (the offset would shift the pooled curve by a constant only)."""
     read = ~np.isnan(curves)
     if read.all():
         return curves
     shared = read.all(axis=0)
-    return curves - curves[:, shared].mean(axis=1, keepdims=True)
+    level = curves[:, shared].mean(axis=1, keepdims=True)
+    return curves - level + level.mean()  # the mean level is kept: the pooled curve stays on the scores' scale
 
 
 def _mean_over_points(z: np.ndarray) -> np.ndarray:

@@ -157,6 +157,7 @@ class _Run:
     widenings: list[str] = field(default_factory=list)
     widened: int = 0  # direction of the widenings so far: +1 coarser, -1 finer
     focus: np.ndarray | None = None  # grid indices later points are read at (None: all)
+    focusings: list[str] = field(default_factory=list)
     stopped_early: bool = False
     patches_scored: int = 0
     scan: ScanSummary | None = None
@@ -357,7 +358,10 @@ class _Run:
         if self.focus is not None and (not np.isin(window, self.focus).all() or len(window) > len(self.focus) - 2):
             return False  # only ever narrower (the points read so far cannot be read at more scales cheaply)
         self.focus = window
-        logger.info("focus after %d points: %s", self.used, self.grid[window].round(3).tolist())
+        lo, hi = self.grid[window[0]], self.grid[window[-1]]
+        self.focusings.append(f"after {self.used} points: {lo:.3g}-{hi:.3g} {self.plan.units} "
+                              f"({len(window)} of {len(self.grid)} scales)")
+        logger.info("focus %s", self.focusings[-1])
         return True
 
     def settle(self) -> ScaleResult:
@@ -407,6 +411,7 @@ class _Run:
             points_informative=result_vote.n_informative,
             stopped_early=self.stopped_early,
             widenings=tuple(self.widenings),
+            focus=tuple(self.focusings),
             check=check,
             class_names=tuple(self.model.class_names),
             patches_scored=self.patches_scored,

@@ -101,6 +101,7 @@ class ScaleResult:
     scan: ScanSummary | None = None  # the default search's sparse scan (None for a fixed grid)
     calibration: ScaleCalibration | None = None  # the model's calibration the answer applies (None: uncalibrated)
     model_info: dict[str, Any] = field(default_factory=dict)  # SplitModel.describe(): what the model is, from where
+    focus: tuple[str, ...] = ()  # each narrowing of the scales later points were read at (their curves: NaN elsewhere)
 
     @property
     def edge(self) -> str | None:
@@ -182,6 +183,7 @@ class ScaleResult:
             "points_informative": self.points_informative,
             "stopped_early": self.stopped_early,
             "widenings": list(self.widenings),
+            "focus": list(self.focus),
             "patches_scored": self.patches_scored,
             "scan": self.scan.to_dict() if self.scan is not None else None,
             "calibration": self.calibration.to_dict() if self.calibration is not None else None,
