@@ -44,6 +44,11 @@ def test_focus_window_keeps_the_bootstrap_winners_and_one_neighbour_each_side():
     assert focus_window((0, 1), 9).tolist() == [0, 1, 2]  # at the grid's edge: no scale beyond it
     assert focus_window((1, 7), 9) is None  # would leave out fewer than two scales: read everything
     assert focus_window((-1, -1), 9) is None  # no informative point yet
+    # only ever narrower: inside what is read now, by two scales or more (one with min_drop=1)
+    assert focus_window((4, 4), 9, np.arange(2, 7)).tolist() == [3, 4, 5]
+    assert focus_window((3, 4), 9, np.arange(2, 7)) is None
+    assert focus_window((3, 4), 9, np.arange(2, 7), min_drop=1).tolist() == [2, 3, 4, 5]
+    assert focus_window((2, 3), 9, np.arange(2, 9)) is None  # its neighbour 1 is no longer read
 
 
 def test_plausible_range_needs_an_octave():

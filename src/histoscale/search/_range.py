@@ -21,7 +21,7 @@ from histoscale.units import STEPS_PER_OCTAVE
 
 __all__ = [
     "FINEST_PLAUSIBLE_MPP", "FINE_HALF_WIDTH", "MAX_DOWNSAMPLE_UNKNOWN_MODEL", "MIN_AUTO_DOWNSAMPLE", "SCAN_STEPS_PER_OCTAVE",
-    "FOCUS_GUARD", "fine_grid", "focus_window", "plausible_range", "scan_grid",
+    "FOCUS_GUARD", "FOCUS_MIN_DROP", "fine_grid", "focus_window", "plausible_range", "scan_grid",
 ]
 
 # Upsampled patches are blur, far from any training data, where margins can grow without meaning: with 4x allowed,
@@ -43,6 +43,8 @@ FINE_HALF_WIDTH = 4
 # The resamples' spread already says how far more points may move the winner: on 40 development phantoms a second
 # guard scale changed no answer and cost 15% more patches (441 against 383 per slide).
 FOCUS_GUARD = 1
+# A narrower focus restarts the reads ahead of the model: worth it for two scales or more.
+FOCUS_MIN_DROP = 2
 
 
 def plausible_range(model_mpp: float | None, input_px: int, size_wh: tuple[int, int], where: str) -> tuple[float, float]:
@@ -85,14 +87,19 @@ def fine_grid(center: float, lo: float, hi: float, half_width: int = FINE_HALF_W
     return 2.0 ** ((start + np.arange(2 * half_width + 1)) / STEPS_PER_OCTAVE)
 
 
-def focus_window(winner_span: tuple[int, int], n_scales: int, guard: int = FOCUS_GUARD) -> np.ndarray | None:
-    """Indices of the fine grid later points need: from the lowest to the highest winner any bootstrap resample
-    chose (``winner_span``), ``guard`` more each side; None when that would leave out fewer than 2 of the
-    ``n_scales`` (no saving worth a narrower view) or there is no winner."""
+def focus_window(
+    winner_span: tuple[int, int], n_scales: int, reading: np.ndarray | None = None, *, guard: int = FOCUS_GUARD,
+    min_drop: int = FOCUS_MIN_DROP,
+) -> np.ndarray | None:
+    """The indices of a fine grid of ``n_scales`` that later points need: from the lowest to the highest winner any
+    bootstrap resample chose (``winner_span``), ``guard`` more each side. A focus only ever narrows (points already
+    read cannot cheaply gain scales): None when there is no winner, the window is not inside the indices read now
+    (``reading``, ascending; default all), or it would leave out fewer than ``min_drop`` of them."""
+    reading = np.arange(n_scales) if reading is None else reading
     lo, hi = winner_span
     if lo < 0:
         return None
     first, last = max(0, lo - guard), min(n_scales - 1, hi + guard)
-    if last - first + 1 > n_scales - 2:
+    if first < reading[0] or last > reading[-1] or last - first + 1 > len(reading) - min_drop:
         return None
     return np.arange(first, last + 1)

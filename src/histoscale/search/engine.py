@@ -352,11 +352,9 @@ class _Run:
         bootstrap resamples' winners); True when the scales to read shrank."""
         if not self.config.focus or self.plan.search_range is None or self.config.aggregation != "pooled":
             return False
-        window = focus_window(interim.winner_span, len(self.grid))
+        window = focus_window(interim.winner_span, len(self.grid), self.focus)
         if window is None:
             return False
-        if self.focus is not None and (not np.isin(window, self.focus).all() or len(window) > len(self.focus) - 2):
-            return False  # only ever narrower (the points read so far cannot be read at more scales cheaply)
         self.focus = window
         lo, hi = self.grid[window[0]], self.grid[window[-1]]
         self.focusings.append(f"after {self.used} points: {lo:.3g}-{hi:.3g} {self.plan.units} "
