@@ -204,6 +204,23 @@ def test_cli_from_search(phantom, tmp_path: Path) -> None:
     assert read_search_scale(result.parent)[:2] == (0.5, "um/px")
 
 
+def test_cli_from_a_mismatch_search_classifies_with_the_implied_mpp(phantom, tmp_path: Path, capsys) -> None:
+    """A search that found the declared um/px wrong: classify reads at the level-0 downsample the search found and
+    labels the slide with the check's implied um/px (its continuous estimate, the number the summary gives)."""
+    declared = 2 * PHANTOM_MPP  # 2x too coarse, as the search's override
+    result = tmp_path / "search" / "result.json"
+    result.parent.mkdir()
+    check = {"status": "MISMATCH", "declared_mpp": declared, "implied_mpp": 0.2, "implied_estimate": 0.26}
+    result.write_text(json.dumps({"slide": str(phantom.slide_path), "units": "um/px", "chosen_scale": 0.9,
+                                  "arguments": {"slide_mpp": declared}, "check": check}))
+    out = tmp_path / "out"
+    assert main(["classify", str(phantom.slide_path), "--from-search", str(result), "--stride", "128",
+                 "--out", str(out)]) == 0
+    assert "classifying with the implied 0.26 um/px" in capsys.readouterr().err
+    doc = json.loads((out / "classify.json").read_text())
+    assert doc["scale"] == pytest.approx(0.9 / declared * 0.26) and doc["units"] == "um/px"
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

@@ -221,7 +221,7 @@ def test_search_report_states_the_mismatch(tab: Page, cohort: Path) -> None:
     verdict = page.inner_text("#verdict")
     assert f"Apply at {doc['chosen_scale']:.3g} um/px" in verdict
     assert re.search(rf"declared um/px\s+{check['declared_mpp']:.3g} \({re.escape(check['declared_source'])}\)", verdict)
-    assert re.search(rf"implied um/px\s+{check['implied_mpp']:.3g} ", verdict)
+    assert re.search(rf"implied um/px\s+{check['implied_estimate']:.3g} ", verdict)
     assert f"{check['disagreement_steps']:+.2f} grid steps" in verdict
     assert "check the scanner metadata" in verdict
     settings = page.inner_text("#settings + table")

@@ -46,9 +46,10 @@ def run(args: argparse.Namespace) -> int:
             slide_mpp = float(searched_mpp)  # the search placed its um/px with this override: keep it
             logger.info("using the slide um/px override %g the search ran with", slide_mpp)
         check = doc.get("check") if isinstance(doc.get("check"), dict) else {}
-        if args.slide_mpp is None and check.get("status") == "MISMATCH" and check.get("implied_mpp"):
+        implied_mpp = check.get("implied_estimate") or check.get("implied_mpp")  # the check's own number first
+        if args.slide_mpp is None and check.get("status") == "MISMATCH" and implied_mpp:
             # The declared um/px is wrong: the search's level-0 answer stands, and areas need the implied um/px.
-            implied = float(check["implied_mpp"])
+            implied = float(implied_mpp)
             downsample_found = scale / float(check["declared_mpp"]) if units == "um/px" else scale
             slide_mpp, mpp, downsample = implied, downsample_found * implied, None
             print(f"histoscale: the search found {args.slide}'s declared {check['declared_mpp']:.3g} um/px wrong "

@@ -21,9 +21,9 @@ __all__ = ["MetadataCheck", "ScaleResult", "ScanSummary", "metadata_check"]
 class MetadataCheck:
     """The content-based estimate against the slide's declared resolution.
 
-    ``implied_mpp`` is the slide's level-0 um/px implied by the answer (the vote's grid scale) and the model's
-    training um/px; ``implied_estimate`` is the same from the continuous estimate, and ``implied_interval`` its
-    bootstrap 95% interval; ``disagreement_steps`` is log2(implied_estimate / declared) in grid steps; ``status`` is ``OK`` (within one step),
+    ``implied_estimate`` is the slide's level-0 um/px implied by the continuous estimate and the model's training
+    um/px: the number the status, the summary, the report, the cohort table and ``classify --from-search`` use;
+    ``implied_interval`` is its 95% interval; ``implied_mpp`` is the same from the grid scale alone; ``disagreement_steps`` is log2(implied_estimate / declared) in grid steps; ``status`` is ``OK`` (within one step),
     ``MISMATCH``, ``MISSING-METADATA`` (no declared um/px: the implied one is the only one) or
     ``UNKNOWN-MODEL-MPP`` (the model's training um/px is unknown: nothing to compare).
     """
