@@ -102,6 +102,8 @@ def test_focus_reads_later_points_only_near_the_answer(phantoms, model, tmp_path
     assert np.array_equal(focused.scales, whole.scales)
     fixed = find_scale(phantoms[0.5], model, points=32, seed=3, scales=grid_around(1.0), relative=True, widen=False)
     assert not np.isnan(fixed.curves).any()  # a grid the caller gave is read whole
+    counted = find_scale(phantoms[0.5], model, points=32, seed=3, early_stop=False, scorer="activation")
+    assert not counted.focus and not np.isnan(counted.curves).any()  # its score at a scale compares scales
     written = write_search_report(focused, tmp_path)
     doc = json.loads((tmp_path / "result.json").read_text())  # strict JSON: no NaN token
     assert doc["points"]["curves"][later[0]].count(None) == int(unread[later[0]].sum())

@@ -179,6 +179,20 @@ def test_cells_pool_to_the_mean_margin_over_tissue_cells() -> None:
     assert tissue.matrix[1, 0].argmax() == 2  # a scale without tissue says background
 
 
+@pytest.mark.parametrize("background", [None, 0, 2])
+def test_a_scale_not_read_stays_unscored(background) -> None:
+    # The focus leaves some scales of later points unread (NaN features): they must stay NaN, whatever the
+    # background class, and must not become a point's "lowest tissue value".
+    W, b = np.eye(3), np.zeros(3)
+    cells = np.array([[[[0.0, 0.0, 2.0], [0.0, 0.0, 3.0]], [[2.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+                       [[np.nan] * 3, [np.nan] * 3]]])  # one point, three scales, the last not read
+    scored = score_points(cells, W, b, "margin", background=background)
+    read = score_points(cells[:, :2], W, b, "margin", background=background)
+    assert np.isnan(scored.curve[0, 2]) and np.isnan(scored.matrix[0, 2]).all()
+    np.testing.assert_allclose(scored.curve[:, :2], read.curve)
+    np.testing.assert_allclose(scored.matrix[:, :2], read.matrix)
+
+
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory: pytest.TempPathFactory):
     return write_phantom(tmp_path_factory.mktemp("seg") / "ph.svs", mpp=0.5, size_px_wh=(2048, 2048), seed=3)

@@ -44,10 +44,13 @@ import numpy as np
 
 from histoscale.errors import ConfigError
 
-__all__ = ["SCORERS", "Scorer", "CurveScores", "score_points", "hyperplane_distances", "softmax"]
+__all__ = ["PER_SCALE_SCORERS", "SCORERS", "Scorer", "CurveScores", "score_points", "hyperplane_distances", "softmax"]
 
 Scorer = Literal["paper", "distance", "margin", "softmax", "entropy", "activation"]
 SCORERS: tuple[str, ...] = ("paper", "distance", "margin", "softmax", "entropy", "activation")
+#: Scorers whose value at a scale depends on that scale's patch alone, so a scale left unread (NaN features) leaves
+#: the others' scores as they are (``activation`` compares a channel across scales).
+PER_SCALE_SCORERS: tuple[str, ...] = ("paper", "distance", "margin", "softmax", "entropy")
 
 
 @dataclass(frozen=True)
@@ -117,13 +120,15 @@ def _pool_over_cells(features: np.ndarray, W: np.ndarray, b: np.ndarray, scorer:
         return CurveScores(matrix.mean(axis=2), curve.mean(axis=2))
     tissue = ((features @ W + b).argmax(axis=-1) != background).astype(np.float32)  # (P, N, G)
     count = tissue.sum(axis=2)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"):
         pooled = (curve * tissue).sum(axis=2) / count
         pooled_matrix = (matrix * tissue[..., None]).sum(axis=2) / count[..., None]
-    empty = count == 0
-    floor = np.where(empty, np.inf, pooled).min(axis=1, keepdims=True)  # the point's lowest tissue value
+    unread = np.isnan(curve).all(axis=2)  # a scale the search did not read at this point stays NaN
+    empty = (count == 0) & ~unread
+    floor = np.where(empty | unread, np.inf, pooled).min(axis=1, keepdims=True)  # the point's lowest tissue value
     pooled = np.where(empty, np.where(np.isfinite(floor), floor, 0.0), pooled)
     pooled_matrix = np.where(empty[..., None], matrix.mean(axis=2), pooled_matrix)  # all background: say so
+    pooled, pooled_matrix = np.where(unread, np.nan, pooled), np.where(unread[..., None], np.nan, pooled_matrix)
     return CurveScores(pooled_matrix.astype(np.float32), pooled.astype(np.float32))
 
 

@@ -32,7 +32,7 @@ from histoscale.errors import MissingMppError, ScaleSearchError
 from histoscale.models import SplitModel, load_model
 from histoscale.patches import iter_multiscale, read_multiscale, read_regions
 from histoscale.sampling import sample_points
-from histoscale.scoring import CurveScores, score_points
+from histoscale.scoring import PER_SCALE_SCORERS, CurveScores, score_points
 from histoscale.search._range import fine_grid, focus_window, plausible_range, scan_grid
 from histoscale.search._widen import edge_direction, widen_grid
 from histoscale.search.config import SearchConfig
@@ -325,7 +325,7 @@ class _Run:
         """Extend the grid beyond the edge the curves rise towards, re-reading the points used so far at the
         new scales only; True when the grid changed."""
         if self.focus is not None:
-            return False  # the focus keeps every scale any resample could choose, and two more on each side
+            return False  # the focus keeps every scale any resample could choose, and its neighbours
         direction = edge_direction(winner, len(self.grid), answers)
         if self.widened and direction == -self.widened:
             return False  # never turn back: the first widening already said where the answer lies
@@ -350,7 +350,10 @@ class _Run:
     def try_focus(self, interim: Vote) -> bool:
         """Read later points only at the scales the answer can still come from (:func:`focus_window` of the
         bootstrap resamples' winners); True when the scales to read shrank."""
-        if not self.config.focus or self.plan.search_range is None or self.config.aggregation != "pooled":
+        config = self.config
+        if not config.focus or self.plan.search_range is None or config.aggregation != "pooled" or (
+            config.scorer not in PER_SCALE_SCORERS
+        ):
             return False
         window = focus_window(interim.winner_span, len(self.grid), self.focus)
         if window is None:
