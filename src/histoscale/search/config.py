@@ -44,10 +44,10 @@ class SearchConfig:
         widen: extend the grid when the curves keep rising towards one of its edges.
         max_widen_steps: at most this many scales added by widening.
         focus: the default search with the pooled aggregation (and a scorer of
-            :data:`histoscale.scoring.PER_SCALE_SCORERS`) reads later points only where the answer can still be:
-            once, after at least ``2 * batch_points`` points, every bootstrap resample's winner lies within a few fine
-            scales, the window of those scales and one more on each side (only ever narrower; no widening after
-            it). ``scales`` grids are read whole.
+            :data:`histoscale.scoring.PER_SCALE_SCORERS`) reads points only where the answer can still be: once
+            every bootstrap resample's winner lies within a few fine scales (first judged on the scan's points read
+            near its peak), the window of those scales and one more on each side (only ever narrower; no widening
+            after it). ``scales`` grids are read whole.
         calibrated: apply the model's scale calibration when it has one (:mod:`histoscale.calibration`: the
             answer moves to where the model sees its training um/px, the interval adds the slide-to-slide scatter).
         scan_points: points of the default search's sparse scan (the fine stage re-reads them with the rest).

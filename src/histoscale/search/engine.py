@@ -33,12 +33,12 @@ from histoscale.models import SplitModel, load_model
 from histoscale.patches import iter_multiscale, read_multiscale, read_regions
 from histoscale.sampling import sample_points
 from histoscale.scoring import PER_SCALE_SCORERS, CurveScores, score_points
-from histoscale.search._range import fine_grid, focus_window, plausible_range, scan_grid
+from histoscale.search._range import FINE_INNER, fine_grid, focus_window, plausible_range, scan_grid
 from histoscale.search._widen import edge_direction, widen_grid
 from histoscale.search.config import SearchConfig
 from histoscale.search.result import ScaleResult, ScanSummary, metadata_check
 from histoscale.slide import Slide, open_slide, tissue_mask
-from histoscale.units import Units, check_upsampling, parse_scales, to_downsamples
+from histoscale.units import STEPS_PER_OCTAVE, Units, check_upsampling, parse_scales, to_downsamples
 
 __all__ = ["find_scale"]
 
@@ -252,9 +252,10 @@ class _Run:
 
     def scan_range(self) -> None:
         """The sparse scan over the whole range on the first ``scan_points`` points; the fine grid (quarter-octave
-        steps, the one the answer comes from) is centred on its peak. The scan's points are then completed on the
-        fine grid (the scan read them at its scales already: both grids lie on one lattice) and become the fine
-        stage's first block."""
+        steps, the one the answer comes from) is centred on its peak. The scan's points, read at the fine grid's
+        scales within ``FINE_INNER`` steps of the peak (the scan read some already: both grids lie on one lattice),
+        may settle the focus; they are then read at the outer scales it still needs, and become the fine stage's
+        first block."""
         n = min(self.config.scan_points, self.config.points)
         patches = self._patches(0)
         try:
@@ -278,15 +279,28 @@ class _Run:
         )
         logger.info("scan over %s: peak at %.3g; fine grid %s", scan_grid_units.round(3).tolist(),
                     self.scan.peak, self.grid.round(3).tolist())
+        # The scan's points on the fine grid: its own patches where the lattices meet, then the missing scales near
+        # the peak; the outer ones only if the focus, deciding on these, still needs them.
         log2_fine, log2_scan = np.log2(self.grid), np.log2(scan_grid_units)
         match = np.abs(log2_fine[:, None] - log2_scan[None, :]) < 1e-6  # (fine, scan)
         have = match.any(axis=1)
-        fine = np.empty((n, len(self.grid), *feats.shape[2:]), dtype=feats.dtype)
+        fine = np.full((n, len(self.grid), *feats.shape[2:]), np.nan, dtype=feats.dtype)
         fine[:, have] = feats[:, match.argmax(axis=1)[have]]
-        if not have.all():
-            fine[:, ~have] = self._features_at(self.plan.xy[:n], self.grid[~have])
+        near = np.abs(log2_fine - log2_peak) <= (FINE_INNER + 0.5) / STEPS_PER_OCTAVE
+        self._read_scan_points(fine, ~have & near)
         self.features.append(fine)
         self.used = n
+        if n < self.config.points:
+            self.try_focus(self.consensus(n_boot=100)[1])
+        self._read_scan_points(fine, ~have & ~near)
+
+    def _read_scan_points(self, block: np.ndarray, scales: np.ndarray) -> None:
+        """Read the scan's points (``block``, features on the fine grid) at the fine scales ``scales`` (mask) that
+        later points still read."""
+        if self.focus is not None:
+            scales = scales & np.isin(np.arange(len(self.grid)), self.focus)
+        if scales.any():
+            block[:, scales] = self._features_at(self.plan.xy[: len(block)], self.grid[scales])
 
     def _no_informative_point(self, which: str = "") -> ScaleSearchError:
         """The error for a grid over which every point's curve was flat."""
