@@ -18,7 +18,7 @@ Protocol (one run, DEFAULT settings unless a row says otherwise; what a user run
 * Calibration: the bundled model's card carries where its margins peak, fitted by
   ``scripts/calibrate_reference.py`` on development phantoms (seeds 7000-7079); the default applies it, the row
   "default, uncalibrated" is the same search answering where the margins peak (``calibrated=False``).
-* Patches: the default (scan + fine grid, early stop, widening) against a fixed 15-scale grid (downsample 2^(k/4),
+* Patches: the default (scan + fine grid, focus, early stop, widening) against a fixed 15-scale grid (downsample 2^(k/4),
   k = -6..8, the previous benchmark protocol) with early stop, and the previous default (9 scales around the
   model's scale, i.e. downsample 1 here, widening on).
 * Interval coverage: share of slides whose 95% interval on the implied um/px contains the truth (calibrated: the

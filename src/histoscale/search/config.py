@@ -50,7 +50,8 @@ class SearchConfig:
             after it). ``scales`` grids are read whole.
         calibrated: apply the model's scale calibration when it has one (:mod:`histoscale.calibration`: the
             answer moves to where the model sees its training um/px, the interval adds the slide-to-slide scatter).
-        scan_points: points of the default search's sparse scan (the fine stage re-reads them with the rest).
+        scan_points: points of the default search's sparse scan (the fine stage keeps their patches and reads them
+            at the fine scales it still needs).
         batch_points: points per model call (and per early-stop check).
         prefetch: points read ahead of the model by reader threads (0: none); the default, two blocks, lets a
             whole block be read while the model runs on the previous one.
