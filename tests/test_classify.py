@@ -212,13 +212,13 @@ def test_cli_from_a_mismatch_search_classifies_with_the_implied_mpp(phantom, tmp
     result.parent.mkdir()
     check = {"status": "MISMATCH", "declared_mpp": declared, "implied_mpp": 0.2, "implied_estimate": 0.26}
     result.write_text(json.dumps({"slide": str(phantom.slide_path), "units": "um/px", "chosen_scale": 0.9,
-                                  "arguments": {"slide_mpp": declared}, "check": check}))
+                                  "estimate": 0.95, "arguments": {"slide_mpp": declared}, "check": check}))
     out = tmp_path / "out"
     assert main(["classify", str(phantom.slide_path), "--from-search", str(result), "--stride", "128",
                  "--out", str(out)]) == 0
     assert "classifying with the implied 0.26 um/px" in capsys.readouterr().err
     doc = json.loads((out / "classify.json").read_text())
-    assert doc["scale"] == pytest.approx(0.9 / declared * 0.26) and doc["units"] == "um/px"
+    assert doc["scale"] == pytest.approx(0.95 / declared * 0.26) and doc["units"] == "um/px"  # as the summary
 
 
 @pytest.mark.parametrize(

@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         if args.slide_mpp is None and check.get("status") == "MISMATCH" and implied_mpp:
             # The declared um/px is wrong: the search's level-0 answer stands, and areas need the implied um/px.
             implied = float(implied_mpp)
+            if check.get("implied_estimate") and doc.get("estimate"):
+                scale = float(doc["estimate"])  # the downsample the summary says to read, with its implied um/px
             downsample_found = scale / float(check["declared_mpp"]) if units == "um/px" else scale
             slide_mpp, mpp, downsample = implied, downsample_found * implied, None
             print(f"histoscale: the search found {args.slide}'s declared {check['declared_mpp']:.3g} um/px wrong "
