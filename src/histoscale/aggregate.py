@@ -114,9 +114,10 @@ def standardised_curves(curves: np.ndarray) -> np.ndarray:
 
 def _comparable(curves: np.ndarray) -> np.ndarray:
     """Curves (P, N) whose per-scale means can be compared although some points lack some scales (NaN): each curve
-    less its mean over the scales every point has (plus the mean of those means). A point's level (its tissue, how sure the model is there) then
-    cancels, so a scale read on fewer points is not higher or lower for which points those were. Complete curves
-    are returned as they are (the offset would shift the pooled curve by a constant only)."""
+    less its mean over the scales every point has (plus the mean of those means). A point's level (its tissue, how
+    sure the model is there) then cancels, so a scale read on fewer points is not higher or lower for which points
+    those were. Complete curves are returned as they are (the offset would shift the pooled curve by a constant
+    only)."""
     read = ~np.isnan(curves)
     if read.all():
         return curves

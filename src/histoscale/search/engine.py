@@ -284,8 +284,7 @@ class _Run:
         log2_fine, log2_scan = np.log2(self.grid), np.log2(scan_grid_units)
         match = np.abs(log2_fine[:, None] - log2_scan[None, :]) < 1e-6  # (fine, scan)
         have = match.any(axis=1)
-        fine = np.full((n, len(self.grid), *feats.shape[2:]), np.nan, dtype=feats.dtype)
-        fine[:, have] = feats[:, match.argmax(axis=1)[have]]
+        fine = self._on_grid(feats[:, match.argmax(axis=1)[have]], have)
         near = np.abs(log2_fine - log2_peak) <= (FINE_INNER + 0.5) / STEPS_PER_OCTAVE
         self._read_scan_points(fine, ~have & near)
         self.features.append(fine)
@@ -314,12 +313,14 @@ class _Run:
         """Read and run the model on the next block of points (NaN at the scales outside the focus)."""
         n = min(self.config.batch_points, self.config.points - self.used)
         feats = self._features_of([next(patches) for _ in range(n)])
-        if self.focus is not None:
-            full = np.full((n, len(self.grid), *feats.shape[2:]), np.nan, dtype=feats.dtype)
-            full[:, self.focus] = feats
-            feats = full
-        self.features.append(feats)
+        self.features.append(feats if self.focus is None else self._on_grid(feats, self.focus))
         self.used += n
+
+    def _on_grid(self, feats: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """Features (p, k, ...) read at the grid's ``columns`` (k indices, or a mask) -> (p, N, ...), NaN elsewhere."""
+        full = np.full((len(feats), len(self.grid), *feats.shape[2:]), np.nan, dtype=feats.dtype)
+        full[:, columns] = feats
+        return full
 
     def consensus(
         self, n_boot: int | None = None, curves: np.ndarray | None = None, standardise: bool = False
@@ -339,7 +340,7 @@ class _Run:
         """Extend the grid beyond the edge the curves rise towards, re-reading the points used so far at the
         new scales only; True when the grid changed."""
         if self.focus is not None:
-            return False  # the focus keeps every scale any resample could choose, and its neighbours
+            return False  # the points read so far lack the scales outside the focus (a known limit at the grid's edge)
         direction = edge_direction(winner, len(self.grid), answers)
         if self.widened and direction == -self.widened:
             return False  # never turn back: the first widening already said where the answer lies
