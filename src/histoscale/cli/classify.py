@@ -46,12 +46,13 @@ def run(args: argparse.Namespace) -> int:
             slide_mpp = float(searched_mpp)  # the search placed its um/px with this override: keep it
             logger.info("using the slide um/px override %g the search ran with", slide_mpp)
         check = doc.get("check") if isinstance(doc.get("check"), dict) else {}
-        implied_mpp = check.get("implied_estimate") or check.get("implied_mpp")  # the check's own number first
+        implied_mpp = check.get("implied_mpp")
+        if check.get("implied_estimate") and doc.get("estimate"):
+            # The pair the summary gives: the continuous estimate's downsample and the um/px it implies.
+            scale, implied_mpp = float(doc["estimate"]), check["implied_estimate"]
         if args.slide_mpp is None and check.get("status") == "MISMATCH" and implied_mpp:
             # The declared um/px is wrong: the search's level-0 answer stands, and areas need the implied um/px.
             implied = float(implied_mpp)
-            if check.get("implied_estimate") and doc.get("estimate"):
-                scale = float(doc["estimate"])  # the downsample the summary says to read, with its implied um/px
             downsample_found = scale / float(check["declared_mpp"]) if units == "um/px" else scale
             slide_mpp, mpp, downsample = implied, downsample_found * implied, None
             print(f"histoscale: the search found {args.slide}'s declared {check['declared_mpp']:.3g} um/px wrong "

@@ -23,8 +23,9 @@ class MetadataCheck:
 
     ``implied_estimate`` is the slide's level-0 um/px implied by the continuous estimate and the model's training
     um/px: the number the status, the summary, the report, the cohort table and ``classify --from-search`` use;
-    ``implied_interval`` is its 95% interval; ``implied_mpp`` is the same from the grid scale alone; ``disagreement_steps`` is log2(implied_estimate / declared) in grid steps; ``status`` is ``OK`` (within one step),
-    ``MISMATCH``, ``MISSING-METADATA`` (no declared um/px: the implied one is the only one) or
+    ``implied_interval`` is its 95% interval; ``implied_mpp`` is the same from the grid scale alone;
+    ``disagreement_steps`` is log2(implied_estimate / declared) in grid steps; ``status`` is ``OK`` (within one
+    step), ``MISMATCH``, ``MISSING-METADATA`` (no declared um/px: the implied one is the only one) or
     ``UNKNOWN-MODEL-MPP`` (the model's training um/px is unknown: nothing to compare).
     """
 
