@@ -264,6 +264,22 @@ def export(model: SmallCNN, assets: Path) -> None:
     print(f"  onnx export: max |logit diff| = {np.abs(lo - ref).max():.2e}")
 
 
+def record_feature_stats(model: SmallCNN, assets: Path, seeds, per_class: int, workers: int) -> None:
+    """The training patches' feature statistics (histoscale.domain) into the three phantom cards (both JSON
+    cards and the card inside the ONNX file), so that a search says when a slide is unlike phantom tissue."""
+    from histoscale.domain import FeatureStats
+
+    x, _ = make_dataset(seeds, per_class, TRAIN_MPP, 0.05, True, workers)
+    with torch.no_grad():
+        stats = FeatureStats.fit(features(model, x)).to_dict()
+    for name in ("reference.json", "reference-onnx.json"):
+        card = json.loads((assets / name).read_text())
+        card["feature_stats"] = stats
+        (assets / name).write_text(json.dumps(card, indent=2) + "\n")
+    embed_card(assets / "reference.onnx", load_card(assets / "reference-onnx.json"))
+    print(f"  feature statistics of {stats['patches']} training patches recorded: quantiles {stats['quantiles']}")
+
+
 def load(assets: Path) -> SmallCNN:
     model = SmallCNN(num_classes=len(CLASS_NAMES))
     model.load_state_dict(torch.load(assets / "reference.pt", weights_only=True))
@@ -375,6 +391,8 @@ def scale_check(model: SmallCNN, seeds, n_points: int, true_mpps, workers: int) 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="skip training: evaluate + check the saved model")
+    ap.add_argument("--feature-stats", action="store_true",
+                    help="only (re)record the saved model's training feature statistics in its cards")
     ap.add_argument("--assets", type=Path, default=ASSETS)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-seeds", type=int, default=60, help="number of phantom seeds to train on")
@@ -390,6 +408,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     held_out = [9001, 9002, 9003, 9004]
     t0 = time.time()
+    stats_seeds = [1000 + args.seed * 10_000 + i for i in range(min(args.train_seeds, 20))]
+    if args.feature_stats:
+        record_feature_stats(load(args.assets), args.assets, stats_seeds, args.per_class, args.workers)
+        return 0
     if not args.check:
         seeds = [1000 + args.seed * 10_000 + i for i in range(args.train_seeds)]
         print(f"rendering {len(seeds)} seeds x {args.per_class} patches/class at {TRAIN_MPP} um/px ...", flush=True)
@@ -399,6 +421,7 @@ def main(argv=None) -> int:
         model = train(x, y, args.epochs, args.seed)
         del x
         export(model, args.assets)
+        record_feature_stats(model.eval(), args.assets, stats_seeds, args.per_class, args.workers)
         print(f"  saved to {args.assets} ({time.time() - t0:.0f} s)")
     model = load(args.assets)
     table = accuracy_table(model, held_out, args.eval_per_class, args.workers)

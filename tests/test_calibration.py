@@ -150,7 +150,7 @@ def test_card_round_trips_its_calibration(tmp_path: Path) -> None:
 
 
 def test_the_bundled_model_is_calibrated_in_both_formats() -> None:
-    torch_model = load_model()
+    torch_model = load_model("phantom")
     onnx_model = load_model(str(files("histoscale") / "assets" / "reference.onnx"))
     assert torch_model.calibration is not None
     assert torch_model.calibration == onnx_model.calibration  # the card inside reference.onnx says the same
@@ -160,9 +160,9 @@ def test_the_bundled_model_is_calibrated_in_both_formats() -> None:
 def test_search_applies_the_calibration_exactly(phantoms: dict[float, Path]) -> None:
     slide = phantoms[0.45]
     cal = ScaleCalibration(margin_peak_mpp=0.6, sd_log2=0.15, slides=20)
-    plain = find_scale(slide, load_model(), calibrated=False, early_stop=False)
+    plain = find_scale(slide, load_model("phantom"), calibrated=False, early_stop=False)
     assert plain.calibration is None
-    model = load_model(calibration=cal.to_dict())
+    model = load_model("phantom", calibration=cal.to_dict())
     fixed = find_scale(slide, model, early_stop=False)  # the same points: the early stop depends on the calibration
     factor = 0.5 / 0.6
     assert fixed.calibration == cal
@@ -175,7 +175,7 @@ def test_search_applies_the_calibration_exactly(phantoms: dict[float, Path]) -> 
     assert "calibrated: this model's margins peak at 0.6 um/px" in fixed.summary()
     # a slope acts on the level-0 downsample (the slide declares its um/px, so the scales are um/px)
     level0 = math.log2(0.45)
-    pulled = find_scale(slide, load_model(calibration=dataclasses.replace(cal, slope=0.9)), early_stop=False)
+    pulled = find_scale(slide, load_model("phantom", calibration=dataclasses.replace(cal, slope=0.9)), early_stop=False)
     expected = level0 + (math.log2(plain.estimate) - level0) / 0.9 + math.log2(factor)
     assert math.log2(pulled.estimate) == pytest.approx(expected)
     assert "following the scale with slope 0.90" in pulled.summary()
@@ -185,7 +185,7 @@ def test_search_applies_the_calibration_exactly(phantoms: dict[float, Path]) -> 
 
 def test_a_calibration_holds_for_the_scorer_and_aggregation_it_was_measured_with(phantoms: dict[float, Path]) -> None:
     cal = ScaleCalibration(0.6, 0.15, 20, scorer="margin", aggregation="pooled")
-    model = load_model(calibration=cal.to_dict())
+    model = load_model("phantom", calibration=cal.to_dict())
     assert find_scale(phantoms[0.45], model, points=24).calibration == cal
     other = find_scale(phantoms[0.45], model, points=24, scorer="distance")
     assert other.calibration is None
@@ -196,7 +196,7 @@ def test_a_calibration_holds_for_the_scorer_and_aggregation_it_was_measured_with
 
 
 def test_sampling_stops_once_the_scatter_between_slides_dominates(phantoms: dict[float, Path]) -> None:
-    loose = load_model(calibration={"margin_peak_mpp": 0.56, "sd_log2": 0.5, "slides": 20})
+    loose = load_model("phantom", calibration={"margin_peak_mpp": 0.56, "sd_log2": 0.5, "slides": 20})
     result = find_scale(phantoms[0.45], loose, points=100)
     assert result.stopped_early and result.points_used == 32  # the minimum: 4 blocks of 8 points
     lo, hi = np.log2(result.interval)
@@ -205,7 +205,7 @@ def test_sampling_stops_once_the_scatter_between_slides_dominates(phantoms: dict
 
 
 def test_a_calibration_gives_a_model_of_unknown_mpp_an_effective_one(phantoms: dict[float, Path]) -> None:
-    model = load_model(calibration={"margin_peak_mpp": 0.55, "sd_log2": 0.1, "slides": 10})
+    model = load_model("phantom", calibration={"margin_peak_mpp": 0.55, "sd_log2": 0.1, "slides": 10})
     model.mpp = None
     result = find_scale(phantoms[0.3], model)
     assert result.check.model_mpp == 0.55
@@ -215,7 +215,7 @@ def test_a_calibration_gives_a_model_of_unknown_mpp_an_effective_one(phantoms: d
 
 def test_calibrate_model_measures_skips_and_records(phantoms: dict[float, Path], tmp_path: Path) -> None:
     slides = [str(p) for p in phantoms.values()] + [str(tmp_path / "missing.svs")]
-    run = calibrate_model(load_model(calibration={"margin_peak_mpp": 2.0, "sd_log2": 0, "slides": 3}), slides)
+    run = calibrate_model(load_model("phantom", calibration={"margin_peak_mpp": 2.0, "sd_log2": 0, "slides": 3}), slides)
     measured = [r for r in run.rows if r["peak_mpp"] is not None]
     assert len(measured) == 3 and run.calibration.slides == 3
     skipped = [r for r in run.rows if r["skipped"]]
@@ -235,14 +235,14 @@ def test_calibrate_model_measures_skips_and_records(phantoms: dict[float, Path],
 def test_calibrate_needs_three_measured_slides_and_says_why(phantoms: dict[float, Path], tmp_path: Path) -> None:
     slides = [str(phantoms[0.3]), str(tmp_path / "nope.svs")]
     with pytest.raises(ConfigError, match="at least 3.*nope"):
-        calibrate_model(None, slides)
+        calibrate_model("phantom", slides)
 
 
 def test_cli_calibrate_then_search_with_it(
     phantoms: dict[float, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "cal.json"
-    assert main(["calibrate", *map(str, phantoms.values()), "--out", str(out), "--points", "40"]) == 0
+    assert main(["calibrate", "--model", "phantom", *map(str, phantoms.values()), "--out", str(out), "--points", "40"]) == 0
     doc = json.loads(out.read_text())
     assert doc["calibration"]["slides"] == 3 and len(doc["slides"]) == 3
     assert (doc["calibration"]["scorer"], doc["calibration"]["aggregation"]) == ("margin", "pooled")
@@ -251,27 +251,27 @@ def test_cli_calibrate_then_search_with_it(
     assert "margins peak at" in printed and "slope not fitted, 1: 3 slides spread 0.61 octave" in printed
     assert ">= 8 slides" in printed
     slide = str(phantoms[0.7])
-    assert main(["search", slide, "--calibration", str(out), "--json", "--points", "40"]) == 0
+    assert main(["search", "--model", "phantom", slide, "--calibration", str(out), "--json", "--points", "40"]) == 0
     captured = capsys.readouterr()
     result = json.loads(captured.out)
     assert f"calibration from {out}" in captured.err  # the model line names the file overriding the card's
     assert result["calibration"] == doc["calibration"]
-    assert main(["search", slide, "--uncalibrated", "--json", "--points", "40"]) == 0
+    assert main(["search", "--model", "phantom", slide, "--uncalibrated", "--json", "--points", "40"]) == 0
     assert json.loads(capsys.readouterr().out)["calibration"] is None
     bad = tmp_path / "bad.json"
     bad.write_text('{"margin_peak_mpp": 0.5}')
-    assert main(["search", slide, "--calibration", str(bad)]) == 2
+    assert main(["search", "--model", "phantom", slide, "--calibration", str(bad)]) == 2
     assert "--calibration" in capsys.readouterr().err
-    assert main(["calibrate", "--out", str(out)]) == 2
+    assert main(["calibrate", "--model", "phantom", "--out", str(out)]) == 2
     assert "--manifest" in capsys.readouterr().err
 
 
 def test_model_info_shows_the_calibration_and_its_source(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["model-info"]) == 0
+    assert main(["model-info", "phantom"]) == 0
     out = capsys.readouterr().out
     assert "calibration: margins peak at 0.5" in out and "reference.json" in out.split("calibration:")[1]
     assert "slope 0.9" in out  # fitted on phantoms of 0.2-1.0 um/px
-    assert main(["model-info", "--json"]) == 0
+    assert main(["model-info", "phantom", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["calibration"]["slides"] == 80 and info["sources"]["calibration"].endswith("reference.json")
 
@@ -284,26 +284,26 @@ def test_a_calibration_file_reaches_cohort_workers_and_is_named(
     manifest = tmp_path / "m.csv"
     manifest.write_text("slide,slide_mpp\n" + "".join(f"{p},{m}\n" for m, p in list(phantoms.items())[:2]))
     out = tmp_path / "cohort"
-    assert main(["cohort", str(manifest), "--out", str(out), "--workers", "1", "--no-figures", "--points", "24",
+    assert main(["cohort", "--model", "phantom", str(manifest), "--out", str(out), "--workers", "1", "--no-figures", "--points", "24",
                  "--calibration", str(cal)]) == 0
     assert "ERROR" not in (out / "results.csv").read_text()
     assert str(cal.resolve()) in (out / "cohort.json").read_text()
     assert "calibration: from cal.json" in (out / "index.html").read_text()  # the page says what moved the answers
-    model = load_model(calibration=str(cal))  # the file `calibrate` writes, as a path
+    model = load_model("phantom", calibration=str(cal))  # the file `calibrate` writes, as a path
     assert model.calibration == ScaleCalibration(0.6, 0.1, 12) and model.sources["calibration"] == f"file {cal}"
-    assert main(["model-info", "--calibration", str(cal)]) == 0
+    assert main(["model-info", "phantom", "--calibration", str(cal)]) == 0
     assert f"file {cal.resolve()}" in capsys.readouterr().out
-    assert main(["search", str(phantoms[0.3]), "--calibration", str(cal), "--uncalibrated"]) == 2
+    assert main(["search", "--model", "phantom", str(phantoms[0.3]), "--calibration", str(cal), "--uncalibrated"]) == 2
     assert "drop one of them" in capsys.readouterr().err
-    assert main(["search", str(phantoms[0.3]), "--calibration", str(tmp_path / "nope.json")]) == 2
+    assert main(["search", "--model", "phantom", str(phantoms[0.3]), "--calibration", str(tmp_path / "nope.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["search", str(phantoms[0.3]), "--calibration", str(tmp_path)]) == 2
+    assert main(["search", "--model", "phantom", str(phantoms[0.3]), "--calibration", str(tmp_path)]) == 2
     assert "is a folder, not a file" in capsys.readouterr().err
 
 
 def test_misplaced_or_mistyped_settings_are_named() -> None:
     with pytest.raises(ConfigError, match="load_model\\(calibration="):
-        find_scale("any.svs", None, calibration={"margin_peak_mpp": 0.6, "sd_log2": 0.1, "slides": 5})
+        find_scale("any.svs", "phantom", calibration={"margin_peak_mpp": 0.6, "sd_log2": 0.1, "slides": 5})
     with pytest.raises(ConfigError, match="calibrated must be True or False"):
         SearchConfig(calibrated="no")
     with pytest.raises(ConfigError, match="points must be a whole number"):
@@ -320,19 +320,19 @@ def test_misplaced_or_mistyped_settings_are_named() -> None:
 
 
 def test_an_uncalibrated_search_says_so(phantoms: dict[float, Path]) -> None:
-    result = find_scale(phantoms[0.45], None, calibrated=False, points=24)
+    result = find_scale(phantoms[0.45], "phantom", calibrated=False, points=24)
     assert "uncalibrated: the model's calibration was not applied" in result.summary()
 
 
 def test_calibrate_refuses_early(phantoms: dict[float, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     two = [str(p) for p in list(phantoms.values())[:2]]
-    assert main(["calibrate", *two, "--out", str(tmp_path / "c.json")]) == 2
+    assert main(["calibrate", "--model", "phantom", *two, "--out", str(tmp_path / "c.json")]) == 2
     assert "at least 3 slides" in capsys.readouterr().err
     three = [str(p) for p in phantoms.values()]
-    assert main(["calibrate", *three, "--out", str(tmp_path / "c.json"), "--calibration", "x.json"]) == 2
+    assert main(["calibrate", "--model", "phantom", *three, "--out", str(tmp_path / "c.json"), "--calibration", "x.json"]) == 2
     assert "drop the flag" in capsys.readouterr().err
-    assert main(["calibrate", *three, "--out", str(tmp_path / "c.json"), "--uncalibrated"]) == 2
+    assert main(["calibrate", "--model", "phantom", *three, "--out", str(tmp_path / "c.json"), "--uncalibrated"]) == 2
     assert "--uncalibrated: calibrate always measures the model without a calibration" in capsys.readouterr().err
-    assert main(["calibrate", *three, "--out", str(tmp_path / "c.json"), "--paper"]) == 2
+    assert main(["calibrate", "--model", "phantom", *three, "--out", str(tmp_path / "c.json"), "--paper"]) == 2
     assert "--paper: the paper's Algorithm 1 is never calibrated" in capsys.readouterr().err
     assert not (tmp_path / "c.json").exists()

@@ -32,7 +32,7 @@ def phantom(tmp_path_factory: pytest.TempPathFactory):
 def model():
     from histoscale.models import load_model
 
-    return load_model()
+    return load_model("phantom")
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +195,7 @@ def test_cli_from_search(phantom, tmp_path: Path) -> None:
     result.parent.mkdir()
     result.write_text(json.dumps({"slide": str(phantom.slide_path), "units": "um/px", "chosen_scale": 0.5}))
     out = tmp_path / "out"
-    assert main(["classify", str(phantom.slide_path), "--from-search", str(result), "--stride", "128", "--out", str(out)]) == 0
+    assert main(["classify", "--model", "phantom", str(phantom.slide_path), "--from-search", str(result), "--stride", "128", "--out", str(out)]) == 0
     doc = json.loads((out / "classify.json").read_text())
     assert doc["scale"] == 0.5 and doc["units"] == "um/px" and doc["stride_px"] == 128
     for name in ("classmap.png", "probabilities.npz", "classes.geojson"):
@@ -214,7 +214,7 @@ def test_cli_from_a_mismatch_search_classifies_with_the_implied_mpp(phantom, tmp
     result.write_text(json.dumps({"slide": str(phantom.slide_path), "units": "um/px", "chosen_scale": 0.9,
                                   "estimate": 0.95, "arguments": {"slide_mpp": declared}, "check": check}))
     out = tmp_path / "out"
-    assert main(["classify", str(phantom.slide_path), "--from-search", str(result), "--stride", "128",
+    assert main(["classify", "--model", "phantom", str(phantom.slide_path), "--from-search", str(result), "--stride", "128",
                  "--out", str(out)]) == 0
     assert "classifying with the implied 0.26 um/px" in capsys.readouterr().err
     doc = json.loads((out / "classify.json").read_text())
@@ -241,7 +241,7 @@ def test_from_search_errors(tmp_path: Path, content, message) -> None:
 
 def test_cli_reports_bad_search_file(phantom, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "nowhere" / "result.json"
-    rc = main(["classify", str(phantom.slide_path), "--from-search", str(missing), "--out", str(tmp_path / "o")])
+    rc = main(["classify", "--model", "phantom", str(phantom.slide_path), "--from-search", str(missing), "--out", str(tmp_path / "o")])
     assert rc == 2
     err = capsys.readouterr().err
     assert str(missing) in err and "histoscale search" in err
@@ -256,9 +256,9 @@ def test_no_scale_and_no_mpp(synthetic_slides, model, tmp_path: Path, capsys: py
             classify_slide(slide, model, mpp=0.5)
         relative = classify_slide(slide, model, downsample=4.0)  # relative units need nothing
     assert relative.units == "downsample" and relative.windows > 0
-    assert main(["classify", str(bare), "--out", str(tmp_path / "o")]) == 2
+    assert main(["classify", "--model", "phantom", str(bare), "--out", str(tmp_path / "o")]) == 2
     assert "declares no um/px" in capsys.readouterr().err
-    assert main(["classify", str(bare), "--downsample", "4", "--out", str(tmp_path / "o")]) == 0
+    assert main(["classify", "--model", "phantom", str(bare), "--downsample", "4", "--out", str(tmp_path / "o")]) == 0
     doc = json.loads((tmp_path / "o" / "classify.json").read_text())
     assert doc["units"] == "downsample" and all(v["area_mm2"] is None for v in doc["classes"].values())
 

@@ -26,7 +26,7 @@ from histoscale.search import SearchConfig
 TRUE_MPP = 0.5  # the SVS phantom, declared correctly in its metadata
 BARE_MPP = 0.4  # the phantom without resolution metadata
 SEARCH = SearchConfig(points=24, seed=0)
-MODEL = None  # the bundled reference model
+MODEL = "phantom"  # the bundled phantom model: these slides are phantoms
 GRID_STEPS_PER_OCTAVE = 4
 
 
@@ -171,7 +171,7 @@ def test_kill_then_resume_loses_nothing_and_redoes_nothing(cohort_files, tmp_pat
     good = cohort_files["good"]
     manifest.write_text("slide,id\n" + "".join(f"{good},k{i}\n" for i in range(3)))
     out = tmp_path / "out"
-    args = ["cohort", str(manifest), "--out", str(out), "--workers", "1", "--points", "24", "--no-figures"]
+    args = ["cohort", "--model", "phantom", str(manifest), "--out", str(out), "--workers", "1", "--points", "24", "--no-figures"]
     args += ["--model", MODEL] if MODEL else []
     proc = subprocess.Popen([sys.executable, "-m", "histoscale.cli", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -266,6 +266,6 @@ def test_cli_reports_a_bad_manifest_with_exit_code_2(tmp_path: Path, capsys: pyt
     from histoscale.cli import main
 
     m = _manifest(tmp_path, "path\na.svs\n")
-    assert main(["cohort", str(m), "--out", str(tmp_path / "o")]) == 2
+    assert main(["cohort", "--model", "phantom", str(m), "--out", str(tmp_path / "o")]) == 2
     assert "no 'slide' column" in capsys.readouterr().err
-    assert main(["cohort", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o")]) == 2
+    assert main(["cohort", "--model", "phantom", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o")]) == 2

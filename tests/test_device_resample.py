@@ -21,7 +21,7 @@ def phantom(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture()
 def model():
-    return load_model(None, device="cpu", precision="fp32")
+    return load_model("phantom", device="cpu", precision="fp32")
 
 
 def test_cpu_models_resample_on_the_cpu_by_default_and_get_the_reads_patches(phantom, model) -> None:

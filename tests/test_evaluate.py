@@ -34,7 +34,7 @@ def phantom(tmp_path_factory: pytest.TempPathFactory):
 def model():
     from histoscale.models import load_model
 
-    m = load_model()
+    m = load_model("phantom")
     assert m.mpp == pytest.approx(TRAINING_MPP)
     return m
 
@@ -223,7 +223,7 @@ def test_parse_scales() -> None:
 
 def test_cli_table_csv_and_plot(phantom, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "ev"
-    rc = main(["evaluate", str(phantom.slide_path), "--labels", str(phantom.json_path), "--scales", "0.35,0.5,0.7",
+    rc = main(["evaluate", "--model", "phantom", str(phantom.slide_path), "--labels", str(phantom.json_path), "--scales", "0.35,0.5,0.7",
                "--points-per-class", "8", "--search", "--search-points", "16", "--out", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
@@ -243,6 +243,6 @@ def test_cli_table_csv_and_plot(phantom, tmp_path: Path, capsys: pytest.CaptureF
 def test_cli_bad_labels_exit_code(phantom, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.png"
     Image.fromarray(np.zeros((50, 96), np.uint8)).save(bad)
-    assert main(["evaluate", str(phantom.slide_path), "--labels", str(bad), "--scales", "0.5"]) == 2
+    assert main(["evaluate", "--model", "phantom", str(phantom.slide_path), "--labels", str(bad), "--scales", "0.5"]) == 2
     err = capsys.readouterr().err
     assert "histoscale evaluate: error" in err and str(bad) in err

@@ -49,7 +49,8 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "manifest.csv").write_text("slide\n" + "".join(f"{n}\n" for n in
                                     ("good.svs", "good2.tif", "bare.tif", "wrong.svs", "corrupt.svs")))
     out = d / "out"
-    summary = run_cohort(d / "manifest.csv", out_dir=out, workers=2, search=SearchConfig(points=16, seed=0))
+    summary = run_cohort(d / "manifest.csv", out_dir=out, workers=2, model_spec="phantom",
+                         search=SearchConfig(points=16, seed=0))
     flags = {r["id"]: r["flag"] for r in summary.rows}
     assert flags == EXPECTED_FLAGS, [(r["id"], r["flag"], r["message"]) for r in summary.rows]
     return out
@@ -234,7 +235,7 @@ def test_search_report_states_the_mismatch(tab: Page, cohort: Path) -> None:
 def test_classify_report_shows_the_class_map(tab: Page, cohort: Path, tmp_path: Path) -> None:
     slide_path = cohort.parent / "good.svs"
     with open_slide(slide_path) as slide:
-        cmap = classify_slide(slide, load_model(None), mpp=1.0, stride=128)
+        cmap = classify_slide(slide, load_model("phantom"), mpp=1.0, stride=128)
         written = write_classify_report(cmap, tmp_path, thumbnail=slide.thumbnail(512), arguments={"mpp": 1.0})
     page = tab.open(written["report.html"])
     assert page.eval_on_selector("#fig-classmap img", "i => i.src.startsWith('data:') && i.naturalWidth > 0")

@@ -206,7 +206,7 @@ def slide(tmp_path_factory) -> Path:
 
 
 def _search(slide: Path, model: Path, out: Path, capsys) -> tuple[dict, str, str]:
-    assert main(["search", str(slide), "--model", str(model), "--points", "16", "--out", str(out)]) == 0
+    assert main(["search", "--model", "phantom", str(slide), "--model", str(model), "--points", "16", "--out", str(out)]) == 0
     printed = capsys.readouterr()
     return json.loads((out / "result.json").read_text()), printed.out, printed.err
 

@@ -454,7 +454,7 @@ REFERENCE = Path(__file__).parents[1] / "src" / "histoscale" / "assets" / "refer
 
 @pytest.mark.skipif(not REFERENCE.is_file(), reason="bundled reference model not built yet (src/histoscale/assets)")
 def test_reference_model() -> None:
-    model = load_model()
+    model = load_model("phantom")
     assert model.mpp is not None and len(model.class_names) == model.W.shape[1]
     assert_split(model, model.input_size, n=3)
     onnx_card = REFERENCE.with_name("reference-onnx.json")

@@ -20,7 +20,7 @@ STEP = 2 ** 0.25  # one grid step
 
 @pytest.fixture(scope="module")
 def model():
-    return load_model()  # the bundled reference model, trained at 0.5 um/px
+    return load_model("phantom")  # the bundled reference model, trained at 0.5 um/px
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def test_bad_arguments_are_clear_errors(phantoms, model):
 
 
 def test_cli_search_writes_report(phantoms, tmp_path, capsys):
-    code = main(["search", str(phantoms[1.0]), "--points", "16", "--out", str(tmp_path / "run"), "--json"])
+    code = main(["search", "--model", "phantom", str(phantoms[1.0]), "--points", "16", "--out", str(tmp_path / "run"), "--json"])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["check"]["status"] == "MISSING-METADATA"
@@ -135,7 +135,7 @@ def test_cli_search_writes_report(phantoms, tmp_path, capsys):
 
 
 def test_cli_reports_missing_file_without_traceback(tmp_path, capsys):
-    assert main(["search", str(tmp_path / "nope.svs")]) == 2
+    assert main(["search", "--model", "phantom", str(tmp_path / "nope.svs")]) == 2
     err = capsys.readouterr().err
     assert "nope.svs" in err and "Traceback" not in err
 
@@ -149,7 +149,7 @@ def test_grid_presets():
 def test_cli_demo_finds_the_hidden_scale(capsys):
     """The demo's verdict matches its numbers; the answer is no gross failure (how often it is within one step is
     the benchmark's business: BENCHMARKS.md, seeds 9000+)."""
-    assert main(["demo", "--seed", "3", "--true-mpp", "0.3", "--size", "2560x2560"]) == 0
+    assert main(["demo", "--phantom", "--seed", "3", "--true-mpp", "0.3", "--size", "2560x2560"]) == 0
     out = capsys.readouterr().out
     found = re.search(r"truth: 0\.3000 um/px; estimate: ([\d.]+) um/px \(([-+][\d.]+) grid steps.*95% CI ([\d.]+)-([\d.]+)\) "
                       r"-> (within one grid step|OFF by more than one grid step), the truth (inside|OUTSIDE)", out)

@@ -30,7 +30,7 @@ SETTINGS: dict[str, int] = {}
 
 @pytest.fixture(scope="module")
 def model():
-    return load_model()  # the bundled reference model, trained at 0.5 um/px
+    return load_model("phantom")  # the bundled reference model, trained at 0.5 um/px
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def _within_one_step(value: float, truth: float) -> bool:
 @pytest.mark.parametrize(("name", "declared"), [("cm_as_inch", 1.27), ("tenfold", 0.05)])
 def test_quoted_inputs_are_mismatch_with_the_right_implied_mpp(files, capsys, name, declared) -> None:
     """The issue's two files: exit 0, MISMATCH, the declared value read from the file, implied about 0.5."""
-    assert main(["search", str(files[name]), "--json"]) == 0
+    assert main(["search", "--model", "phantom", str(files[name]), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     check = doc["check"]
     assert check["status"] == "MISMATCH"
@@ -117,7 +117,7 @@ def test_scan_then_fine_grid(files, model) -> None:
 
 def test_cohort_rows_are_mismatch_never_error(files, tmp_path: Path) -> None:
     summary = run_cohort(
-        [str(files["cm_as_inch"]), str(files["tenfold"])], out_dir=tmp_path / "cohort", workers=1,
+        [str(files["cm_as_inch"]), str(files["tenfold"])], out_dir=tmp_path / "cohort", workers=1, model_spec="phantom",
         search=SearchConfig(**SETTINGS), figures=False,
     )
     rows = read_results(summary.results_csv)
@@ -131,7 +131,8 @@ def test_cohort_rows_are_mismatch_never_error(files, tmp_path: Path) -> None:
 def test_cohort_error_row_keeps_what_the_slide_declares(tmp_path: Path) -> None:
     """A slide that opens but cannot be searched is ERROR, with its declared um/px and source still in the row."""
     small = write_pyramid(tmp_path / "small.tif", "pages", size=96, levels=1, tile=16, resolution=(20000, 20000))
-    summary = run_cohort([str(small)], out_dir=tmp_path / "cohort", workers=1, search=SearchConfig(points=8),
+    summary = run_cohort([str(small)], out_dir=tmp_path / "cohort", workers=1, model_spec="phantom",
+                         search=SearchConfig(points=8),
                          figures=False)
     (row,) = read_results(summary.results_csv)
     assert row["flag"] == "ERROR" and "too little room to search" in row["message"]

@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 from histoscale.calibration import ScaleCalibration, fit_calibration
 from histoscale.classify import ClassMap, classify_slide
 from histoscale.cohort import CalibrationRun, CohortSummary, calibrate_model, read_manifest, read_results, run_cohort
+from histoscale.domain import DomainCheck, FeatureStats
 from histoscale.errors import (
     ConfigError,
     HistoscaleError,
@@ -22,7 +23,17 @@ from histoscale.errors import (
 )
 from histoscale.evaluate import ScaleAccuracy, evaluate_scales
 from histoscale.labels import LabelMap, load_labels
-from histoscale.models import ModelCard, Preprocessing, SplitModel, load_card, load_model, register_format, save_card
+from histoscale.models import (
+    BUNDLED_MODELS,
+    DEFAULT_MODEL,
+    ModelCard,
+    Preprocessing,
+    SplitModel,
+    load_card,
+    load_model,
+    register_format,
+    save_card,
+)
 from histoscale.patches import resample
 from histoscale.reports.search import write_search_report
 from histoscale.scoring import SCORERS, score_points
@@ -32,6 +43,10 @@ from histoscale.units import parse_scales
 
 __all__ = [
     "__version__",
+    "BUNDLED_MODELS",
+    "DEFAULT_MODEL",
+    "DomainCheck",
+    "FeatureStats",
     "CalibrationRun",
     "ClassMap",
     "CohortSummary",

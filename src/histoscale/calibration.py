@@ -108,8 +108,9 @@ class ScaleCalibration:
     def enough_width_log2(self) -> float:
         """Width (log2) of a bootstrap 95% interval below which more points barely help: its standard error is then
         at most half the predictive scatter, so the calibrated interval is within 12% of the narrowest any number
-        of points could give. The search stops sampling there (early stop)."""
-        return _Z95 * self.predictive_sd_log2
+        of points could give. The search stops sampling there (early stop). Measured on the uncalibrated scale, where
+        the interval is ``slope`` times narrower than once calibrated (:meth:`apply` divides by the slope)."""
+        return _Z95 * self.predictive_sd_log2 * self.slope
 
     def reference_mpp(self, model_mpp: float | None) -> float:
         """The um/px a calibrated answer gives the model: its training ``model_mpp``, or where its margins peak when

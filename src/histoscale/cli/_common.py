@@ -52,7 +52,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", default=None,
         help="model file (.onnx, .pt, .keras, .safetensors; a card beside it is found: <stem>.json, "
-        "<stem>.card.json, config.json), a card or WSInfer / timm config.json, or a folder (default: bundled reference)",
+        "<stem>.card.json, config.json), a card or WSInfer / timm config.json, a folder, or a bundled model's name: "
+        "reference-he (the default: real H&E), phantom, phantom-onnx",
     )
     p.add_argument("--factory", default=None, help="module:callable building the architecture of a state dict")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled torch checkpoints (runs code!)")

@@ -50,6 +50,7 @@ from histoscale.cohort.manifest import jobs_from
 from histoscale.cohort.table import FINAL_FLAGS, FLAGS, ResultsTable
 from histoscale.cohort.worker import MODEL_FAILED, WorkerConfig, report_dir, run_job
 from histoscale.errors import ConfigError, ModelError
+from histoscale.models import BUNDLED_MODELS
 from histoscale.reports.cohort import write_cohort_index
 from histoscale.search import SearchConfig
 
@@ -107,6 +108,8 @@ def _check_model_spec(model_spec: Any) -> str | None:
             f"model_spec must be a path (model card, TorchScript, ONNX, ...) or None, not a {type(model_spec).__name__}: "
             "workers load the model themselves, so pass where it lives"
         )
+    if isinstance(model_spec, str) and model_spec in BUNDLED_MODELS and not Path(model_spec).exists():
+        return model_spec  # a bundled model's name: each worker finds it in its own installation
     return str(Path(model_spec).absolute())
 
 
@@ -206,8 +209,9 @@ def run_cohort(
     if workers is not None and workers < 1:
         raise ConfigError(f"workers must be at least 1 (got {workers})")
     spec = _check_model_spec(model_spec)
-    if spec is not None and scheduler in (None, "local") and not Path(spec).exists():
-        raise ModelError(f"model {spec} does not exist: give a model card, TorchScript or ONNX file, or omit --model")
+    if spec is not None and scheduler in (None, "local") and spec not in BUNDLED_MODELS and not Path(spec).exists():
+        raise ModelError(f"model {spec} does not exist: give a model card, TorchScript or ONNX file, the name of a "
+                         f"bundled model ({', '.join(BUNDLED_MODELS)}), or omit --model")
     if search_kwargs is not None:
         search = SearchConfig.from_dict(renamed("run_cohort", "search_kwargs", "search", dict(search_kwargs), search))
     search = search or SearchConfig()

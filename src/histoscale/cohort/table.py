@@ -25,7 +25,7 @@ COLUMNS = (
     "id", "slide", "declared_mpp", "mpp_source", "estimated_mpp", "ci_low", "ci_high", "chosen_scale", "units",
     "disagreement_steps", "flag", "message", "points_used", "seconds", "finished_at",
 )
-FLAGS = ("OK", "MISMATCH", "MISSING-METADATA", "UNKNOWN-MODEL-MPP", "ERROR")
+FLAGS = ("OK", "MISMATCH", "INCONCLUSIVE", "MISSING-METADATA", "UNKNOWN-MODEL-MPP", "ERROR")
 FINAL_FLAGS = frozenset(FLAGS) - {"ERROR"}
 _FLOAT_COLUMNS = ("declared_mpp", "estimated_mpp", "ci_low", "ci_high", "chosen_scale", "disagreement_steps", "seconds")
 _INT_COLUMNS = ("points_used",)
@@ -60,6 +60,8 @@ def _message(check: Any, result: ScaleResult) -> str:
     content = f"content implies {implied:.3g} um/px (95% CI {lo:.3g}-{hi:.3g})"
     if check.status == "MISSING-METADATA":
         return f"{apply}; no declared um/px, {content}"
+    if check.status == "INCONCLUSIVE":
+        return f"{apply}; declared {check.declared_mpp:.3g} um/px, {content}; no verdict: {check.reason}"
     verdict = "agrees" if check.status == "OK" else "DISAGREES: check the scanner metadata or the mpp override"
     if check.status == "MISMATCH" and result.units == "um/px":  # a um/px in wrong units is only a name
         apply += f" as declared, i.e. level-0 downsample {result.chosen_scale / check.declared_mpp:.3g}"

@@ -11,9 +11,19 @@ its source (:meth:`SplitModel.describe`). Frameworks are imported only by their 
 from histoscale.models.card import CARD_FORMATS, ModelCard, load_card, save_card
 from histoscale.models.contract import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, SplitModel
 from histoscale.models.discovery import CARD_NAMES, find_card, read_card
-from histoscale.models.registry import LoadRequest, ModelFormat, load_model, register_format
+from histoscale.models.registry import (
+    BUNDLED_MODELS,
+    DEFAULT_MODEL,
+    LoadRequest,
+    ModelFormat,
+    bundled_card,
+    load_model,
+    register_format,
+)
 
 __all__ = [
+    "BUNDLED_MODELS",
+    "DEFAULT_MODEL",
     "CARD_FORMATS",
     "CARD_NAMES",
     "IMAGENET_MEAN",
@@ -23,6 +33,7 @@ __all__ = [
     "ModelFormat",
     "Preprocessing",
     "SplitModel",
+    "bundled_card",
     "find_card",
     "load_card",
     "load_model",

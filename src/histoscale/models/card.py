@@ -13,6 +13,7 @@ from typing import Any
 
 from histoscale._files import atomic_path, read_json
 from histoscale.calibration import ScaleCalibration
+from histoscale.domain import FeatureStats
 from histoscale.errors import ConfigError, ModelError
 
 __all__ = ["CARD_FORMATS", "ModelCard", "card_from_dict", "card_to_dict", "load_card", "read_card_json", "save_card"]
@@ -32,7 +33,8 @@ class ModelCard:
     file). ``head`` names the final layer when it is not found automatically (a torch submodule, an ONNX node, a
     Keras layer: a linear layer, or a 1x1 convolution for a segmentation model); ``background`` names the class a
     segmentation model's scale search leaves out (see :mod:`histoscale.scoring`). ``calibration`` says where the
-model's margins peak (:mod:`histoscale.calibration`, written by ``histoscale calibrate``). ``extra`` keeps unknown keys so
+model's margins peak (:mod:`histoscale.calibration`, written by ``histoscale calibrate``); ``feature_stats`` what its
+    training patches' features look like (:mod:`histoscale.domain`: the search says when a slide lies outside). ``extra`` keeps unknown keys so
     that :func:`save_card` round-trips them. ``kind`` says what the card was read from ("model card", "WSInfer
     config", "timm/Hugging Face config", "ONNX metadata"), for provenance.
     """
@@ -50,6 +52,7 @@ model's margins peak (:mod:`histoscale.calibration`, written by ``histoscale cal
     preprocess: str | None = None
     background: str | None = None
     calibration: ScaleCalibration | None = None
+    feature_stats: FeatureStats | None = None
     name: str | None = None
     path: Path | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -102,6 +105,11 @@ def card_from_dict(data: Any, path: Path | None, *, where: str, kind: str = "mod
             kwargs["calibration"] = ScaleCalibration.from_dict(kwargs["calibration"])
         except ConfigError as err:
             raise ModelError(f"{where}: {err}") from None
+    if kwargs.get("feature_stats") is not None:
+        try:
+            kwargs["feature_stats"] = FeatureStats.from_dict(kwargs["feature_stats"])
+        except ConfigError as err:
+            raise ModelError(f"{where}: {err}") from None
     if not isinstance(kwargs.get("factory_kwargs", {}), dict):
         raise ModelError(f"{where}: factory_kwargs must be a JSON object")
     extra = {k: v for k, v in data.items() if k not in known}
@@ -121,7 +129,7 @@ def card_to_dict(card: ModelCard) -> dict[str, Any]:
         value = getattr(card, f.name)
         if f.name in _NOT_SAVED or value is None or (f.name == "factory_kwargs" and not value):
             continue
-        if isinstance(value, ScaleCalibration):
+        if isinstance(value, (ScaleCalibration, FeatureStats)):
             data[f.name] = value.to_dict()
             continue
         data[f.name] = (

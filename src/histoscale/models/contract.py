@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from histoscale.calibration import ScaleCalibration
+from histoscale.domain import FeatureStats
 from histoscale.errors import ConfigError, ModelError
 from histoscale.patches import Region
 
@@ -82,6 +83,7 @@ DEFAULT_SOURCES: dict[str, str] = {
     "mpp": "unknown",
     "head": "located in the model",
     "calibration": "none",
+    "feature_stats": "none",
 }
 # What the search needs to know and must not silently assume, by key, as messages name it.
 _NEEDED = {"preprocessing": "preprocessing (mean/std)", "mpp": "training um/px", "input_size": "input size"}
@@ -316,6 +318,7 @@ class SplitModel(ABC):
         self.head_name = head_name
         self.file: str | None = None  # the model file, when loaded from one
         self.calibration: ScaleCalibration | None = None  # where its margins peak (histoscale.calibration)
+        self.feature_stats: FeatureStats | None = None  # its training features (histoscale.domain), if recorded
         if self.b.shape[0] != self.W.shape[1] or len(self.class_names) != self.W.shape[1]:
             raise ModelError(
                 f"{source}: {len(self.class_names)} class names and bias of {self.b.shape[0]} for a final layer with "
@@ -371,6 +374,8 @@ class SplitModel(ABC):
             "preprocess_function": pre.function_name,
             "mpp": self.mpp,
             "calibration": None if self.calibration is None else self.calibration.to_dict(),
+            "feature_stats": None if self.feature_stats is None else {
+                "patches": self.feature_stats.patches, "quantiles": dict(self.feature_stats.quantiles)},
             "preprocessing": self.sources["preprocessing"],
             "sources": dict(self.sources),
             "missing": list(self.missing),

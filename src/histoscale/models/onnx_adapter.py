@@ -360,6 +360,7 @@ def load_onnx(request: LoadRequest) -> OnnxSplitModel:
         feats, out = pool_cells(feats, cells), pool_cells(out, cells)
     check_split(name, where, feats, W, b, out)
     split.calibration = request.calibration  # the embedded card's, when nothing outside gave one
+    split.feature_stats = request.feature_stats
     logger.info("loaded ONNX %r from %s: M=%d, C=%d, %s", name, where, W.shape[0], W.shape[1], providers[0])
     return split
 

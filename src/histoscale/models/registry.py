@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from histoscale.calibration import ScaleCalibration, calibration_from
+from histoscale.domain import FeatureStats
 from histoscale.errors import ConfigError, ModelError
 from histoscale.models.card import ModelCard
 from histoscale.models.contract import SplitModel
 from histoscale.models.discovery import find_card, looked_for, model_in_folder, read_card
 
-__all__ = ["LoadRequest", "ModelFormat", "Precision", "load_model", "register_format"]
+__all__ = ["BUNDLED_MODELS", "DEFAULT_MODEL", "LoadRequest", "ModelFormat", "Precision", "load_model", "register_format"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class LoadRequest:
     preprocess: str | Callable[..., Any] | None = None
     background: str | None = None
     calibration: ScaleCalibration | None = None
+    feature_stats: FeatureStats | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
     card: str | None = None
 
@@ -109,7 +111,7 @@ _FORMATS: list[ModelFormat] = []
 _CARD_FIELDS = {
     "class_names": "class_names", "mpp": "mpp", "input_size": "input_size", "mean": "preprocessing",
     "std": "preprocessing", "preprocess": "preprocessing", "head": "head", "factory": "factory",
-    "background": "background", "calibration": "calibration",
+    "background": "background", "calibration": "calibration", "feature_stats": "feature_stats",
 }
 
 
@@ -133,13 +135,31 @@ def _formats_to_try() -> Iterator[ModelFormat]:
     yield from (fmt for fmt in list(_FORMATS) if fmt.fallback)
 
 
-def _reference_card() -> Path:
+# The models that ship inside the package, by the name ``--model`` / ``load_model`` take, and their cards.
+# "reference-he" (the default) knows real H&E at 0.5 um/px; "phantom" knows only histoscale's phantom tissue
+# (tests, the phantom demo), as a torch state dict or ("phantom-onnx") the same weights in ONNX.
+BUNDLED_MODELS = {
+    "reference-he": "reference-he.json",
+    "phantom": "reference.json",
+    "phantom-onnx": "reference-onnx.json",
+}
+DEFAULT_MODEL = "reference-he"
+
+
+def bundled_card(name: str = DEFAULT_MODEL) -> Path:
+    """The card file of the bundled model ``name`` (:data:`BUNDLED_MODELS`).
+
+    Raises:
+        ConfigError: an unknown name. ModelError: the card is missing from the installation.
+    """
     from importlib.resources import files
 
-    card = Path(str(files("histoscale") / "assets" / "reference.json"))
+    if name not in BUNDLED_MODELS:
+        raise ConfigError(f"no bundled model {name!r}: the bundled models are {', '.join(BUNDLED_MODELS)}")
+    card = Path(str(files("histoscale") / "assets" / BUNDLED_MODELS[name]))
     if not card.is_file():
         raise ModelError(
-            f"the bundled reference model card {card} is missing; reinstall histoscale, or pass your own model"
+            f"the bundled model card {card} is missing; reinstall histoscale, or pass your own model"
         )
     return card
 
@@ -166,7 +186,8 @@ def load_model(
     """Load a classifier and split it into features (Phi) and its final linear layer (W, b).
 
     Args:
-        spec: None (the bundled reference model), an ``nn.Module`` (put in eval mode and moved to ``device`` in
+        spec: None (the bundled reference model for real H&E, :data:`DEFAULT_MODEL`), the name of a bundled
+            model (:data:`BUNDLED_MODELS`: ``"reference-he"``, ``"phantom"``, ``"phantom-onnx"``), an ``nn.Module`` (put in eval mode and moved to ``device`` in
             place), an ``onnx.ModelProto``, a Keras model, or a path: model card ``.json``, TorchScript /
             state dict / pickled checkpoint (``.pt``, ``.pth``, ``.ts``, ...), ``.safetensors``, ``.onnx``,
             ``.keras``, a WSInfer or timm / Hugging Face ``config.json``, or a folder holding one model file and its
@@ -207,7 +228,9 @@ def load_model(
     if mean is not None or std is not None or preprocess is not None:
         sources["preprocessing"] = "argument"
     if spec is None and card is None:
-        card = _reference_card()
+        card = bundled_card()
+    elif isinstance(spec, str) and spec in BUNDLED_MODELS and card is None and not Path(spec).exists():
+        card, spec = bundled_card(spec), None
     # Messages name what the caller gave: the model file or folder, else the card.
     asked = str(spec) if isinstance(spec, (str, os.PathLike)) and Path(spec).suffix.lower() != ".json" else None
     if isinstance(spec, (str, os.PathLike)):
@@ -257,6 +280,8 @@ def _described(model: SplitModel, request: LoadRequest, fmt: str) -> SplitModel:
     model.card = model.card or request.card
     if request.calibration is not None:
         model.calibration = request.calibration
+    if request.feature_stats is not None:
+        model.feature_stats = request.feature_stats
     model.format = model.format or fmt
     if isinstance(request.spec, (str, os.PathLike)):
         model.file = str(request.spec)

@@ -19,7 +19,7 @@ from histoscale.units import STEPS_PER_OCTAVE
 __all__ = ["INDEX_NAME", "plot_declared_vs_implied", "write_cohort_index"]
 
 INDEX_NAME = "index.html"
-_FLAG_COLOURS = {"OK": "#1a7f37", "MISMATCH": "#cf222e", "MISSING-METADATA": "#bf8700"}
+_FLAG_COLOURS = {"OK": "#1a7f37", "MISMATCH": "#cf222e", "INCONCLUSIVE": "#6e7781", "MISSING-METADATA": "#bf8700"}
 
 
 def _finite(value: Any) -> bool:

@@ -23,7 +23,7 @@ from histoscale.search import ScaleResult
 __all__ = ["FLAG_ORDER", "data_uri", "render_classify_page", "render_cohort_page", "render_search_page"]
 
 #: The cohort page's default order: the rows a reviewer must act on first.
-FLAG_ORDER = ("MISMATCH", "ERROR", "MISSING-METADATA", "UNKNOWN-MODEL-MPP", "OK")
+FLAG_ORDER = ("MISMATCH", "INCONCLUSIVE", "ERROR", "MISSING-METADATA", "UNKNOWN-MODEL-MPP", "OK")
 
 
 def data_uri(data: bytes, mime: str = "image/png") -> str:

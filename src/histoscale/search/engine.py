@@ -28,6 +28,7 @@ from histoscale._compat import renamed
 from histoscale._progress import progress_bar
 from histoscale.aggregate import PointAnswers, Vote, analyse_curves, is_settled, pooled_curve, scan_peak, vote
 from histoscale.calibration import ScaleCalibration
+from histoscale.domain import DomainCheck, domain_check
 from histoscale.errors import MissingMppError, ScaleSearchError
 from histoscale.models import SplitModel, load_model
 from histoscale.patches import iter_multiscale, read_multiscale, read_regions
@@ -380,6 +381,15 @@ class _Run:
         logger.info("focus %s", self.focusings[-1])
         return True
 
+    def _domain(self, index: int) -> DomainCheck | None:
+        """The points' features at grid scale ``index`` against the model's training features (None when the
+        model records none); a segmentation model's cells are averaged, as its split features are."""
+        stats = getattr(self.model, "feature_stats", None)
+        if stats is None:
+            return None
+        feats = np.concatenate(self.features)[:, index]
+        return domain_check(stats, feats if feats.ndim == 2 else feats.mean(axis=1))
+
     def settle(self) -> ScaleResult:
         """The final answer from every point used, with the full bootstrap and the metadata check."""
         scored = self._score()
@@ -403,9 +413,10 @@ class _Run:
         interval = (2.0 ** log2_interval[0], 2.0 ** log2_interval[1])
         estimate = 2.0**log2_estimate
         res = self.slide.resolution
+        domain = self._domain(result_vote.winner)
         check = metadata_check(
             res.mpp if res is not None else None, res.source if res is not None else None, units,
-            check_mpp, chosen, estimate, interval,
+            check_mpp, chosen, estimate, interval, domain=domain,
         )
         return ScaleResult(
             slide=str(self.slide.path),
@@ -429,6 +440,7 @@ class _Run:
             widenings=tuple(self.widenings),
             focus=tuple(self.focusings),
             check=check,
+            domain=domain,
             class_names=tuple(self.model.class_names),
             patches_scored=self.patches_scored,
             scan=self.scan,

@@ -12,6 +12,7 @@ import numpy as np
 from histoscale._files import json_safe
 from histoscale.aggregate import PointAnswers
 from histoscale.calibration import ScaleCalibration
+from histoscale.domain import DomainCheck
 from histoscale.units import Units, steps_between
 
 __all__ = ["MetadataCheck", "ScaleResult", "ScanSummary", "metadata_check"]
@@ -25,8 +26,10 @@ class MetadataCheck:
     um/px: the number the status, the summary, the report, the cohort table and ``classify --from-search`` use;
     ``implied_interval`` is its 95% interval; ``implied_mpp`` is the same from the grid scale alone;
     ``disagreement_steps`` is log2(implied_estimate / declared) in grid steps; ``status`` is ``OK`` (within one
-    step), ``MISMATCH``, ``MISSING-METADATA`` (no declared um/px: the implied one is the only one) or
-    ``UNKNOWN-MODEL-MPP`` (the model's training um/px is unknown: nothing to compare).
+    step), ``MISMATCH``, ``INCONCLUSIVE`` (the slide lies outside what the model was trained on, ``reason`` says
+    how far: :mod:`histoscale.domain`; neither OK nor MISMATCH is asserted), ``MISSING-METADATA`` (no declared
+    um/px: the implied one is the only one) or ``UNKNOWN-MODEL-MPP`` (the model's training um/px is unknown:
+    nothing to compare).
     """
 
     status: str
@@ -37,6 +40,7 @@ class MetadataCheck:
     implied_estimate: float | None
     implied_interval: tuple[float, float] | None
     disagreement_steps: float | None
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,7 @@ class ScaleResult:
     calibration: ScaleCalibration | None = None  # the model's calibration the answer applies (None: uncalibrated)
     model_info: dict[str, Any] = field(default_factory=dict)  # SplitModel.describe(): what the model is, from where
     focus: tuple[str, ...] = ()  # each narrowing of the scales later points were read at (their curves: NaN elsewhere)
+    domain: DomainCheck | None = None  # the slide's patches against the model's training features (None: not recorded)
 
     @property
     def edge(self) -> str | None:
@@ -147,6 +152,8 @@ class ScaleResult:
                    f"{self.scorer} + {self.aggregation}")
             text += f" (uncalibrated: the model's calibration {why}; the answer is where its margins peak)"
         text += f" -> {c.status}"
+        if self.domain is not None and self.domain.out_of_domain:
+            text += f" ({self.domain.describe()})"
         if self.edge is not None:
             text += (f" (the answer is the {self.edge}st scale tried: the peak was not bracketed, the true scale may lie "
                      "beyond what this slide or the scales allow)")
@@ -191,6 +198,7 @@ class ScaleResult:
             "margin_peak_scale": float(self.scales[self.chosen_index]),
             "edge": self.edge,
             "check": asdict(self.check),
+            "domain": self.domain.to_dict() if self.domain is not None else None,
             "class_names": list(self.class_names),
             "timings_s": self.timings,
             "model_info": self.model_info,
@@ -213,10 +221,11 @@ class ScaleResult:
 
 def metadata_check(
     declared: float | None, source: str | None, units: Units, model_mpp: float | None, chosen: float,
-    estimate: float, interval: tuple[float, float],
+    estimate: float, interval: tuple[float, float], *, domain: DomainCheck | None = None,
 ) -> MetadataCheck:
     """Compare the answer (``chosen`` grid scale, continuous ``estimate`` and its ``interval``, in ``units``)
-    with the ``declared`` level-0 um/px (None: the slide declares none) through the model's training um/px."""
+    with the ``declared`` level-0 um/px (None: the slide declares none) through the model's training um/px.
+    A ``domain`` check that finds the slide out of the model's domain makes a declared um/px ``INCONCLUSIVE``."""
     if model_mpp is None:
         return MetadataCheck("UNKNOWN-MODEL-MPP", declared, source, None, None, None, None, None)
 
@@ -230,13 +239,18 @@ def metadata_check(
     # A coarser scale implies a finer slide: the interval's ends swap.
     implied_interval = (implied(interval[1]), implied(interval[0]))
     if declared is None:
+        reason = domain.describe() if domain is not None and domain.out_of_domain else None
         return MetadataCheck(
-            "MISSING-METADATA", None, None, model_mpp, implied(chosen), implied(estimate), implied_interval, None
+            "MISSING-METADATA", None, None, model_mpp, implied(chosen), implied(estimate), implied_interval, None,
+            reason,
         )
     # The continuous estimate decides (the grid value can sit a step away from it): the check, the cohort table and
     # the report then agree on one number.
     steps = steps_between(implied(estimate), declared)
     status = "OK" if abs(steps) <= 1.0 else "MISMATCH"
+    reason = None
+    if domain is not None and domain.out_of_domain:
+        status, reason = "INCONCLUSIVE", domain.describe()
     return MetadataCheck(
-        status, declared, source, model_mpp, implied(chosen), implied(estimate), implied_interval, steps
+        status, declared, source, model_mpp, implied(chosen), implied(estimate), implied_interval, steps, reason
     )
