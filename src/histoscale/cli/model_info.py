@@ -30,6 +30,13 @@ def _calibration(cal: dict | None) -> str:
             f"{cal['slides']} slides")
 
 
+def _domain(stats: dict | None) -> str:
+    if stats is None:
+        return "none (the card records no training feature statistics: out-of-domain slides are not detected)"
+    return (f"training feature statistics of {stats['patches']} patches (99th percentile distance "
+            f"{stats['quantiles']['q99']:.3g})")
+
+
 def run(args: argparse.Namespace) -> int:
     args.model = args.model_path or args.model
     info = model_from(args).describe()
@@ -55,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         ("preprocessing", pre, src["preprocessing"]),
         ("training um/px", mpp, src["mpp"]),
         ("calibration", _calibration(info["calibration"]), src["calibration"]),
+        ("domain check", _domain(info["feature_stats"]), src["feature_stats"]),
     ]
     for key, value, source in rows:
         print(f"{key:>15}: {value}" + (f"  [{source}]" if source else ""))
