@@ -3,6 +3,7 @@
 >>> import histoscale
 >>> result = histoscale.find_scale("slide.svs")        # bundled reference model, 100 points
 >>> result.chosen_scale, result.check.status
+>>> histoscale.measure_mpp(histoscale.open_slide("slide.svs")).describe()   # the nuclei's ruler, no model
 """
 
 from __future__ import annotations
@@ -36,9 +37,19 @@ from histoscale.models import (
 )
 from histoscale.patches import resample
 from histoscale.reports.search import write_search_report
+from histoscale.ruler import RulerEstimate
 from histoscale.scoring import SCORERS, score_points
 from histoscale.search import MetadataCheck, ScaleResult, SearchConfig, find_scale
-from histoscale.slide import Resolution, Slide, TissueMask, open_slide, slide_info, tissue_mask, write_slide
+from histoscale.slide import (
+    Resolution,
+    Slide,
+    TissueMask,
+    measure_mpp,
+    open_slide,
+    slide_info,
+    tissue_mask,
+    write_slide,
+)
 from histoscale.units import parse_scales
 
 __all__ = [
@@ -63,6 +74,7 @@ __all__ = [
     "ScaleAccuracy",
     "ScaleCalibration",
     "ScaleResult",
+    "RulerEstimate",
     "ScaleSearchError",
     "SearchConfig",
     "Slide",
@@ -77,6 +89,7 @@ __all__ = [
     "load_card",
     "load_labels",
     "load_model",
+    "measure_mpp",
     "open_slide",
     "parse_scales",
     "read_manifest",

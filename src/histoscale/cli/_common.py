@@ -80,6 +80,8 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
                    help="read every point at every fine scale (default: later points only near the settled answer)")
     p.add_argument("--uncalibrated", dest="calibrated", action="store_false",
                    help="ignore the model's scale calibration: answer where its margins peak")
+    p.add_argument("--no-ruler", dest="ruler", action="store_false",
+                   help="skip the model-free second opinion (the um/px the nuclei's size implies, ~2 s per slide)")
     p.add_argument("--paper", action="store_true",
                    help="the paper's Algorithm 1 exactly: its 9 magnifications, bias-free projection, majority vote, "
                    "uniform points, no early stop or widening (--points and --seed still apply)")
@@ -87,7 +89,7 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
 
 _SEARCH_FLAGS = (
     "points", "scales", "seed", "scorer", "aggregation", "sampling", "relative", "early_stop", "widen", "focus",
-    "calibrated",
+    "calibrated", "ruler",
 )
 
 

@@ -6,13 +6,15 @@ import argparse
 import json
 
 from histoscale.cli._common import add_slide_mpp_option
-from histoscale.slide import open_slide, slide_info
+from histoscale.slide import measure_mpp, open_slide, slide_info
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="levels, um/px and its provenance, vendor")
     p.add_argument("slide")
     add_slide_mpp_option(p)
+    p.add_argument("--measure", action="store_true",
+                   help="also measure the um/px from the size of the nuclei (no model, no metadata; ~2 s)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -20,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     with open_slide(args.slide, slide_mpp=args.slide_mpp) as slide:
         info = slide_info(slide, tissue=True)
+        ruler = measure_mpp(slide) if args.measure else None
+    if ruler is not None:
+        info["ruler"] = ruler.to_dict()
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
@@ -36,6 +41,13 @@ def run(args: argparse.Namespace) -> int:
                 status = "CHOSEN" if c["chosen"] else "accepted" if c["accepted"] else f"rejected: {c['reason']}"
                 note = f" ({c['note']})" if c["note"] else ""
                 print(f"{'candidate':>18}: {c['source']}: {value_txt}, {status}{note}")
+        elif key == "ruler":
+            assert ruler is not None
+            print(f"{'measured':>18}: {ruler.describe()} (the size of the nuclei; no model, no metadata)")
+            if ruler.mpp is not None and info.get("mpp"):
+                inside = "inside" if ruler.contains(float(info["mpp"])) else "OUTSIDE"
+                print(f"{'':>18}  the declared {float(info['mpp']):.4g} um/px ({info.get('mpp_source')}) lies {inside}"
+                      " its interval")
         else:
             print(f"{key:>18}: {value}")
     return 0

@@ -22,12 +22,15 @@ from histoscale.search import ScaleResult
 __all__ = ["COLUMNS", "FINAL_FLAGS", "FLAGS", "ResultsTable", "read_results"]
 
 COLUMNS = (
-    "id", "slide", "declared_mpp", "mpp_source", "estimated_mpp", "ci_low", "ci_high", "chosen_scale", "units",
+    "id", "slide", "declared_mpp", "mpp_source", "estimated_mpp", "ci_low", "ci_high", "ruler_mpp", "chosen_scale",
+    "units",
     "disagreement_steps", "flag", "message", "points_used", "seconds", "finished_at",
 )
 FLAGS = ("OK", "MISMATCH", "INCONCLUSIVE", "MISSING-METADATA", "UNKNOWN-MODEL-MPP", "ERROR")
 FINAL_FLAGS = frozenset(FLAGS) - {"ERROR"}
-_FLOAT_COLUMNS = ("declared_mpp", "estimated_mpp", "ci_low", "ci_high", "chosen_scale", "disagreement_steps", "seconds")
+_FLOAT_COLUMNS = (
+    "declared_mpp", "estimated_mpp", "ci_low", "ci_high", "ruler_mpp", "chosen_scale", "disagreement_steps", "seconds",
+)
 _INT_COLUMNS = ("points_used",)
 
 
@@ -55,7 +58,8 @@ def _message(check: Any, result: ScaleResult) -> str:
     apply = f"apply at {result.chosen_scale:.3g} {unit}"
     implied = check.implied_estimate
     if check.status == "UNKNOWN-MODEL-MPP":
-        return f"{apply}; the model's training um/px is unknown, so the slide's um/px cannot be checked"
+        return f"{apply}; the model's training um/px is unknown, so the model cannot check the slide's um/px" + (
+            f"; {check.reason}" if check.reason else "")
     lo, hi = check.implied_interval
     content = f"content implies {implied:.3g} um/px (95% CI {lo:.3g}-{hi:.3g})"
     if check.status == "MISSING-METADATA":
@@ -67,7 +71,7 @@ def _message(check: Any, result: ScaleResult) -> str:
         apply += f" as declared, i.e. level-0 downsample {result.chosen_scale / check.declared_mpp:.3g}"
     return (
         f"{apply}; declared {check.declared_mpp:.3g} um/px ({check.declared_source}), {content}, "
-        f"{check.disagreement_steps:+.1f} grid steps: {verdict}"
+        f"{check.disagreement_steps:+.1f} grid steps: {verdict}" + (f" ({check.reason})" if check.reason else "")
     )
 
 
@@ -82,6 +86,7 @@ def _result_row(job: CohortJob, result: ScaleResult, seconds: float) -> dict[str
         "estimated_mpp": check.implied_estimate,
         "ci_low": interval[0],
         "ci_high": interval[1],
+        "ruler_mpp": check.ruler.mpp if check.ruler is not None else None,
         "chosen_scale": result.chosen_scale,
         "units": result.units,
         "disagreement_steps": check.disagreement_steps,

@@ -48,6 +48,9 @@ class SearchConfig:
             every bootstrap resample's winner lies within a few fine scales (first judged on the scan's points read
             near its peak), the window of those scales and one more on each side (only ever narrower; no widening
             after it). ``scales`` grids are read whole.
+        ruler: also measure the slide's um/px from the size of its nuclei, without the model or the metadata
+            (:func:`histoscale.slide.measure.measure_mpp`, ~2 s), and let the metadata check weigh it: no
+            confident MISMATCH on the model's word alone when the tissue contradicts it.
         calibrated: apply the model's scale calibration when it has one (:mod:`histoscale.calibration`: the
             answer moves to where the model sees its training um/px, the interval adds the slide-to-slide scatter).
         scan_points: points of the default search's sparse scan (the fine stage keeps their patches and reads them
@@ -69,6 +72,7 @@ class SearchConfig:
     max_widen_steps: int = 8
     focus: bool = True
     calibrated: bool = True
+    ruler: bool = True
     scan_points: int = 16
     batch_points: int = 8
     prefetch: int = 16

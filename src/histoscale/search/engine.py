@@ -38,7 +38,7 @@ from histoscale.search._range import FINE_INNER, fine_grid, focus_window, plausi
 from histoscale.search._widen import edge_direction, widen_grid
 from histoscale.search.config import SearchConfig
 from histoscale.search.result import ScaleResult, ScanSummary, metadata_check
-from histoscale.slide import Slide, open_slide, tissue_mask
+from histoscale.slide import Slide, measure_mpp, open_slide, tissue_mask
 from histoscale.units import STEPS_PER_OCTAVE, Units, check_upsampling, parse_scales, to_downsamples
 
 __all__ = ["find_scale"]
@@ -414,9 +414,14 @@ class _Run:
         estimate = 2.0**log2_estimate
         res = self.slide.resolution
         domain = self._domain(result_vote.winner)
+        ruler = None
+        if config.ruler:
+            start = time.perf_counter()
+            ruler = measure_mpp(self.slide, seed=config.seed)
+            self.timings["ruler_s"] = time.perf_counter() - start
         check = metadata_check(
             res.mpp if res is not None else None, res.source if res is not None else None, units,
-            check_mpp, chosen, estimate, interval, domain=domain,
+            check_mpp, chosen, estimate, interval, domain=domain, ruler=ruler,
         )
         return ScaleResult(
             slide=str(self.slide.path),

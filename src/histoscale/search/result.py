@@ -13,6 +13,7 @@ from histoscale._files import json_safe
 from histoscale.aggregate import PointAnswers
 from histoscale.calibration import ScaleCalibration
 from histoscale.domain import DomainCheck
+from histoscale.ruler import RulerEstimate
 from histoscale.units import Units, steps_between
 
 __all__ = ["MetadataCheck", "ScaleResult", "ScanSummary", "metadata_check"]
@@ -26,10 +27,18 @@ class MetadataCheck:
     um/px: the number the status, the summary, the report, the cohort table and ``classify --from-search`` use;
     ``implied_interval`` is its 95% interval; ``implied_mpp`` is the same from the grid scale alone;
     ``disagreement_steps`` is log2(implied_estimate / declared) in grid steps; ``status`` is ``OK`` (within one
-    step), ``MISMATCH``, ``INCONCLUSIVE`` (the slide lies outside what the model was trained on, ``reason`` says
-    how far: :mod:`histoscale.domain`; neither OK nor MISMATCH is asserted), ``MISSING-METADATA`` (no declared
-    um/px: the implied one is the only one) or ``UNKNOWN-MODEL-MPP`` (the model's training um/px is unknown:
-    nothing to compare).
+    step), ``MISMATCH``, ``INCONCLUSIVE`` (the slide lies outside what the model was trained on, or the model and
+    the ruler contradict each other; ``reason`` says which and why: neither OK nor MISMATCH is asserted),
+    ``MISSING-METADATA`` (no declared um/px: the implied one is the only one) or ``UNKNOWN-MODEL-MPP`` (the
+    model's training um/px is unknown: only the ruler checks the declared um/px, ``reason`` says how).
+
+    ``ruler`` is the model-free estimate from the size of the nuclei (:func:`histoscale.measure_mpp`; None when
+    not measured); ``ruler_agrees`` whether the model's implied um/px lies inside the ruler's interval (None when
+    either is missing). The rule: the model's OK or MISMATCH stands when the ruler agrees with it or cannot
+    measure; when the ruler contradicts it (the ruler accepts the declared um/px that the model rejects, or the
+    reverse), the check is INCONCLUSIVE, since a model's margins can peak far from its scale on tissue it does not
+    know and the ruler's constant varies between tissues (BENCHMARKS.md); when both reject the declared um/px
+    it is a MISMATCH even if their values differ.
     """
 
     status: str
@@ -41,6 +50,8 @@ class MetadataCheck:
     implied_interval: tuple[float, float] | None
     disagreement_steps: float | None
     reason: str | None = None
+    ruler: RulerEstimate | None = None
+    ruler_agrees: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -151,8 +162,13 @@ class ScaleResult:
                    f"was measured with scorer {measured.scorer} + {measured.aggregation}, not this search's "
                    f"{self.scorer} + {self.aggregation}")
             text += f" (uncalibrated: the model's calibration {why}; the answer is where its margins peak)"
+        if c.ruler is not None and c.ruler.measured:
+            word = {True: "agrees with the model", False: "DISAGREES with the model", None: ""}[c.ruler_agrees]
+            text += f"; the nuclei's ruler (no model) measures {c.ruler.describe()}{': ' + word if word else ''}"
         text += f" -> {c.status}"
-        if self.domain is not None and self.domain.out_of_domain:
+        if c.reason:
+            text += f" ({c.reason})"
+        elif self.domain is not None and self.domain.out_of_domain:
             text += f" ({self.domain.describe()})"
         if self.edge is not None:
             text += (f" (the answer is the {self.edge}st scale tried: the peak was not bracketed, the true scale may lie "
@@ -222,12 +238,18 @@ class ScaleResult:
 def metadata_check(
     declared: float | None, source: str | None, units: Units, model_mpp: float | None, chosen: float,
     estimate: float, interval: tuple[float, float], *, domain: DomainCheck | None = None,
+    ruler: RulerEstimate | None = None,
 ) -> MetadataCheck:
     """Compare the answer (``chosen`` grid scale, continuous ``estimate`` and its ``interval``, in ``units``)
-    with the ``declared`` level-0 um/px (None: the slide declares none) through the model's training um/px.
-    A ``domain`` check that finds the slide out of the model's domain makes a declared um/px ``INCONCLUSIVE``."""
+    with the ``declared`` level-0 um/px (None: the slide declares none) through the model's training um/px, and
+    with the ``ruler``'s model-free estimate (the rule: :class:`MetadataCheck`). A ``domain`` check that finds the
+    slide out of the model's domain makes a declared um/px ``INCONCLUSIVE``."""
     if model_mpp is None:
-        return MetadataCheck("UNKNOWN-MODEL-MPP", declared, source, None, None, None, None, None)
+        reason = None
+        if declared is not None and ruler is not None and ruler.measured:
+            verdict = "lies inside" if ruler.contains(declared) else "lies OUTSIDE"
+            reason = f"the declared {declared:.3g} um/px {verdict} the ruler's interval (nuclei: {ruler.describe()})"
+        return MetadataCheck("UNKNOWN-MODEL-MPP", declared, source, None, None, None, None, None, reason, ruler)
 
     def implied(scale: float) -> float:
         # The model saw one of its px where the search applied it: `scale` um/px, or `scale` level-0 px.
@@ -238,19 +260,47 @@ def metadata_check(
 
     # A coarser scale implies a finer slide: the interval's ends swap.
     implied_interval = (implied(interval[1]), implied(interval[0]))
+    implied_estimate = implied(estimate)
+    agrees = ruler.contains(implied_estimate) if ruler is not None and ruler.measured else None
     if declared is None:
         reason = domain.describe() if domain is not None and domain.out_of_domain else None
+        if agrees is False:
+            reason = _join(reason, f"the nuclei measure {ruler.describe()}, not the model's implied "  # type: ignore[union-attr]
+                           f"{implied_estimate:.3g} um/px: trust neither without a look")
         return MetadataCheck(
-            "MISSING-METADATA", None, None, model_mpp, implied(chosen), implied(estimate), implied_interval, None,
-            reason,
+            "MISSING-METADATA", None, None, model_mpp, implied(chosen), implied_estimate, implied_interval, None,
+            reason, ruler, agrees,
         )
     # The continuous estimate decides (the grid value can sit a step away from it): the check, the cohort table and
     # the report then agree on one number.
-    steps = steps_between(implied(estimate), declared)
+    steps = steps_between(implied_estimate, declared)
     status = "OK" if abs(steps) <= 1.0 else "MISMATCH"
     reason = None
+    if ruler is not None and ruler.measured:
+        ruler_rejects = not ruler.contains(declared)
+        if status == "MISMATCH" and not ruler_rejects:
+            status, reason = "INCONCLUSIVE", (
+                f"the model implies {implied_estimate:.3g} um/px but the nuclei measure {ruler.describe()}, which "
+                f"holds the declared {declared:.3g}: a model's margins can peak far from its scale on tissue it "
+                "does not know; believe the declared um/px unless the slide's content says otherwise")
+        elif status == "OK" and ruler_rejects:
+            status, reason = "INCONCLUSIVE", (
+                f"the model agrees with the declared {declared:.3g} um/px but the nuclei measure "
+                f"{ruler.describe()}, which excludes it: the ruler's constant varies between tissues "
+                "(stroma, muscle read fine; dense lymphoid tissue coarse); look at the slide")
+        elif status == "MISMATCH" and agrees is False:
+            reason = (f"the model ({implied_estimate:.3g} um/px) and the nuclei ({ruler.describe()}) both reject "
+                      "the declared um/px but differ on the true one")
+    elif ruler is not None:
+        reason = f"no second opinion: the ruler {ruler.describe()}"
     if domain is not None and domain.out_of_domain:
-        status, reason = "INCONCLUSIVE", domain.describe()
+        status, reason = "INCONCLUSIVE", _join(domain.describe(), reason if status == "INCONCLUSIVE" else None)
     return MetadataCheck(
-        status, declared, source, model_mpp, implied(chosen), implied(estimate), implied_interval, steps, reason
+        status, declared, source, model_mpp, implied(chosen), implied_estimate, implied_interval, steps, reason,
+        ruler, agrees,
     )
+
+
+def _join(*parts: str | None) -> str | None:
+    kept = [p for p in parts if p]
+    return "; ".join(kept) if kept else None

@@ -20,6 +20,7 @@ chosen among every convention the file carries (:mod:`histoscale.slide.resolutio
 from histoscale.slide._open import open_slide
 from histoscale.slide._slide import Slide
 from histoscale.slide.info import slide_info
+from histoscale.slide.measure import measure_mpp
 from histoscale.slide.resolution import ANISOTROPY_TOLERANCE, Resolution
 from histoscale.slide.tissue import TissueMask, tissue_mask
 from histoscale.slide.write import default_downsamples, write_slide
@@ -30,6 +31,7 @@ __all__ = [
     "Slide",
     "TissueMask",
     "default_downsamples",
+    "measure_mpp",
     "open_slide",
     "slide_info",
     "tissue_mask",
