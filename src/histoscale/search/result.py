@@ -291,6 +291,8 @@ def metadata_check(
         elif status == "MISMATCH" and agrees is False:
             reason = (f"the model ({implied_estimate:.3g} um/px) and the nuclei ({ruler.describe()}) both reject "
                       "the declared um/px but differ on the true one")
+        elif status == "MISMATCH":
+            reason = f"confirmed without the model: the nuclei measure {ruler.describe()}"
     elif ruler is not None:
         reason = f"no second opinion: the ruler {ruler.describe()}"
     if domain is not None and domain.out_of_domain:

@@ -1,0 +1,192 @@
+"""The model-free ruler (issue 26): histoscale.measure_mpp and its place in the metadata check.
+
+* Its kind on generated images: H&E-coloured nuclei of a known radius give a peak that follows the pixel size, and
+  glass, a fluorescence-like dark image and tissue without haematoxylin give no number, with the reason.
+* On real tissue (the CMU-1 region ships with the package; the rest skips where ../shared/data is absent): within
+  one grid step of the truth on the original and shrunk, re-encoded copies; wrong declarations fall outside its
+  interval; the NCT ADI, BACK and MUC tiles cannot be measured.
+* The rule: no MISMATCH on the model's word alone when the ruler holds the declared um/px (the phantom model on
+  CMU-1, issue 26's quoted input), and the reverse; both rejecting the declaration is a MISMATCH.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+import histoscale
+from histoscale.cli import main
+from histoscale.ruler import RulerEstimate, ruler_estimate
+from histoscale.search.result import metadata_check
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("HISTOSCALE_DATA", REPO.parent / "shared" / "data"))
+CMU1 = Path(str(files("histoscale") / "assets" / "demo" / "cmu-1-small-region.svs"))
+CMU1_MPP = 0.499
+STEP = 0.25
+
+
+def steps(a: float, b: float) -> float:
+    return math.log2(a / b) / STEP
+
+
+def data(name: str) -> Path:
+    path = DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} absent (shared data not on this machine; set HISTOSCALE_DATA)")
+    return path
+
+
+def nuclei_image(radius_px: float, size: int = 320, seed: int = 0) -> np.ndarray:
+    """Pink stroma with haematoxylin-blue discs of ``radius_px`` on a jittered grid, mild noise."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((size, size, 3), np.float32)
+    img[:] = (235, 170, 200)
+    yy, xx = np.mgrid[0:size, 0:size]
+    cell = 4 * radius_px
+    for cy in np.arange(cell / 2, size, cell):
+        for cx in np.arange(cell / 2, size, cell):
+            y, x = cy + rng.uniform(-radius_px, radius_px), cx + rng.uniform(-radius_px, radius_px)
+            inside = (yy - y) ** 2 + (xx - x) ** 2 <= radius_px**2
+            img[inside] = (70, 50, 140)
+    img += rng.normal(0, 4, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("radius", [3.0, 5.0, 8.0])
+def test_the_peak_follows_the_nuclear_size(radius: float) -> None:
+    regions = [nuclei_image(radius, seed=s) for s in range(4)]
+    est = ruler_estimate(regions)
+    assert est.measured, est.reason
+    # A disc of radius r answers most at sigma = r / sqrt(2) (within a quarter octave: discretisation, packing).
+    assert abs(math.log2(est.sigma_px / (radius / math.sqrt(2)))) < 0.25
+    shrunk = [histoscale.resample(r, (160, 160)) for r in regions]
+    half = ruler_estimate(shrunk, downsample=2.0)
+    assert half.measured, half.reason
+    assert abs(math.log2(half.mpp / est.mpp)) < 0.15  # the same um/px, read at twice the pixel size
+    assert half.contains(est.mpp) and est.interval[0] < est.mpp < est.interval[1]
+
+
+@pytest.mark.parametrize(
+    ("image", "reason"),
+    [
+        (np.full((320, 320, 3), 245, np.uint8), "not enough tissue"),
+        (np.clip(np.random.default_rng(0).normal(12, 4, (320, 320, 3)), 0, 255).astype(np.uint8), "not a brightfield"),
+        (np.full((320, 320, 3), (235, 170, 200), np.uint8), "no haematoxylin contrast"),
+    ],
+    ids=["glass", "fluorescence-like", "eosin-only"],
+)
+def test_nothing_to_measure_gives_no_number_and_the_reason(image: np.ndarray, reason: str) -> None:
+    est = ruler_estimate([image] * 4)
+    assert est.mpp is None and est.interval is None
+    assert reason in est.reason
+    assert not est.contains(0.5)
+    assert "cannot measure" in est.describe()
+
+
+def test_cmu1_measured_within_one_step_and_wrong_declarations_outside() -> None:
+    with histoscale.open_slide(CMU1) as slide:
+        est = histoscale.measure_mpp(slide)
+    assert est.measured, est.reason
+    assert abs(steps(est.mpp, CMU1_MPP)) <= 1.0
+    assert est.contains(CMU1_MPP)
+    for factor in (2.0, 0.5, 10.0):
+        assert not est.contains(CMU1_MPP * factor)
+    assert est.count >= 1000 and est.regions == 24
+    assert RulerEstimate.from_dict(json.loads(json.dumps(est.to_dict()))) == est
+
+
+@pytest.mark.parametrize(("factor", "quality"), [(1.3, None), (1.7, 60), (2.4, 90)])
+def test_shrunk_and_reencoded_real_tissue(tmp_path: Path, factor: float, quality: int | None) -> None:
+    """Factors and encodings off the ones the constant was fitted on (factor 1, lossless)."""
+    with histoscale.open_slide(CMU1) as slide:
+        w, h = slide.dimensions
+        rgb = slide.read_level(0, (0, 0), (w, h))
+    small = histoscale.resample(rgb, (round(w / factor), round(h / factor)))
+    path = tmp_path / "copy.tif"
+    comp = {"compression": "zlib"} if quality is None else {"compression": "jpeg", "compressionargs": {"level": quality}}
+    tifffile.imwrite(path, small, tile=(256, 256), photometric="rgb", **comp)  # no resolution: it is not read
+    with histoscale.open_slide(path) as slide:
+        est = histoscale.measure_mpp(slide, seed=3)
+    truth = CMU1_MPP * factor
+    assert est.measured, est.reason
+    assert abs(steps(est.mpp, truth)) <= 2.0
+    assert est.contains(truth) and not est.contains(2 * truth) and not est.contains(truth / 2)
+
+
+def test_instanseg_core_within_one_step() -> None:
+    with histoscale.open_slide(data("instanseg-he-example.tif")) as slide:
+        est = histoscale.measure_mpp(slide, seed=1)
+    assert est.measured, est.reason
+    assert abs(steps(est.mpp, 0.50008)) <= 1.0
+
+
+@pytest.mark.parametrize("prefix", ["ADI", "BACK", "MUC"])
+def test_nct_tiles_without_nuclei_cannot_be_measured(prefix: str) -> None:
+    folder = data("nct-crc-he-sample")
+    (tile,) = sorted(folder.glob(f"{prefix}-*.tif"))
+    est = ruler_estimate([tifffile.imread(tile)[..., :3]])
+    assert est.mpp is None and est.reason
+
+
+def _ruler(mpp: float, half_octaves: float = 0.5) -> RulerEstimate:
+    return RulerEstimate(mpp, (mpp * 2**-half_octaves, mpp * 2**half_octaves), 3.0, 500, 24)
+
+
+@pytest.mark.parametrize(
+    ("implied", "ruler", "status"),
+    [
+        (0.25, _ruler(0.48), "INCONCLUSIVE"),  # model alone rejects: the tissue holds the declared value
+        (0.5, _ruler(1.0), "INCONCLUSIVE"),  # model alone accepts: the tissue excludes it
+        (0.25, _ruler(0.24), "MISMATCH"),  # both reject, and agree
+        (0.25, _ruler(1.1), "MISMATCH"),  # both reject, disagree on the value
+        (0.5, _ruler(0.52), "OK"),
+        (0.25, RulerEstimate(None, None, None, 0, 24, "too few nuclei"), "MISMATCH"),  # no second opinion
+    ],
+)
+def test_the_rule(implied: float, ruler: RulerEstimate, status: str) -> None:
+    # Units: downsample; model at 0.5 um/px; implied = model_mpp / estimate.
+    estimate = 0.5 / implied
+    check = metadata_check(0.5, "metadata", "downsample", 0.5, estimate, estimate, (estimate / 1.1, estimate * 1.1),
+                           ruler=ruler)
+    assert check.status == status
+    assert check.ruler == ruler
+    if status != "OK":
+        assert check.reason
+    if ruler.measured:
+        assert check.ruler_agrees == ruler.contains(implied)
+
+
+def test_unknown_model_mpp_still_gets_the_rulers_check() -> None:
+    check = metadata_check(0.5, "metadata", "downsample", None, 1.0, 1.0, (0.9, 1.1), ruler=_ruler(1.0))
+    assert check.status == "UNKNOWN-MODEL-MPP"
+    assert "OUTSIDE" in check.reason
+
+
+def test_phantom_model_on_cmu1_is_no_confident_mismatch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 26's quoted input: the phantom model on the real CMU-1 region (declared 0.499, correct)."""
+    out = tmp_path / "run"
+    assert main(["search", str(CMU1), "--model", "phantom", "--points", "32", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    result = json.loads((out / "result.json").read_text())
+    check = result["check"]
+    assert check["status"] != "MISMATCH"
+    assert check["ruler"]["mpp"] is not None and check["ruler"]["interval"][0] <= CMU1_MPP
+    assert check["ruler_agrees"] is False
+    assert "ruler" in text and "nuclei" in check["reason"]
+
+
+def test_info_measure_prints_the_ruler_beside_the_declared(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", str(CMU1), "--measure"]) == 0
+    text = capsys.readouterr().out
+    assert "measured" in text and "nuclei" in text and "lies inside" in text
+    assert main(["info", str(CMU1), "--measure", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert abs(steps(info["ruler"]["mpp"], CMU1_MPP)) <= 1.0
