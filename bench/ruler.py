@@ -42,7 +42,7 @@ import tifffile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "real_models"))
 import common  # noqa: E402
-from real_default import ENCODINGS, TRUSTED, steps_off, write_copy  # noqa: E402
+from real_default import ENCODINGS, STEP, TRUSTED, write_copy  # noqa: E402
 
 import histoscale  # noqa: E402
 from histoscale.phantom import write_phantom  # noqa: E402
@@ -50,6 +50,11 @@ from histoscale.ruler import NUCLEAR_SIGMA_UM, ruler_estimate  # noqa: E402
 
 RESULTS = common.REPO / "bench" / "results"
 DECLARED = (2.0, 0.5, 10.0)
+
+
+def steps_off(mpp: float, truth: float) -> float:
+    """Signed: + reads coarser than the truth."""
+    return math.log2(mpp / truth) / STEP
 
 
 def log(msg: str) -> None:
