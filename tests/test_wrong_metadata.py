@@ -70,7 +70,10 @@ def test_the_answer_depends_on_the_content_not_on_the_declaration(files, model) 
     """Every declared/true ratio from 1/16 to 16 gives the same level-0 answer; MISMATCH beyond one step, OK at 1."""
     downsamples = set()
     for ratio in RATIOS:
-        result = find_scale(files["bare"], model, slide_mpp=TRUE_MPP * ratio, **SETTINGS)
+        # The model's check alone: the phantom's nuclei are not sized like real ones (the nuclei's ruler, measured
+        # for real H&E, reads phantoms 1.7-1.9 steps fine: bench/results/ruler.md), so at x1/2 it would rightly
+        # call the model's MISMATCH INCONCLUSIVE. tests/test_ruler.py covers the rule with the ruler.
+        result = find_scale(files["bare"], model, slide_mpp=TRUE_MPP * ratio, ruler=False, **SETTINGS)
         check = result.check
         assert check.status == ("OK" if ratio == 1 else "MISMATCH"), (ratio, result.summary())
         assert _within_one_step(check.implied_mpp, TRUE_MPP), (ratio, result.summary())
