@@ -99,3 +99,36 @@ def write_aperio(path: Path, mpp: float = 0.499) -> Path:
         tw.write(image(100, 90), subfiletype=1, description=head + "label 90x100", **kw)
         tw.write(image(100, 300), subfiletype=9, description=head + "macro 300x100", **kw)
     return path
+
+
+def write_ome_fluorescence(path: Path, *, tiled: bool = True, size: int = 512, seed: int = 0) -> Path:
+    """Fluorescence OME-TIFF: CYX, 3 channels DAPI/FITC/TRITC, uint16 holding 12-bit values, 0.5 um/px.
+
+    ``tiled``: 128 px tiles with 2 reduced levels in SubIFDs (the planes past the first are TiffFrames once
+    tifffile has read the series); else one stripped level.
+    """
+    data = np.random.default_rng(seed).integers(0, 4096, (3, size, size)).astype(np.uint16)
+    md = {"axes": "CYX", "Channel": {"Name": ["DAPI", "FITC", "TRITC"]}, "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5}
+    with tifffile.TiffWriter(path, ome=True) as tw:
+        if not tiled:
+            tw.write(data, metadata=md, photometric="minisblack")
+            return path
+        tw.write(data, subifds=2, tile=(128, 128), metadata=md, photometric="minisblack")
+        for i in (1, 2):
+            tw.write(data[:, :: 2**i, :: 2**i], tile=(128, 128), subfiletype=1, metadata=None, photometric="minisblack")
+    return path
+
+
+def write_ome_zstack(path: Path, *, planes: int = 2, size: int = 512) -> Path:
+    """Brightfield RGB OME-TIFF with ``planes`` focal planes (ZYXS), 0.5 um/px, 2 reduced levels in SubIFDs.
+
+    Plane k is filled with grey ``200 + 10 k`` around the purple block of :func:`image`, so a read tells which
+    plane it came from.
+    """
+    stack = np.stack([image(size, size, fill=(200 + 10 * k,) * 3) for k in range(planes)])
+    md = {"axes": "ZYXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5}
+    with tifffile.TiffWriter(path, ome=True) as tw:
+        tw.write(stack, subifds=2, tile=(128, 128), metadata=md, photometric="rgb")
+        for i in (1, 2):
+            tw.write(stack[:, :: 2**i, :: 2**i], tile=(128, 128), subfiletype=1, metadata=None, photometric="rgb")
+    return path

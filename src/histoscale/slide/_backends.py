@@ -184,11 +184,12 @@ class PlainImageBackend:
 
 class TifffileBackend:
     """One tifffile series of a TIFF (the slide pyramid when it is not series 0, e.g. after a label page),
-    levels from ``series.levels`` (main IFD chain, SubIFDs or OME), read through tifffile's zarr store."""
+    levels from ``series.levels`` (main IFD chain, SubIFDs or OME), read through tifffile's zarr store.
+    ``plane`` counts the images of a stack (axes other than Y, X, S) in file order."""
 
     name = "tifffile"
 
-    def __init__(self, path: Path, series_index: int) -> None:
+    def __init__(self, path: Path, series_index: int, plane: int = 0) -> None:
         import tifffile
         import zarr
 
@@ -202,6 +203,8 @@ class TifffileBackend:
                 shape = dict(zip(axes, lvl.shape))
                 dims.append((int(shape["X"]), int(shape["Y"])))
                 self._levels.append((zarr.open_array(series.aszarr(level=i), mode="r"), axes))
+            stack = [n for a, n in zip(series.levels[0].axes, series.levels[0].shape) if a not in "YXS"]
+            self._plane = tuple(int(k) for k in np.unravel_index(plane, stack)) if stack else ()
         except Exception:
             self._tf.close()
             raise
@@ -218,8 +221,9 @@ class TifffileBackend:
 
     def read_px(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         arr, axes = self._levels[level]
+        plane = iter(self._plane)
         index = tuple(
-            slice(y, y + h) if a == "Y" else slice(x, x + w) if a == "X" else slice(None) if a == "S" else 0
+            slice(y, y + h) if a == "Y" else slice(x, x + w) if a == "X" else slice(None) if a == "S" else next(plane)
             for a in axes
         )
         out = np.asarray(arr[index])

@@ -49,6 +49,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 #: 26000 x 26000 RGB JPEG; a 13500 x 13500 RGB JPEG needs 547 MB.
 MAX_DECODE_BYTES = 2 * 2**30
 
+_MAX_PREDICTED_PAGES = 1024  # directories read to predict OpenSlide's levels (pyramids have a few dozen)
+
 _ASSOCIATED_WORDS = ("label", "macro", "thumbnail", "overview")
 _WORD_RE = {w: re.compile(rf"\b{w}\b", re.IGNORECASE) for w in _ASSOCIATED_WORDS}
 
@@ -77,6 +79,12 @@ class TiffLayout:
         reason: one line on why ``reader`` was chosen (for logs and ``slide_info``).
         other_series: other tiled series that are neither the slide nor named associated images
             (e.g. the reduced levels of an OME file that stores each level as its own Image).
+        axes: tifffile's axes of the slide's level 0 (``YXS`` RGB, ``SYX`` planar RGB, ``CYX`` channels,
+            ``ZYXS`` a Z-stack, ...).
+        sizes: the size along each of ``axes``.
+        dtype: the sample type (``uint8``, ``uint16``, ...).
+        photometric: the TIFF photometric interpretation of level 0 (``RGB``, ``YCBCR``, ``MINISBLACK``, ...).
+        channel_names: the OME channel names, when the file gives them.
     """
 
     series_index: int
@@ -88,6 +96,28 @@ class TiffLayout:
     reader: Literal["openslide", "tiffslide"]
     reason: str = ""
     other_series: tuple[int, ...] = field(default=())
+    axes: str = "YXS"
+    sizes: tuple[int, ...] = ()
+    dtype: str = "uint8"
+    photometric: str = "RGB"
+    channel_names: tuple[str, ...] = ()
+
+    @property
+    def channels(self) -> int:
+        """Samples per pixel times separate channels (3 for RGB)."""
+        size = dict(zip(self.axes, self.sizes))
+        return size.get("S", 1) * size.get("C", 1)
+
+    @property
+    def brightfield_rgb(self) -> bool:
+        """Colour pixels as a brightfield scanner writes them: RGB or YCbCr, 3 samples (4 with alpha)."""
+        size = dict(zip(self.axes, self.sizes))
+        return self.photometric in ("RGB", "YCBCR") and size.get("C", 1) == 1 and size.get("S", 1) in (3, 4)
+
+    @property
+    def planes(self) -> dict[str, int]:
+        """Axes beyond one image (Z focal planes, T time points, ...) with their size, where larger than 1."""
+        return {a: n for a, n in zip(self.axes, self.sizes) if a not in "YXSC" and n > 1}
 
     @property
     def level_dimensions(self) -> tuple[tuple[int, int], ...]:
@@ -144,7 +174,10 @@ def _openslide_levels(tf: Any) -> tuple[tuple[int, int], ...] | None:
     if not first.is_tiled:
         return None
     levels = [_hw(first.shape, first.axes)]
-    for page in tf.pages[1:]:
+    # once tifffile has parsed the series, the cache holds TiffFrames (no tag properties) for the planes of an
+    # image stack: ``get`` reads each directory as a TiffPage. A stack's pages past the cap are planes, not levels.
+    for i in range(1, min(len(tf.pages), _MAX_PREDICTED_PAGES)):
+        page = tf.pages.get(i)
         if page.is_tiled and page.is_reduced:
             levels.append(_hw(page.shape, page.axes))
     return tuple(sorted(levels, key=lambda hw: -hw[0] * hw[1]))
@@ -205,9 +238,14 @@ def inspect_tiff(path: PathLike, *, confirm_with_openslide: bool = False) -> Tif
             associated[name] = _page_index(page)
 
         predicted = _openslide_levels(tf)
-        vendor = next((v for v in ("svs", "ndpi", "scn", "bif", "philips") if getattr(tf, f"is_{v}", False)), None)
         ome, imagej = bool(tf.is_ome), bool(tf.is_imagej)
+        vendor = next((v for v in ("svs", "ndpi", "scn", "bif", "philips") if getattr(tf, f"is_{v}", False)), None)
         subifd_levels = any(lvl.keyframe.is_subifd for lvl in series.levels)
+        level0 = series.levels[0]
+        pixels = dict(
+            axes=str(level0.axes), sizes=tuple(int(n) for n in level0.shape), dtype=str(level0.dtype),
+            photometric=series.keyframe.photometric.name, channel_names=_ome_channel_names(tf, main) if ome else (),
+        )
 
     reader: Literal["openslide", "tiffslide"]
     if vendor is not None:
@@ -229,7 +267,22 @@ def inspect_tiff(path: PathLike, *, confirm_with_openslide: bool = False) -> Tif
             reader, reason = "openslide", "OpenSlide shows the same levels"
     if reader == "tiffslide" and main != 0:
         reason += f"; the slide is series {main}, tiffslide reads series 0 unless told otherwise"
-    return TiffLayout(main, level_shapes, tiled, associated, ome, imagej, reader, reason, tuple(other))
+    return TiffLayout(main, level_shapes, tiled, associated, ome, imagej, reader, reason, tuple(other), **pixels)
+
+
+def _ome_channel_names(tf: Any, series_index: int) -> tuple[str, ...]:
+    """The Name of each Channel of the OME Image holding the slide (empty when the XML gives none)."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(tf.ome_metadata)
+    except ET.ParseError:
+        return ()
+    images = [el for el in root if el.tag.rsplit("}", 1)[-1] == "Image"]
+    if series_index >= len(images):
+        return ()
+    channels = [el for el in images[series_index].iter() if el.tag.rsplit("}", 1)[-1] == "Channel"]
+    return tuple(str(c.get("Name")) for c in channels if c.get("Name"))
 
 
 def _openslide_actual_levels(path: Path) -> tuple[tuple[int, int], ...] | None:

@@ -117,7 +117,12 @@ def _check_tiff_complete(path: Path) -> None:
 
 
 def open_slide(
-    path: PathLike, slide_mpp: float | None = None, *, backend: str | None = None, mpp: float | None = None
+    path: PathLike,
+    slide_mpp: float | None = None,
+    *,
+    backend: str | None = None,
+    mpp: float | None = None,
+    plane: int | None = None,
 ) -> Slide:
     """Open a whole-slide image or a plain image as a :class:`Slide`.
 
@@ -132,10 +137,14 @@ def open_slide(
             pyramids), tifffile on the right series when the slide is not the file's first series (a label
             page first). JPEG/PNG open as one level, decoded at the first read (no Pillow pixel limit).
             Other files: OpenSlide (MRXS, VMS, DICOM, ...).
+        plane: for a TIFF holding a stack of images (Z focal planes, time points), the one to read, counted from
+            0 over the stack's axes in file order. Default: the first, with a warning naming the stack.
 
     Raises:
-        SlideError: the file is missing, not a file, empty, not a slide, damaged or truncated;
-            the message names the file and the problem, the backend error is chained.
+        SlideError: the file is missing, not a file, empty, not a slide, damaged or truncated, or not a
+            brightfield RGB image (fluorescence or multiplex channels, one grey channel); the message names the
+            file and the problem, the backend error is chained.
+        ConfigError: ``plane`` is given for a file without a stack, or is out of its range.
     """
     p = Path(os.fspath(path))
     if backend not in (None, "openslide", "tiffslide", "tifffile", "image"):
@@ -158,8 +167,11 @@ def open_slide(
     if kind == "tiff":
         _check_tiff_complete(p)
         layout = inspect_tiff(p)
+        plane = _check_pixels(p, layout, plane)
+    elif plane is not None:
+        raise ConfigError(f"plane={plane!r} given for {p}, which is not a TIFF holding a stack of images")
 
-    impl = _pick_backend(p, kind, head, backend, layout)
+    impl = _pick_backend(p, kind, head, backend, layout, plane or 0)
     _check_geometry(p, impl)
     candidates = _candidates(p, kind, impl, layout)
     resolution, every = resolve(p, candidates)
@@ -172,14 +184,59 @@ def open_slide(
     return Slide(p, impl, resolution, candidates=every, associated=associated)
 
 
+def _check_pixels(path: Path, layout: TiffLayout, plane: int | None) -> int | None:
+    """Refuse a TIFF whose pixels are not brightfield RGB; for a stack of images, the plane to read (None: none).
+
+    Every downstream step (tissue detection, the nuclei's ruler, the models) reads brightfield colour: a
+    fluorescence image shown as RGB would be searched as if it were H&E and answered with confidence.
+    """
+    grey8 = layout.channels == 1 and layout.dtype == "uint8"
+    if grey8:
+        # a greyscale export of a brightfield scan stays readable (as grey RGB), but the models expect colour
+        logger.warning("%s holds one grey channel, not RGB colour: read as grey; models trained on colour "
+                       "(H&E) may not apply", path)
+    elif not layout.brightfield_rgb:
+        names = f" ({', '.join(layout.channel_names)})" if layout.channel_names else ""
+        what = "one channel" if layout.channels == 1 else f"{layout.channels} channels{names}"
+        raise SlideError(
+            f"{path} is not a brightfield RGB image: it holds {what} of {layout.dtype} (axes {layout.axes}, "
+            f"photometric {layout.photometric}), e.g. fluorescence or multiplex. histoscale reads brightfield "
+            "RGB slides (H&E): export an RGB rendering of the brightfield scan (photometric RGB) to search it"
+        )
+    stack = layout.planes
+    count = math.prod(stack.values())
+    if plane is not None and not (isinstance(plane, int) and 0 <= plane < count):
+        raise ConfigError(
+            f"plane={plane!r} is out of range for {path}: it holds {count} plane(s)"
+            + (f" ({_describe_stack(stack)}), numbered 0..{count - 1}" if stack else ""),
+            keyword="plane",
+        )
+    if not stack:
+        return None
+    if plane is None:
+        plane = 0
+        logger.warning(
+            "%s holds a stack of %d images (%s): reading the first; pick another with open_slide(..., plane=k), "
+            "k in 0..%d", path, count, _describe_stack(stack), count - 1,
+        )
+    return plane
+
+
+def _describe_stack(stack: dict[str, int]) -> str:
+    words = {"Z": "focal planes", "T": "time points", "Q": "pages", "I": "pages"}
+    return ", ".join(f"{n} {words.get(a, f'along {a}')}" for a, n in stack.items())
+
+
 def _order(kind: str, layout: TiffLayout | None) -> list[str]:
     """Readers to try, chosen by content: OpenSlide only where it sees the same levels as the layout
     (vendor formats, plain tiled pyramids); OME/SubIFD pyramids through tiffslide; a slide that is not
-    series 0 (label page first) through tifffile on that series."""
+    series 0 (label page first), or a stack of images (which tiffslide does not read), through tifffile."""
     if kind in ("png", "jpeg"):
         return ["image"]
     if layout is None:
         return ["openslide", "image"]
+    if layout.planes:
+        return ["tifffile"]
     if layout.reader == "openslide":
         return ["openslide", "tiffslide", "tifffile", "image"]
     if layout.needs_series_override:
@@ -187,7 +244,9 @@ def _order(kind: str, layout: TiffLayout | None) -> list[str]:
     return ["tiffslide", "tifffile", "image"]
 
 
-def _pick_backend(p: Path, kind: str, head: bytes, backend: str | None, layout: TiffLayout | None) -> Backend:
+def _pick_backend(
+    p: Path, kind: str, head: bytes, backend: str | None, layout: TiffLayout | None, plane: int
+) -> Backend:
     order = [backend] if backend else _order(kind, layout)
     reasons: list[str] = []
     last_err: BaseException | None = None
@@ -206,7 +265,7 @@ def _pick_backend(p: Path, kind: str, head: bytes, backend: str | None, layout: 
                     reasons.append(f"{name} reads only TIFF files")
                     continue
                 if name == "tifffile":
-                    return TifffileBackend(p, layout.series_index if layout else 0)
+                    return TifffileBackend(p, layout.series_index if layout else 0, plane)
                 return TiffSlideBackend(p)
             if kind == "other":
                 reasons.append("not a PNG, JPEG or TIFF image")

@@ -13,7 +13,8 @@ def to_rgb_u8(arr: np.ndarray) -> np.ndarray:
     if a.dtype == np.bool_:
         a = a.astype(np.uint8) * 255
     elif a.dtype == np.uint16:
-        a = (a >> 8).astype(np.uint8)
+        # rounded as libtiff (OpenSlide) scales 16-bit samples, so every backend gives the same pixels
+        a = ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     elif a.dtype.kind == "f":
         a = np.clip(np.nan_to_num(a) * 255.0 + 0.5, 0, 255).astype(np.uint8)
     elif a.dtype != np.uint8:

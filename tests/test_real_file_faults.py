@@ -1,0 +1,96 @@
+"""Faults real slides carry (issue 28): stacks and fluorescence in OME-TIFF, bit depths, damaged and missing tiles,
+Aperio fields written with a decimal comma, rectangular pixels, files cut short.
+
+Every file is small, written here with tifffile (or :func:`histoscale.slide.write_slide`) and read back through
+the real backends; each case's expected outcome is the one issue 28 gives.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from _wsi_files import PURPLE, write_ome_fluorescence, write_ome_zstack
+from histoscale.cli import main
+from histoscale.errors import ConfigError, SlideError
+from histoscale.slide import open_slide
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# ------------------------------------------------------------------------ 1, 2: stacks, channels, bit depth
+
+
+@pytest.mark.parametrize("tiled", [True, False], ids=["tiled-subifd", "stripped"])
+def test_fluorescence_ome_is_refused_as_not_brightfield(tmp_path: Path, tiled: bool,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A CYX uint16 fluorescence OME-TIFF neither crashes (TiffFrame pages) nor is searched as if it were H&E."""
+    path = write_ome_fluorescence(tmp_path / "fluo.ome.tif", tiled=tiled)
+    with pytest.raises(SlideError, match=r"fluo\.ome\.tif is not a brightfield RGB image: it holds 3 channels "
+                       r"\(DAPI, FITC, TRITC\) of uint16.*export an RGB rendering"):
+        open_slide(path)
+    for command in ("info", "search"):
+        code, _out, err = run_cli(capsys, command, path)
+        assert code == 2, err
+        assert "Traceback" not in err and "not a brightfield RGB image" in err
+        assert len(err.strip().splitlines()) == 1, err
+
+
+def test_brightfield_zstack_opens_at_first_plane_or_the_one_named(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    path = write_ome_zstack(tmp_path / "z.ome.tif", planes=2)
+    with caplog.at_level(logging.WARNING, logger="histoscale"), open_slide(path) as slide:
+        assert slide.level_count == 3 and slide.mpp == pytest.approx(0.5)
+        assert tuple(slide.read_level(0, (0, 0), (1, 1))[0, 0]) == (200, 200, 200)
+        assert tuple(slide.read_level(2, (192, 192), (1, 1))[0, 0]) == PURPLE
+    assert "stack of 2 images (2 focal planes): reading the first" in caplog.text
+    assert "plane=k" in caplog.text
+    with open_slide(path, plane=1) as slide:
+        assert tuple(slide.read_level(0, (0, 0), (1, 1))[0, 0]) == (210, 210, 210)
+        assert tuple(slide.read_level(1, (0, 0), (1, 1))[0, 0]) == (210, 210, 210)
+    with pytest.raises(ConfigError, match=r"plane=2 is out of range.*2 focal planes"):
+        open_slide(path, plane=2)
+
+
+def test_plane_of_a_single_image_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "flat.tif"
+    tifffile.imwrite(path, np.full((256, 256, 3), 220, np.uint8), tile=(128, 128), photometric="rgb")
+    with pytest.raises(ConfigError, match="out of range.*holds 1 plane"):
+        open_slide(path, plane=1)
+    with open_slide(path, plane=0) as slide:
+        assert slide.dimensions == (256, 256)
+
+
+@pytest.mark.parametrize("layout", ["tiled-tiff", "ome-subifd"])
+def test_16bit_rgb_brightfield_is_scaled_not_refused(tmp_path: Path, layout: str) -> None:
+    """16-bit RGB reads as 8 bits the way libtiff (OpenSlide) scales it, v * 255 / 65535 rounded, on every path."""
+    img = np.full((512, 512, 3), 60000, np.uint16)
+    img[128:256, 128:256] = np.array(PURPLE, np.uint16) * 257
+    path = tmp_path / f"rgb16-{layout}.tif"
+    if layout == "tiled-tiff":
+        tifffile.imwrite(path, img, tile=(128, 128), photometric="rgb", resolution=(2e4, 2e4),
+                         resolutionunit="CENTIMETER")
+    else:
+        with tifffile.TiffWriter(path, ome=True) as tw:
+            tw.write(img, subifds=1, tile=(128, 128), photometric="rgb",
+                     metadata={"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+            tw.write(img[::2, ::2], subfiletype=1, tile=(128, 128), photometric="rgb", metadata=None)
+    with open_slide(path) as slide:
+        assert slide.mpp == pytest.approx(0.5)
+        assert tuple(slide.read_level(0, (0, 0), (1, 1))[0, 0]) == (233, 233, 233)  # 60000 * 255 / 65535
+        assert tuple(slide.read_level(0, (200, 200), (1, 1))[0, 0]) == PURPLE
+
+
+def test_grey_16bit_single_channel_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "dapi.tif"
+    tifffile.imwrite(path, np.zeros((256, 256), np.uint16), tile=(128, 128))
+    with pytest.raises(SlideError, match=r"not a brightfield RGB image: it holds one channel of uint16"):
+        open_slide(path)
