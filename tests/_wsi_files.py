@@ -132,3 +132,56 @@ def write_ome_zstack(path: Path, *, planes: int = 2, size: int = 512) -> Path:
         for i in (1, 2):
             tw.write(stack[:, :: 2**i, :: 2**i], tile=(128, 128), subfiletype=1, metadata=None, photometric="rgb")
     return path
+
+
+def tissue_blocks(size: int, tile: int, margin: int, seed: int = 0) -> np.ndarray:
+    """(size, size, 3) uint8 glass (white) with textured pink-purple tissue on the tiles at least ``margin`` tiles
+    from the border, so that every tile is either all glass or all tissue."""
+    rng = np.random.default_rng(seed)
+    img = np.full((size, size, 3), 255, np.uint8)
+    a, b = margin * tile, size - margin * tile
+    img[a:b, a:b] = rng.integers(90, 210, (b - a, b - a, 3), dtype=np.uint8) // np.array([1, 2, 1], np.uint8)
+    return img
+
+
+def level_page(tf: tifffile.TiffFile, level: int) -> Any:
+    """The TiffPage of pyramid ``level`` of series 0 (main chain or SubIFD)."""
+    return tf.series[0].levels[level].keyframe
+
+
+def drop_tiles(path: Path, level: int, indices: list[int]) -> Path:
+    """Make tiles of ``level`` missing, as a sparse writer leaves glass: TileOffsets and TileByteCounts 0."""
+    with tifffile.TiffFile(path, mode="r+b") as tf:
+        page = level_page(tf, level)
+        offsets, counts = list(page.dataoffsets), list(page.databytecounts)
+        for i in indices:
+            offsets[i] = counts[i] = 0
+        page.tags["TileOffsets"].overwrite(offsets)
+        page.tags["TileByteCounts"].overwrite(counts)
+    return path
+
+
+def damage_tiles(path: Path, level: int, indices: list[int], how: str, seed: int = 0) -> Path:
+    """Damage the stored data of tiles of ``level`` in place: ``"cut"`` (byte count cut to a quarter, as a copy
+    that lost the end of a tile), ``"zeros"`` (the data overwritten with zeros) or ``"noise"`` (random bytes
+    over the second half of the data, the JPEG scan data)."""
+    rng = np.random.default_rng(seed)
+    with tifffile.TiffFile(path, mode="r+b") as tf:
+        page = level_page(tf, level)
+        offsets, counts = list(page.dataoffsets), list(page.databytecounts)
+        fh = tf.filehandle
+        for i in indices:
+            if how == "cut":
+                counts[i] //= 4
+            elif how == "zeros":
+                fh.seek(offsets[i])
+                fh.write(bytes(counts[i]))
+            elif how == "noise":
+                half = counts[i] // 2
+                fh.seek(offsets[i] + half)
+                fh.write(rng.integers(0, 256, counts[i] - half, dtype=np.uint8).tobytes())
+            else:
+                raise ValueError(how)
+        if how == "cut":
+            page.tags["TileByteCounts"].overwrite(counts)
+    return path

@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 import tifffile
 
-from _wsi_files import PURPLE, write_ome_fluorescence, write_ome_zstack
+from _wsi_files import PURPLE, drop_tiles, tissue_blocks, write_ome_fluorescence, write_ome_zstack
 from histoscale.cli import main
 from histoscale.errors import ConfigError, SlideError
-from histoscale.slide import open_slide
+from histoscale.slide import open_slide, tissue_mask, write_slide
+
+SIZE, TILE = 1536, 128  # 12 x 12 = 144 level-0 tiles
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
@@ -94,3 +96,45 @@ def test_grey_16bit_single_channel_is_refused(tmp_path: Path) -> None:
     tifffile.imwrite(path, np.zeros((256, 256), np.uint16), tile=(128, 128))
     with pytest.raises(SlideError, match=r"not a brightfield RGB image: it holds one channel of uint16"):
         open_slide(path)
+
+
+# ------------------------------------------------------------------------------------- 4: missing tiles
+
+
+def glass_tiles(margin: int = 2) -> list[int]:
+    """Indices of the level-0 tiles of :func:`tissue_blocks` (12 x 12 tiles) that hold only glass: 80 of 144."""
+    n = SIZE // TILE
+    return [i for i in range(n * n) if not (margin <= i % n < n - margin and margin <= i // n < n - margin)]
+
+
+def write_sparse(path: Path, layout: str) -> Path:
+    """A JPEG pyramid (downsamples 1, 4) whose 80 glass tiles at level 0 are not stored (offset 0, byte count 0)."""
+    img = tissue_blocks(SIZE, TILE, margin=2)
+    if layout == "svs":
+        write_slide(path, img, mpp=0.5, fmt="svs", tile=TILE, downsamples=[1, 4])
+    elif layout == "tiled-tiff":
+        write_slide(path, img, mpp=0.5, fmt="tiff", tile=TILE, downsamples=[1, 4])
+    else:
+        with tifffile.TiffWriter(path, ome=True) as tw:
+            tw.write(img, subifds=1, tile=(TILE, TILE), photometric="rgb", compression="jpeg",
+                     metadata={"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+            tw.write(img[::4, ::4], subfiletype=1, tile=(TILE, TILE), photometric="rgb", compression="jpeg",
+                     metadata=None)
+    return drop_tiles(path, 0, glass_tiles())
+
+
+@pytest.mark.parametrize(("layout", "backend"), [
+    ("tiled-tiff", "openslide"), ("tiled-tiff", "tiffslide"), ("tiled-tiff", "tifffile"),
+    ("svs", "openslide"), ("svs", "tiffslide"),
+    ("ome-subifd", None), ("ome-subifd", "tifffile"),
+])
+def test_missing_tiles_read_as_glass_on_every_backend(tmp_path: Path, layout: str, backend: str | None) -> None:
+    path = write_sparse(tmp_path / f"sparse-{layout}.{'svs' if layout == 'svs' else 'tif'}", layout)
+    with open_slide(path, backend=backend) as slide:
+        assert backend is None or slide.backend == backend
+        assert slide.read_level(0, (0, 0), (2 * TILE, 2 * TILE)).min() == 255  # 4 missing tiles
+        # a box across missing and stored tiles: the stored ones keep their tissue
+        box = slide.read_level(0, (TILE + 10, 5 * TILE), (2 * TILE, 10))
+        assert box[:, : TILE - 10].min() == 255 and box[:, TILE:].mean() < 200
+        assert slide.read_region_at((SIZE / 2, 40), 64, downsample=2.0).min() == 255
+        assert tissue_mask(slide).fraction == pytest.approx((8 * 8) / 144, abs=0.05)

@@ -18,7 +18,7 @@ import numpy as np
 from histoscale.errors import SlideError
 from histoscale.slide._layout import PlainImage
 from histoscale.slide._pixels import to_rgb_u8
-from histoscale.slide._tiles import TileReader
+from histoscale.slide._tiles import MissingTiles, TileReader
 from histoscale.slide.resolution import as_positive
 
 __all__ = [
@@ -107,6 +107,10 @@ class TiffSlideBackend:
         self.properties = {str(k): str(v) for k, v in self._ts.properties.items() if v is not None}
         self.vendor = self.properties.get("tiffslide.vendor")
         self.objective_power = as_positive(self.properties.get("tiffslide.objective-power"))
+        # levels composed from several series (one OME Image per level) have no single series to look at
+        composed = "tiffslide.series-composition" in self._ts.properties
+        series = self._ts.ts_tifffile.series[int(self.properties.get("tiffslide.series-index", 0))]
+        self._missing = None if composed else MissingTiles.find(series, self.level_dimensions)
 
     def read_px(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         ds = self.level_downsamples[level]
@@ -121,7 +125,8 @@ class TiffSlideBackend:
             return v0
 
         arr = self._ts.read_region((loc(x), loc(y)), level, (w, h), as_array=True, padding=False)
-        return to_rgb_u8(arr)
+        out = to_rgb_u8(arr)
+        return self._missing.paint(level, x, y, out) if self._missing is not None else out
 
     def close(self) -> None:
         self._ts.close()
@@ -202,7 +207,9 @@ class TifffileBackend:
                 axes = lvl.axes
                 shape = dict(zip(axes, lvl.shape))
                 dims.append((int(shape["X"]), int(shape["Y"])))
-                self._levels.append((zarr.open_array(series.aszarr(level=i), mode="r"), axes))
+                # a missing tile (sparse file) is glass: white, not tifffile's default 0
+                white = np.iinfo(lvl.dtype).max if lvl.dtype.kind in "ui" else 1.0
+                self._levels.append((zarr.open_array(series.aszarr(level=i, fillvalue=white), mode="r"), axes))
             stack = [n for a, n in zip(series.levels[0].axes, series.levels[0].shape) if a not in "YXS"]
             self._plane = tuple(int(k) for k in np.unravel_index(plane, stack)) if stack else ()
         except Exception:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TileReader"]
+__all__ = ["MissingTiles", "TileReader"]
 
 logger = logging.getLogger(__name__)
 
@@ -137,3 +137,52 @@ class TileReader:
             os.close(self._fd)
             self._fd = -1
             self._tiff.close()
+
+
+class MissingTiles:
+    """The tiles a TIFF's levels do not store (offset and byte count 0: a sparse writer leaves glass out).
+
+    tifffile (hence tiffslide) reads a missing tile as 0, black; OpenSlide as transparent, which reads as white.
+    A missing tile is glass, so the tifffile-based backends paint it white: tissue detection, crops and
+    ``classify`` then see glass on every backend.
+    """
+
+    def __init__(self, grids: dict[int, tuple[int, int, np.ndarray]]) -> None:
+        #: level -> (tile width, tile height, (rows, columns) bool grid, True where the tile is missing)
+        self._grids = grids
+
+    @classmethod
+    def find(cls, series: Any, level_dimensions: tuple[tuple[int, int], ...]) -> MissingTiles | None:
+        """The missing tiles of each level of a tifffile series (its ``levels`` are the slide's, in order); None
+        when every tile is stored."""
+        grids: dict[int, tuple[int, int, np.ndarray]] = {}
+        for i, (lvl, (width, height)) in enumerate(zip(series.levels, level_dimensions)):
+            page = lvl.keyframe
+            if not page.is_tiled:
+                continue
+            tw, th = int(page.tilewidth), int(page.tilelength)
+            rows, cols = -(-height // th), -(-width // tw)
+            counts = np.asarray(page.databytecounts)
+            if counts.size != rows * cols:  # planar samples or depth: not a layout a brightfield slide has
+                continue
+            empty = counts.reshape(rows, cols) == 0
+            if empty.any():
+                grids[i] = (tw, th, empty)
+        return cls(grids) if grids else None
+
+    def paint(self, level: int, x: int, y: int, box: np.ndarray) -> np.ndarray:
+        """``box`` ((h, w, 3) uint8 read at ``x, y`` of ``level``) with its missing tiles' pixels white."""
+        if level not in self._grids:
+            return box
+        tw, th, empty = self._grids[level]
+        h, w = box.shape[:2]
+        ty0, tx0 = y // th, x // tw
+        hits = np.argwhere(empty[ty0 : (y + h - 1) // th + 1, tx0 : (x + w - 1) // tw + 1])
+        if hits.size == 0:
+            return box
+        out = box if box.flags.writeable else box.copy()
+        for ty, tx in hits + (ty0, tx0):
+            y0, x0 = max(ty * th - y, 0), max(tx * tw - x, 0)
+            out[y0 : (ty + 1) * th - y, x0 : (tx + 1) * tw - x] = 255
+        return out
+
