@@ -206,11 +206,16 @@ def test_torchscript_scripted_smallcnn_and_sequential(tmp_path: Path) -> None:
     assert_split(load_model(seq_path, input_size=16), 16)
 
 
-def test_torchscript_without_split_points_suggests_onnx(tmp_path: Path) -> None:
+def test_traced_torchscript_splits_at_the_last_linear_op_of_its_graph(tmp_path: Path) -> None:
+    """Issue 29: a traced model without timm methods or a Sequential layout splits at the head its graph calls last,
+    not at the Linear registered last (tests/test_torchscript.py covers ResNets, folders and segmenters)."""
+    net = HeadFirst().eval()
     path = tmp_path / "headfirst.pt"
-    torch.jit.save(torch.jit.trace(HeadFirst().eval(), torch.zeros(1, 3, 20, 20)), str(path))
-    with pytest.raises(ModelError, match="TorchScript.*ONNX"):
-        load_model(path, input_size=20)
+    torch.jit.save(torch.jit.trace(net, torch.zeros(1, 3, 20, 20)), str(path))
+    model = load_model(path, input_size=20)
+    assert model.head_name == "head"
+    np.testing.assert_allclose(model.W, net.head.weight.detach().numpy().T)
+    assert_split(model, 20)
 
 
 def test_truncated_torchscript(tmp_path: Path) -> None:

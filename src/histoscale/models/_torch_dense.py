@@ -13,7 +13,7 @@ from torch import nn
 
 from histoscale.errors import ModelError
 
-__all__ = ["dense_fns", "find_dense_head", "is_pointwise_conv"]
+__all__ = ["dense_fns", "find_dense_head", "gives_output", "is_pointwise_conv", "not_the_output", "pool_maps"]
 
 logger = logging.getLogger("histoscale.models.torch_adapter")  # its messages belong to the torch loader
 
@@ -66,21 +66,34 @@ def find_dense_head(
     finally:
         for h in handles:
             h.remove()
-    target = torch.from_numpy(out)
-    tol = 1e-3 * (1.0 + float(target.abs().max()))
     for n, m in reversed(candidates):  # the last registered first, as the final head usually is
-        if n not in outputs or outputs[n].shape != target.shape:
-            continue
-        logits = outputs[n].float().cpu()
-        for act in (lambda t: t, torch.sigmoid, lambda t: torch.softmax(t, dim=1)):
-            if float((act(logits) - target).abs().max()) <= tol:
-                return m  # type: ignore[return-value]
+        if n in outputs and gives_output(outputs[n], out):
+            return m  # type: ignore[return-value]
     if head is not None:  # named: its own output is the per-pixel logits, whatever follows (e.g. an upsampling)
         logger.info("%s: the output of %r is not that of its head %r; scoring the head's own output", where, name, head)
         return candidates[0][1]  # type: ignore[return-value]
-    raise ModelError(
+    raise not_the_output(where, name, [n for n, _ in candidates])
+
+
+def gives_output(logits: torch.Tensor, out: np.ndarray) -> bool:
+    """Whether a 1x1 convolution's output ``logits`` is the model's output ``out`` (N, C, H, W), as is or through a
+    sigmoid or softmax over the channels."""
+    target = torch.from_numpy(out)
+    if logits.shape != target.shape:
+        return False
+    logits = logits.float().cpu()
+    tol = 1e-3 * (1.0 + float(target.abs().max()))
+    return any(
+        float((act(logits) - target).abs().max()) <= tol
+        for act in (lambda t: t, torch.sigmoid, lambda t: torch.softmax(t, dim=1))
+    )
+
+
+def not_the_output(where: str, name: str, heads: list[str]) -> ModelError:
+    """The error of a segmentation model whose output is not that of its 1x1 convolution(s) ``heads``."""
+    return ModelError(
         f"{where}: the output of the segmentation model {name!r} is not the output of any of its 1x1 convolutions "
-        f"{[n for n, _ in candidates]} (as is, or through a sigmoid or softmax): something follows it (resizing, "
+        f"{heads} (as is, or through a sigmoid or softmax): something follows it (resizing, "
         "scaling); name the 1x1 convolution to score with head=... (its own output is then taken as the logits), "
         "or export the model so that a 1x1 convolution is its last layer"
     )
@@ -100,7 +113,9 @@ def dense_fns(
             handle.remove()
         return captured[-1]
 
-    def pool(t: torch.Tensor) -> torch.Tensor:
-        return nn.functional.adaptive_avg_pool2d(t.float(), cells).flatten(2).transpose(1, 2)
+    return (lambda x: pool_maps(maps(x)[0], cells)), (lambda x: pool_maps(maps(x)[1], cells))
 
-    return (lambda x: pool(maps(x)[0])), (lambda x: pool(maps(x)[1]))
+
+def pool_maps(t: torch.Tensor, cells: int) -> torch.Tensor:
+    """(N, K, H, W) maps averaged over ``cells`` x ``cells`` cells: (N, G, K), row-major over the grid."""
+    return nn.functional.adaptive_avg_pool2d(t.float(), cells).flatten(2).transpose(1, 2)

@@ -3,7 +3,8 @@
 The feature vector is taken from timm's ``forward_head(forward_features(x), pre_logits=True)`` when the model has
 it, otherwise captured with a forward pre-hook on the final ``nn.Linear`` (found automatically: the linear layer
 whose output is the model's output on a probe batch, last registered first, or named by ``head``).
-TorchScript modules take no hooks: compiled timm methods or a scripted ``nn.Sequential`` are used.
+TorchScript modules take no hooks: they are split on their graph, at its last linear op (``aten::linear`` /
+``aten::addmm``, a 1x1 convolution for a segmentation model; :mod:`histoscale.models._torch_script`).
 
 Segmentation models (output (N, C, H, W)): the head is the ``nn.Conv2d`` with a 1x1 kernel, stride 1 and C outputs
 whose output is the model's output, possibly through a sigmoid or softmax (found automatically, last registered
@@ -29,7 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from histoscale.errors import ConfigError, ModelError
-from histoscale.models._torch_dense import dense_fns, find_dense_head
+from histoscale.models._torch_dense import dense_fns, find_dense_head, gives_output, not_the_output, pool_maps
+from histoscale.models._torch_script import split_script
 from histoscale.models.card import ModelCard
 from histoscale.models.contract import (
     DENSE_CELLS,
@@ -269,29 +271,24 @@ def build_torch(
     n_out = out.shape[1]
 
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None
-    cells = None
-    if out.ndim == 4:
-        if scripted:
-            raise ModelError(
-                f"{where}: cannot split the TorchScript segmentation model {name!r}: TorchScript takes no hooks; "
-                "export it to ONNX (torch.onnx.export) or load the state dict with factory='module:callable'"
-            )
-        cells = min(DENSE_CELLS, *out.shape[2:])
+    cells = min(DENSE_CELLS, *out.shape[2:]) if out.ndim == 4 else None
+    if scripted:
+        phi, forward, W, b, head_name = _script_split(module, where, name, head, runner, probe, out, cells)
+    elif cells is not None:
         head_mod = find_dense_head(module, where, name, head, runner._call, probe, out)
         phi, forward = dense_fns(module, head_mod, cells)
-    else:
-        phi, head_mod = _find_split(module, where, name, head, n_out, runner, probe, out, scripted)
-    if cells is None:
-        W, b = _wb(*_linear_like(head_mod))  # type: ignore[misc]
-    else:
         W, b = _wb(head_mod.weight.flatten(1), head_mod.bias)  # (C, M, 1, 1) -> (C, M)
+        head_name = next((n for n, m in module.named_modules() if m is head_mod), None)
+    else:
+        phi, head_mod = _find_split(module, where, name, head, n_out, runner, probe, out)
+        W, b = _wb(*_linear_like(head_mod))  # type: ignore[misc]
+        head_name = next((n for n, m in module.named_modules() if m is head_mod), None)
     names = resolve_class_names(class_names, W.shape[1], where)
-    head_name = next((n for n, m in module.named_modules() if m is head_mod), None)
     model = TorchSplitModel(
         module, phi, forward, W=W, b=b, class_names=names, cells=cells, background=background, head_name=head_name,
         **common,
     )
-    if cells is not None:
+    if cells is not None or scripted:
         check_split(name, where, model._features_chunk(probe), W, b, model._forward_chunk(probe))
     model.precision = resolve_precision(precision, device)
     logger.info("loaded %r from %s: M=%d, C=%d, %s %s", name, where, W.shape[0], W.shape[1], device, model.precision)
@@ -307,7 +304,6 @@ def _find_split(
     runner: TorchSplitModel,
     probe: np.ndarray,
     out: np.ndarray,
-    scripted: bool,
 ) -> tuple[Callable[[torch.Tensor], torch.Tensor], Any]:
     """The feature function and the head module, verified against the probe output ``out``."""
 
@@ -353,9 +349,6 @@ def _find_split(
             "width); histoscale needs a classifier ending in one linear layer on pooled features (pass head=... to "
             "name it)"
         )
-    if scripted:
-        return _scripted_split(module, where, name, candidates, verified)
-
     # Forward pre-hooks capture the head's input whatever precedes it (flatten, dropout, custom code).
     captured: dict[str, torch.Tensor] = {}
     handles = [
@@ -396,34 +389,25 @@ def _hook_phi(module: nn.Module, head_mod: nn.Module) -> Callable[[torch.Tensor]
     return phi
 
 
-def _scripted_split(
-    module: nn.Module, where: str, name: str, candidates: list[tuple[str, Any]], verified: Callable[..., bool]
-) -> tuple[Callable[[torch.Tensor], torch.Tensor], Any]:
-    """TorchScript modules take no hooks: use compiled timm methods or run a scripted Sequential child by child."""
-    head_name, head_mod = candidates[-1]
-    if hasattr(module, "forward_features") and hasattr(module, "forward_head"):
-        phi_timm = _timm_features(module)
-        try:
-            verified(phi_timm, head_mod)
-            return phi_timm, head_mod
-        except Exception as err:
-            logger.info("scripted timm-style split of %r failed: %s", name, err)
-    children = list(module.named_children())
-    if getattr(module, "original_name", "") == "Sequential" and head_name in [n for n, _ in children]:
-        idx = [n for n, _ in children].index(head_name)
-        body = [c for _, c in children[:idx]]
-
-        def phi_seq(x: torch.Tensor) -> torch.Tensor:
-            for child in body:
-                x = child(x)
-            return x
-
-        verified(phi_seq, head_mod)
-        return phi_seq, head_mod
-    raise ModelError(
-        f"{where}: cannot split the TorchScript model {name!r}: TorchScript takes no hooks and it has neither "
-        "forward_features/forward_head methods nor a Sequential layout; export it to ONNX "
-        "(torch.onnx.export) or load the state dict with factory='module:callable'"
+def _script_split(
+    module: Any, where: str, name: str, head: str | None, runner: TorchSplitModel, probe: np.ndarray,
+    out: np.ndarray, cells: int | None,
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor] | None, np.ndarray,
+           np.ndarray, str | None]:
+    """(phi, forward, W, b, head name) of a TorchScript module, split on its graph's last linear op
+    (:func:`~histoscale.models._torch_script.split_script`). ``forward``: None (the module) for a classifier; for a
+    segmentation model the head's own output pooled per cell (the model's output must be it, through a sigmoid or
+    softmax, unless the head is named)."""
+    split = split_script(module, where, name, head, dense=cells is not None)
+    if cells is None:
+        return (lambda x: split.maps(x)[0]), None, *_wb(split.weight, split.bias), split.name
+    if head is None and not gives_output(torch.from_numpy(runner._call(lambda x: split.maps(x)[1], probe)), out):
+        raise not_the_output(where, name, [split.name or split.op])
+    return (
+        lambda x: pool_maps(split.maps(x)[0], cells),
+        lambda x: pool_maps(split.maps(x)[1], cells),
+        *_wb(split.weight.flatten(1), split.bias),
+        split.name,
     )
 
 
