@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from _wsi_files import PURPLE, drop_tiles, tissue_blocks, write_ome_fluorescence, write_ome_zstack
+from _wsi_files import PURPLE, damage_tiles, drop_tiles, tissue_blocks, write_ome_fluorescence, write_ome_zstack
 from histoscale.cli import main
-from histoscale.errors import ConfigError, SlideError
+from histoscale.errors import ConfigError, DamagedTileError, SlideError
 from histoscale.slide import open_slide, tissue_mask, write_slide
 
 SIZE, TILE = 1536, 128  # 12 x 12 = 144 level-0 tiles
@@ -138,3 +138,77 @@ def test_missing_tiles_read_as_glass_on_every_backend(tmp_path: Path, layout: st
         assert box[:, : TILE - 10].min() == 255 and box[:, TILE:].mean() < 200
         assert slide.read_region_at((SIZE / 2, 40), 64, downsample=2.0).min() == 255
         assert tissue_mask(slide).fraction == pytest.approx((8 * 8) / 144, abs=0.05)
+
+
+# ------------------------------------------------------------------------------------- 3: damaged tiles
+
+DAMAGED = [26, 40, 77]  # tissue tiles of the 12 x 12 level-0 grid of :func:`write_damaged`
+
+
+def write_damaged(path: Path, how: str, tiles: list[int] = DAMAGED) -> Path:
+    """SVS, 3072 x 3072 px at 0.5 um/px, 256 px JPEG tiles (144 at level 0), ``tiles`` of level 0 damaged."""
+    img = tissue_blocks(3072, 256, margin=1)
+    write_slide(path, img, mpp=0.5, fmt="svs", tile=256, downsamples=[1, 4])
+    return damage_tiles(path, 0, tiles, how)
+
+
+def tile_xy(index: int) -> tuple[int, int]:
+    return (index % 12) * 256, (index // 12) * 256
+
+
+@pytest.mark.parametrize("how", ["zeros", "noise"])
+@pytest.mark.parametrize("backend", ["openslide", "tiffslide", "tifffile"])
+def test_damaged_tile_is_named_recorded_and_the_rest_reads(tmp_path: Path, how: str, backend: str) -> None:
+    path = write_damaged(tmp_path / f"damaged-{how}.svs", how)
+    with open_slide(path, backend=backend) as slide:
+        for _ in range(2):  # and again: a reader (OpenSlide) that failed once still reads
+            with pytest.raises(DamagedTileError, match=r"damaged-.*\.svs has damaged data at level 0") as err:
+                slide.read_level(0, tile_xy(26), (256, 256))
+            assert err.value.level == 0
+            assert slide.read_level(0, tile_xy(30), (256, 256)).mean() < 200  # tissue, undamaged
+        x, y = tile_xy(26)
+        assert slide.damaged_tiles == [(0, x, y, 256, 256)]
+        assert tissue_mask(slide).fraction > 0.5  # the thumbnail comes from level 1, undamaged
+
+
+def test_direct_tile_reads_say_which_tile(tmp_path: Path) -> None:
+    """SVS tiles are decoded directly (histoscale.slide._tiles): the error names the tile, column and row."""
+    path = write_damaged(tmp_path / "damaged.svs", "noise")
+    with open_slide(path) as slide:
+        with pytest.raises(DamagedTileError, match=r"tile 40 \(column 4, row 3; x=1024 y=768, 256x256 level px\)"):
+            slide.read_region_at((1100, 800), 64, downsample=1.0)
+
+
+def test_openslide_reads_on_after_its_own_read_fails(tmp_path: Path) -> None:
+    """A level with a missing tile is read by OpenSlide itself, whose handle refuses every read after a failed one:
+    a fresh handle reads the rest."""
+    path = drop_tiles(write_damaged(tmp_path / "damaged.svs", "noise"), 0, [0])
+    with open_slide(path) as slide:
+        assert slide.backend == "openslide"
+        with pytest.raises(DamagedTileError, match="OpenSlideError"):
+            slide.read_level(0, tile_xy(26), (256, 256))
+        assert slide.read_level(0, tile_xy(30), (256, 256)).mean() < 200
+        assert slide.read_level(0, (0, 0), (256, 256)).min() == 255
+
+
+def test_cut_tiles_still_decode(tmp_path: Path) -> None:
+    """A tile cut short decodes as far as its data goes (libjpeg-turbo's leniency); the slide reads on."""
+    path = write_damaged(tmp_path / "cut.svs", "cut")
+    with open_slide(path) as slide:
+        assert slide.read_level(0, tile_xy(26), (256, 256)).shape == (256, 256, 3)
+        assert slide.damaged_tiles == []
+
+
+def test_slide_whose_reads_mostly_fail_is_called_damaged(tmp_path: Path) -> None:
+    path = write_damaged(tmp_path / "ruined.svs", "zeros", tiles=list(range(13, 131)))
+    with open_slide(path) as slide:
+        with pytest.raises(SlideError) as err:
+            for t in range(13, 131):
+                try:
+                    slide.read_level(0, tile_xy(t), (256, 256))
+                except DamagedTileError:
+                    continue
+        assert not isinstance(err.value, DamagedTileError)
+        message = str(err.value)
+        assert "ruined.svs is damaged: 8 of its 8 reads so far met damaged tiles" in message
+        assert "Copy the file again" in message and "export or scan it again" in message

@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "HistoscaleError",
     "SlideError",
+    "DamagedTileError",
     "MissingMppError",
     "ModelError",
     "ScaleSearchError",
@@ -22,6 +23,21 @@ class HistoscaleError(Exception):
 
 class SlideError(HistoscaleError):
     """The slide cannot be opened or read as asked."""
+
+
+class DamagedTileError(SlideError):
+    """A read touched image data of the slide that does not decode (a damaged tile); the rest may still read.
+
+    Attributes:
+        level: the pyramid level read.
+        box: (x, y, width, height) in pixels of ``level``: the damaged tile's, or the whole read's when the reader
+            cannot say which tile failed.
+    """
+
+    def __init__(self, message: str, *, level: int, box: tuple[int, int, int, int]) -> None:
+        super().__init__(message)
+        self.level = level
+        self.box = box
 
 
 class MissingMppError(SlideError):

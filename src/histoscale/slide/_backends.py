@@ -82,12 +82,23 @@ class OpenSlideBackend:
         return self._read_region(level, x, y, w, h)
 
     def _read_region(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        import openslide
+
         ds = self.level_downsamples[level]
         # OpenSlide takes level-0 integers and renders level coordinate loc/ds; a fractional level
         # origin goes through cairo's bilinear path (blurred, ~3x slower). With integer downsamples
         # round(x*ds) is exact; otherwise the residual is < 0.5/ds level px.
         loc = (round(x * ds), round(y * ds))
-        return to_rgb_u8(np.asarray(self._osr.read_region(loc, level, (w, h))))
+        osr = self._osr
+        try:
+            return to_rgb_u8(np.asarray(osr.read_region(loc, level, (w, h))))
+        except openslide.OpenSlideError:
+            # after a failed read an OpenSlide handle refuses every later one: a fresh handle reads the rest (the old
+            # one is not closed here, a reader thread may still hold it; it is freed with its last reference)
+            with self._lock:
+                if self._osr is osr:
+                    self._osr = openslide.OpenSlide(str(self._path))
+            raise
 
     def close(self) -> None:
         if self._tiles is not None:

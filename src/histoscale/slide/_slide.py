@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -9,15 +10,21 @@ from types import MappingProxyType
 
 import numpy as np
 
-from histoscale.errors import ConfigError, MissingMppError, SlideError
+from histoscale.errors import ConfigError, DamagedTileError, MissingMppError, SlideError
 from histoscale.patches import resample
 from histoscale.slide._backends import Backend
 from histoscale.slide.resolution import Candidate, Resolution, as_positive
 
 __all__ = ["Slide"]
 
+logger = logging.getLogger(__name__)
+
 _LEVEL_MATCH_RTOL = 1e-3
 _STRIP_BYTES = 64 * 2**20  # bounded memory when reading whole levels (thumbnails)
+# A slide is called damaged, not merely holding a few damaged tiles, once this many reads failed and they are more
+# than half of its reads so far: a search then stops instead of skipping most of its points.
+_DAMAGED_MIN_FAILED = 8
+_DAMAGE_BLOCK = 256  # px of a level read one by one around damaged tiles in a thumbnail (a common tile side)
 
 
 class Slide:
@@ -48,6 +55,11 @@ class Slide:
         self.vendor: str | None = impl.vendor
         self.properties: Mapping[str, str] = MappingProxyType(dict(impl.properties))
         self._thumbnails: dict[int, tuple[np.ndarray, float]] = {}
+        self._reads = 0
+        self._failed_reads = 0
+        #: the damaged tiles reads have met, as (level, x, y, width, height) in pixels of that level (the whole
+        #: box read where the reader cannot say which tile), in the order met
+        self.damaged_tiles: list[tuple[int, int, int, int, int]] = []
 
     # -- lifecycle
     def close(self) -> None:
@@ -133,15 +145,40 @@ class Slide:
         x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, lw), min(y + h, lh)
         if x1 <= x0 or y1 <= y0:
             return out
+        self._reads += 1
         try:
             box = impl.read_px(level, x0, y0, x1 - x0, y1 - y0)
-        except Exception as err:
+        except DamagedTileError as err:
+            raise self._damaged(err) from err
+        except OSError as err:  # the file itself (gone, unreadable), not its data
             raise SlideError(
                 f"failed to read slide {self.path} at level {level}, box x={x0} y={y0} w={x1 - x0} h={y1 - y0} "
                 f"(level px): {type(err).__name__}: {err}"
             ) from err
+        except Exception as err:  # the readers' decoders raise their own classes on data that does not decode
+            damaged = DamagedTileError(
+                f"slide {self.path} has damaged data at level {level} in box x={x0} y={y0} w={x1 - x0} h={y1 - y0} "
+                f"(level px): {type(err).__name__}: {err}", level=level, box=(x0, y0, x1 - x0, y1 - y0),
+            )
+            raise self._damaged(damaged) from err
         out[y0 - y : y1 - y, x0 - x : x1 - x] = box
         return out
+
+    def _damaged(self, err: DamagedTileError) -> SlideError:
+        """Record a damaged tile; the error to raise: ``err``, or, once most reads fail, one that the file is
+        damaged."""
+        tile = (err.level, *err.box)
+        if tile not in self.damaged_tiles:
+            self.damaged_tiles.append(tile)
+        self._failed_reads += 1
+        failed = self._failed_reads
+        if failed >= _DAMAGED_MIN_FAILED and failed > self._reads / 2:
+            return SlideError(
+                f"slide {self.path} is damaged: {failed} of its {self._reads} reads so far met damaged tiles "
+                f"(first: {err}). Copy the file again and compare its checksum with the source's, or export or scan "
+                "it again"
+            )
+        return err
 
     def read_level(self, level: int, location_xy: tuple[float, float], size_wh: tuple[int, int]) -> np.ndarray:
         """Raw pixels of one level as (h, w, 3) uint8, white outside the slide.
@@ -233,7 +270,25 @@ class Slide:
         for r0 in range(0, th, out_rows):
             r1 = min(th, r0 + out_rows)
             y0, y1 = round(r0 * lh / th), round(r1 * lh / th)
-            block = self._read_level_px(level, 0, y0, lw, max(1, y1 - y0))
+            try:
+                block = self._read_level_px(level, 0, y0, lw, max(1, y1 - y0))
+            except DamagedTileError:
+                block = self._read_around_damage(level, y0, max(1, y1 - y0))
             out[r0:r1] = resample(block, (tw, r1 - r0))
         return out, scale
+
+    def _read_around_damage(self, level: int, y: int, h: int) -> np.ndarray:
+        """The rows ``y .. y + h`` of ``level`` read in blocks, damaged blocks left white (glass: no point is placed
+        there), so that a few damaged tiles do not cost the slide its thumbnail and tissue mask."""
+        lw = self.level_dimensions[level][0]
+        out = np.full((h, lw, 3), 255, np.uint8)
+        side = _DAMAGE_BLOCK
+        for by in range(0, h, side):
+            for bx in range(0, lw, side):
+                bw, bh = min(side, lw - bx), min(side, h - by)
+                try:
+                    out[by : by + bh, bx : bx + bw] = self._read_level_px(level, bx, y + by, bw, bh)
+                except DamagedTileError as err:
+                    logger.warning("%s; the thumbnail shows it as glass", err)
+        return out
 

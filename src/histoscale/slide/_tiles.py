@@ -19,10 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from histoscale.errors import DamagedTileError
+
 __all__ = ["MissingTiles", "TileReader"]
 
 logger = logging.getLogger(__name__)
 
+_PROBES = 3  # the fullest tiles tried, in turn, for the one that checks a level against the reader
 _RGB, _YCBCR = 2, 6  # TIFF photometric interpretations
 _JPEG = (6, 7, 33007)  # TIFF compressions whose YCbCr the JPEG codec itself converts (old JPEG, JPEG, Aperio)
 
@@ -106,17 +109,34 @@ class TileReader:
 
     def _agrees(self, level: int, reference: Callable[[int, int, int, int, int], np.ndarray]) -> bool:
         lv = self._levels[level]
-        index = int(np.argmax(lv.counts))
-        x, y = (index % lv.across) * lv.tile_w, (index // lv.across) * lv.tile_h
-        w, h = min(lv.tile_w, lv.width - x), min(lv.tile_h, lv.height - y)
-        same = bool(np.array_equal(self.read(level, x, y, w, h), reference(level, x, y, w, h)))
+        # the fullest tile that decodes: a damaged one says nothing of the others (and would put OpenSlide, the
+        # reference, in its error state)
+        for index in np.argsort(lv.counts)[::-1][:_PROBES]:
+            x, y = (int(index) % lv.across) * lv.tile_w, (int(index) // lv.across) * lv.tile_h
+            w, h = min(lv.tile_w, lv.width - x), min(lv.tile_h, lv.height - y)
+            try:
+                ours = self.read(level, x, y, w, h)
+            except DamagedTileError:
+                continue
+            break
+        else:
+            return False
+        same = bool(np.array_equal(ours, reference(level, x, y, w, h)))
         if not same:
             logger.debug("direct tile reads off for %s: level %d decodes differently from the reader", self.path, level)
         return same
 
-    def _tile(self, lv: _Level, index: int) -> np.ndarray:
+    def _tile(self, level: int, lv: _Level, index: int) -> np.ndarray:
         data = os.pread(self._fd, lv.counts[index], lv.offsets[index])
-        tile = lv.page.decode(data, index, jpegtables=lv.page.jpegtables)[0]
+        try:
+            tile = lv.page.decode(data, index, jpegtables=lv.page.jpegtables)[0]
+        except Exception as err:  # imagecodecs raises its own error classes per codec
+            x, y = (index % lv.across) * lv.tile_w, (index // lv.across) * lv.tile_h
+            raise DamagedTileError(
+                f"slide {self.path} has damaged data at level {level} in tile {index} (column {index % lv.across}, "
+                f"row {index // lv.across}; x={x} y={y}, {lv.tile_w}x{lv.tile_h} level px), which does not decode: "
+                f"{type(err).__name__}: {err}", level=level, box=(x, y, lv.tile_w, lv.tile_h),
+            ) from err
         return tile.reshape(tile.shape[-3:])  # (1, 1, h, w, 3) or (h, w, 3) by tifffile version
 
     def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
@@ -125,7 +145,7 @@ class TileReader:
         out = np.empty((h, w, 3), np.uint8)
         for ty in range(y // lv.tile_h, (y + h - 1) // lv.tile_h + 1):
             for tx in range(x // lv.tile_w, (x + w - 1) // lv.tile_w + 1):
-                tile = self._tile(lv, ty * lv.across + tx)
+                tile = self._tile(level, lv, ty * lv.across + tx)
                 x0, y0 = tx * lv.tile_w, ty * lv.tile_h
                 ax0, ay0 = max(x, x0), max(y, y0)
                 ax1, ay1 = min(x + w, x0 + lv.tile_w), min(y + h, y0 + lv.tile_h)
