@@ -249,15 +249,15 @@ def test_contradictory_xy_resolution(aniso_tiff: Path, capsys: pytest.CaptureFix
         with pytest.raises(SlideError) as exc:
             s.read_region_at((384, 384), 32, mpp=1.0)
         msg = str(exc.value)
-        assert str(aniso_tiff) in msg and "0.5" in msg and "0.8" in msg and "--slide-mpp" in msg and "--relative" in msg
-        with pytest.raises(SlideError, match="--slide-mpp"):
+        assert str(aniso_tiff) in msg and "0.5" in msg and "0.8" in msg and "square pixels" in msg and "--relative" in msg
+        with pytest.raises(SlideError, match="resample it to square pixels"):
             find_scale(s, tiny_model(), **FAST)
         assert s.read_region_at((384, 384), 32, downsample=2).shape == (32, 32, 3)
     # info still shows both numbers
     code, out, _ = run_cli(capsys, "info", aniso_tiff, "--json")
     info = json.loads(out)
     assert code == 0 and info["anisotropic"] is True and info["mpp_x"] == pytest.approx(0.5)
-    assert_cli_error(capsys, ["search", aniso_tiff, "--model", model_files["card"], "--points", 8], "--slide-mpp")
+    assert_cli_error(capsys, ["search", aniso_tiff, "--model", model_files["card"], "--points", 8], "rectangular pixels")
     # overriding the resolution, or relative units, are explicit choices that work
     assert find_scale(aniso_tiff, tiny_model(), slide_mpp=0.6, **FAST).units == "um/px"
     assert find_scale(aniso_tiff, tiny_model(), relative=True, **FAST).units == "downsample"

@@ -212,3 +212,38 @@ def test_slide_whose_reads_mostly_fail_is_called_damaged(tmp_path: Path) -> None
         message = str(err.value)
         assert "ruined.svs is damaged: 8 of its 8 reads so far met damaged tiles" in message
         assert "Copy the file again" in message and "export or scan it again" in message
+
+
+# ------------------------------------------------------------------------------------------------- also
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tiffslide", "tifffile"])
+def test_aperio_mpp_with_a_decimal_comma(tmp_path: Path, backend: str) -> None:
+    from _wsi_files import write_aperio
+
+    path = write_aperio(tmp_path / "comma.svs", mpp="0,500000")  # type: ignore[arg-type]
+    with open_slide(path, backend=backend) as slide:
+        assert slide.mpp == pytest.approx(0.5)
+
+
+def test_rectangular_pixels_are_named_so_with_the_resampling(tmp_path: Path) -> None:
+    path = tmp_path / "aniso.tif"
+    tifffile.imwrite(path, np.full((256, 256, 3), 220, np.uint8), tile=(128, 128), photometric="rgb",
+                     resolution=(40000, 20000), resolutionunit="CENTIMETER")  # 0.25 um wide, 0.5 um tall
+    with open_slide(path) as slide, pytest.raises(SlideError) as err:
+        slide.level0_mpp()
+    message = str(err.value)
+    assert "rectangular pixels, 0.25 um wide and 0.5 um tall" in message and "contradictory" not in message
+    assert "square pixels of 0.5 um (e.g. vips resize SLIDE OUT.tif 0.5 --vscale 1)" in message
+
+
+@pytest.mark.parametrize("keep", [4, 8, 100])
+def test_tiff_cut_short_mid_write_says_what_is_wrong(tmp_path: Path, keep: int) -> None:
+    whole = write_slide(tmp_path / "whole.svs", tissue_blocks(512, 128, 1), mpp=0.5, fmt="svs", tile=128)
+    path = tmp_path / "cut.svs"
+    path.write_bytes(whole.read_bytes()[:keep])
+    with pytest.raises(SlideError) as err:
+        open_slide(path)
+    message = str(err.value)
+    assert str(path) in message and ("incomplete TIFF file" in message or "cannot be read" in message)
+    assert "copy it again" in message or "re-copy the file" in message

@@ -234,6 +234,12 @@ class TifffileBackend:
         for tag in ("XResolution", "YResolution", "ResolutionUnit"):
             if tag in page.tags:
                 self.properties[f"tiff.{tag}"] = str(page.tags[tag].value)
+        if self._tf.is_svs:
+            # Aperio's fields as OpenSlide and tiffslide name them, parsed by the same code as theirs
+            from tifffile.tifffile import svs_description_metadata
+
+            fields = svs_description_metadata(self._tf.pages.first.description)
+            self.properties.update({f"aperio.{k}": str(v) for k, v in fields.items() if k != "Header"})
         self.vendor = None
         self.objective_power = None
 

@@ -189,12 +189,20 @@ class Candidate:
 
 
 def _positive(value: Any) -> float | None:
-    """Positive finite float from a number, numeric string or (numerator, denominator) pair."""
+    """Positive finite float from a number, numeric string or (numerator, denominator) pair.
+
+    A string may use a decimal comma (``"0,500000"``, as scanners set to a European locale write Aperio's MPP),
+    read as OpenSlide reads it, so that every reader's path gives the same value.
+    """
     if isinstance(value, (tuple, list)) and len(value) == 2:
         num, den = _positive(value[0]), _positive(value[1])
         return num / den if num is not None and den is not None else None
+    if isinstance(value, str):
+        value = value.strip().strip('"')
+        if value.count(",") == 1 and "." not in value:
+            value = value.replace(",", ".")
     try:
-        f = float(value.strip().strip('"') if isinstance(value, str) else value)
+        f = float(value)
     except (TypeError, ValueError, AttributeError):
         return None
     return f if math.isfinite(f) and f > 0 else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import struct
 from pathlib import Path
 from typing import Union
 
@@ -54,6 +55,13 @@ def _check_tiff_complete(path: Path) -> None:
     import tifffile
 
     size = path.stat().st_size
+    first_ifd = _first_ifd_offset(path)
+    if first_ifd is None or not 8 <= first_ifd < size:
+        where = "no first image directory" if first_ifd is None else f"its first image directory at byte {first_ifd}"
+        raise SlideError(
+            f"{path} is an incomplete TIFF file: its header points to {where}, but the file has {size} bytes and no "
+            "image there (a writer that stopped mid-write, or an incomplete copy); write or copy it again"
+        )
     problems: list[str] = []
 
     def capture(record: logging.LogRecord) -> bool:
@@ -103,7 +111,10 @@ def _check_tiff_complete(path: Path) -> None:
     except SlideError:
         raise
     except Exception as err:  # tifffile raises TiffFileError, ValueError, struct.error, ...
-        raise SlideError(f"{path} is a damaged TIFF file: {err}") from err
+        raise SlideError(
+            f"{path} is a damaged TIFF file: its image directories cannot be read ({type(err).__name__}: {err}; a "
+            "writer that stopped mid-write, or a damaged copy); re-export or re-copy the file"
+        ) from err
     finally:
         tlog.removeFilter(capture)
         tlog.setLevel(old_level)
@@ -114,6 +125,16 @@ def _check_tiff_complete(path: Path) -> None:
         )
     for m in problems:
         logger.debug("tifffile on %s: %s", path, m)
+
+
+def _first_ifd_offset(path: Path) -> int | None:
+    """The byte offset of the first IFD given by a TIFF or BigTIFF header; None when the header is cut short."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    order = "<" if head[:2] == b"II" else ">"
+    if head[2:4] in (b"*\x00", b"\x00*"):
+        return struct.unpack(order + "I", head[4:8])[0] if len(head) >= 8 else None
+    return struct.unpack(order + "Q", head[8:16])[0] if len(head) >= 16 else None
 
 
 def open_slide(

@@ -92,7 +92,7 @@ class Slide:
 
         Raises:
             MissingMppError: the slide has no resolution (and none was passed to :func:`open_slide`).
-            SlideError: the slide declares anisotropic pixels (x and y um/px differ by more than
+            SlideError: the slide declares rectangular pixels (x and y um/px differ by more than
                 ``ANISOTROPY_TOLERANCE``) and no override was given: one number cannot convert both axes.
         """
         res = self.resolution
@@ -104,11 +104,13 @@ class Slide:
                 "or use relative downsample units (--relative; Python: relative=True)"
             )
         if res.is_anisotropic and res.source != "override":
+            hscale, vscale = min(1.0, res.mpp_x / res.mpp_y), min(1.0, res.mpp_y / res.mpp_x)
             raise SlideError(
-                f"slide {self.path} declares contradictory pixel sizes: {res.mpp_x:.4g} um/px along x but "
-                f"{res.mpp_y:.4g} um/px along y ({res.source}); absolute units would be wrong along one axis. "
-                "Give the true resolution (CLI: --slide-mpp; Python: slide_mpp=...) "
-                "or use relative downsample units (--relative; Python: relative=True)"
+                f"slide {self.path} has rectangular pixels, {res.mpp_x:.4g} um wide and {res.mpp_y:.4g} um tall "
+                f"({res.source}), and histoscale cannot read square fields of view in um from them: resample it to "
+                f"square pixels of {max(res.mpp_x, res.mpp_y):.4g} um (e.g. vips resize SLIDE OUT.tif {hscale:.6g} "
+                f"--vscale {vscale:.6g}) and search that, or search in downsample units (--relative; Python: "
+                "relative=True), whose fields of view are square in pixels, not in um"
             )
         return res.mpp
 
