@@ -205,7 +205,8 @@ def test_cli_from_search(phantom, tmp_path: Path) -> None:
 
 
 def test_cli_from_a_mismatch_search_classifies_with_the_implied_mpp(phantom, tmp_path: Path, capsys) -> None:
-    """A search that found the declared um/px wrong: classify reads at the level-0 downsample the search found and
+    """A search that found the declared um/px wrong: refused unless --trust-content (issue 29 item 5; the real
+    searches are in test_classify_from_search.py); then classify reads at the level-0 downsample the search found and
     labels the slide with the check's implied um/px (its continuous estimate, the number the summary gives)."""
     declared = 2 * PHANTOM_MPP  # 2x too coarse, as the search's override
     result = tmp_path / "search" / "result.json"
@@ -214,9 +215,12 @@ def test_cli_from_a_mismatch_search_classifies_with_the_implied_mpp(phantom, tmp
     result.write_text(json.dumps({"slide": str(phantom.slide_path), "units": "um/px", "chosen_scale": 0.9,
                                   "estimate": 0.95, "arguments": {"slide_mpp": declared}, "check": check}))
     out = tmp_path / "out"
-    assert main(["classify", "--model", "phantom", str(phantom.slide_path), "--from-search", str(result), "--stride", "128",
-                 "--out", str(out)]) == 0
-    assert "classifying with the implied 0.26 um/px" in capsys.readouterr().err
+    cmd = ["classify", "--model", "phantom", str(phantom.slide_path), "--from-search", str(result), "--stride", "128",
+           "--out", str(out)]
+    assert main(cmd) == 2
+    assert "--trust-content" in capsys.readouterr().err
+    assert main([*cmd, "--trust-content"]) == 0
+    assert "replaces it with the 0.26 um/px" in capsys.readouterr().err
     doc = json.loads((out / "classify.json").read_text())
     assert doc["scale"] == pytest.approx(0.95 / declared * 0.26) and doc["units"] == "um/px"  # as the summary
 

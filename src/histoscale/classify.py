@@ -27,7 +27,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from os import PathLike
 from typing import Any, Literal
 
@@ -41,7 +41,7 @@ from histoscale.scoring import softmax
 from histoscale.slide import Slide, TissueMask, open_slide, tissue_mask
 from histoscale.units import check_upsampling, to_downsamples
 
-__all__ = ["ClassMap", "class_colours", "classify_slide"]
+__all__ = ["ClassMap", "class_colours", "classify_slide", "declared_mpp"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,9 @@ class ClassMap:
     ``coverage`` (rows, cols) uint16: how many windows were averaged; ``class_index`` (rows, cols) int16: the
     argmax, ``-1`` where coverage is 0. Cell ``(r, c)`` covers level-0 px ``origin + [c, c+1) * cell_px`` in x and
     likewise in y. ``scale`` is in ``units`` ("um/px" or "downsample"); ``downsample`` is level-0 px per model px.
+    ``slide_mpp`` is the level-0 um/px that a um/px scale and every area in mm^2 use, ``slide_mpp_source`` where it
+    came from (a metadata key, or the override's description), ``declared_mpp`` what the slide file declares (None:
+    nothing), which differs from ``slide_mpp`` when an override replaced it.
     """
 
     probabilities: np.ndarray = field(repr=False)
@@ -93,6 +96,8 @@ class ClassMap:
     slide: str = ""
     model: str = ""
     windows: int = 0
+    declared_mpp: float | None = None
+    slide_mpp_source: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -104,6 +109,11 @@ class ClassMap:
     def cell_um(self) -> float | None:
         """Side of one cell in um, when the slide's um/px is known."""
         return None if self.slide_mpp is None else self.cell_px * self.slide_mpp
+
+    @property
+    def mpp_replaced(self) -> bool:
+        """True when the um/px used is not the one the slide declares (an override replaced it)."""
+        return self.slide_mpp is not None and self.slide_mpp != self.declared_mpp
 
     def class_at(self, xy: np.ndarray) -> np.ndarray:
         """Class index (-1: not classified) at level-0 points ``xy`` (n, 2); points off the grid give -1."""
@@ -125,7 +135,8 @@ class ClassMap:
         return np.outer(np.diff(ys), np.diff(xs))
 
     def class_areas(self) -> dict[str, dict[str, float | None]]:
-        """Per class: level-0 px^2, mm^2 (None without um/px) and the fraction of the classified area."""
+        """Per class: level-0 px^2, mm^2 at :attr:`slide_mpp` (None without um/px) and the fraction of the
+        classified area."""
         areas = self.cell_areas_px()
         classified = float(areas[self.class_index >= 0].sum())
         out: dict[str, dict[str, float | None]] = {}
@@ -144,7 +155,10 @@ class ClassMap:
             "scale": self.scale,
             "units": self.units,
             "downsample": self.downsample,
-            "slide_mpp": self.slide_mpp,
+            "slide_mpp": self.slide_mpp,  # the um/px of the scale and of every area in mm^2
+            "slide_mpp_source": self.slide_mpp_source,
+            "declared_mpp": self.declared_mpp,
+            "slide_mpp_replaced": self.mpp_replaced,
             "slide_size_wh": list(self.slide_size_wh),
             "patch_px": self.patch_px,
             "stride_px": self.stride_px,
@@ -261,6 +275,7 @@ def classify_slide(
     mask: TissueMask | bool = True,
     batch: int | None = None,
     slide_mpp: float | None = None,
+    slide_mpp_source: str | None = None,
     progress: bool = False,
 ) -> ClassMap:
     """Classify ``slide`` with ``model`` by sliding windows at one scale; returns a :class:`ClassMap`.
@@ -273,6 +288,9 @@ def classify_slide(
         stride: window step in model px, 1..input_size (default input_size // 2).
         mask: True computes the tissue mask; a :class:`TissueMask` is used as given; False runs every window.
         batch: windows gathered (across rows) per model call; default the model's ``batch_size`` (or 64).
+        slide_mpp: level-0 um/px replacing the slide's declared one (when ``slide`` is a path).
+        slide_mpp_source: what the slide's um/px override is, for the map's ``slide_mpp_source`` (e.g. "implied by
+            the content"); default "override" (the slide's own metadata key when it was not overridden).
         progress: show a rich progress bar over window rows.
 
     Raises:
@@ -281,10 +299,13 @@ def classify_slide(
     if not hasattr(model, "patch_logits"):
         model = load_model(model)
     owns = not isinstance(slide, Slide)
-    the_slide = open_slide(slide, mpp=slide_mpp) if owns else slide
+    the_slide = open_slide(slide, slide_mpp=slide_mpp) if owns else slide
     try:
-        return _classify(the_slide, model, mpp=mpp, downsample=downsample, stride=stride, mask=mask,
+        cmap = _classify(the_slide, model, mpp=mpp, downsample=downsample, stride=stride, mask=mask,
                          batch=batch, progress=progress)
+        if slide_mpp_source is not None and cmap.slide_mpp_source == "override":
+            cmap = replace(cmap, slide_mpp_source=slide_mpp_source)
+        return cmap
     finally:
         if owns:
             the_slide.close()
@@ -383,7 +404,17 @@ def _classify(
         origin_xy=(0.0, 0.0), cell_px=float(stride * ds), stride_px=stride, patch_px=patch, scale=scale,
         units=units, downsample=float(ds), slide_mpp=slide.mpp, slide_size_wh=(int(w0), int(h0)),
         slide=str(slide.path), model=str(getattr(model, "name", type(model).__name__)), windows=windows,
-        timings=timings,
+        timings=timings, declared_mpp=declared_mpp(slide),
+        slide_mpp_source=None if slide.resolution is None else slide.resolution.source,
     )
+
+
+def declared_mpp(slide: Slide) -> float | None:
+    """The level-0 um/px the slide file declares (the best accepted candidate), whatever override it was opened
+    with; None when it declares none."""
+    if slide.resolution is not None and slide.resolution.source != "override":
+        return slide.mpp
+    found = next((c for c in slide.resolution_candidates if c.accepted and c.mpp_x and c.mpp_y), None)
+    return None if found is None else math.sqrt(found.mpp_x * found.mpp_y)
 
 

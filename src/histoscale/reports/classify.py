@@ -88,6 +88,7 @@ def probabilities_npz(cmap: ClassMap) -> bytes:
         units=np.array(cmap.units),
         downsample=np.float64(cmap.downsample),
         slide_mpp=np.float64(np.nan if cmap.slide_mpp is None else cmap.slide_mpp),
+        declared_mpp=np.float64(np.nan if cmap.declared_mpp is None else cmap.declared_mpp),
         slide_size_wh=np.array(cmap.slide_size_wh, np.int64),
     )
     buf = io.BytesIO()
@@ -126,7 +127,9 @@ def plot_classmap(cmap: ClassMap, thumbnail: np.ndarray, downsample: float) -> b
         handles.append(Patch(facecolor=colours[c], label=label))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
     unit = "um/px" if cmap.units == "um/px" else "x downsample"
-    ax.set_title(f"{Path(cmap.slide).name}: {cmap.model} at {cmap.scale:.3g} {unit}", fontsize=9)
+    areas_at = "" if cmap.slide_mpp is None else f"; areas at {cmap.slide_mpp:.3g} um/px"
+    replaced = " (REPLACING the declared)" if cmap.mpp_replaced else ""
+    ax.set_title(f"{Path(cmap.slide).name}: {cmap.model} at {cmap.scale:.3g} {unit}{areas_at}{replaced}", fontsize=9)
     ax.set_axis_off()
     return figure_png(fig)
 
@@ -137,9 +140,12 @@ def write_classify_report(
     *,
     thumbnail: tuple[np.ndarray, float] | None = None,
     arguments: dict[str, Any] | None = None,
+    search: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write classmap.png (with ``thumbnail``), probabilities.npz, classes.geojson, report.html (the class map over
-    the thumbnail, class areas, settings, versions; self-contained) and, last, classify.json."""
+    the thumbnail, class areas, settings, versions; self-contained) and, last, classify.json. ``search``: what the
+    search the scale came from said (result path, status, reason, declared and implied um/px, level-0
+    downsample), kept under ``"search"`` in classify.json and shown in the report."""
     out = Path(out_dir)
     written = {
         "probabilities.npz": atomic_write(out / "probabilities.npz", probabilities_npz(cmap)),
@@ -148,7 +154,7 @@ def write_classify_report(
     png = plot_classmap(cmap, *thumbnail) if thumbnail is not None else None
     if png is not None:
         written["classmap.png"] = atomic_write(out / "classmap.png", png)
-    summary = cmap.summary()
+    summary = cmap.summary() | ({"search": search} if search else {})
     written["report.html"] = atomic_write(out / "report.html", render_classify_page(summary, figure=png, arguments=arguments))
     written["classify.json"] = write_document(out / "classify.json", summary, arguments)
     return written
