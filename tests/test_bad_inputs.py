@@ -237,7 +237,7 @@ def test_png_without_resolution(plain_png: Path, capsys: pytest.CaptureFixture[s
     result = find_scale(plain_png, tiny_model(), **FAST)
     assert result.units == "downsample" and result.check.status == "MISSING-METADATA"
     assert result.check.declared_mpp is None and result.check.implied_mpp > 0
-    # with --mpp it is searched in um/px
+    # with slide_mpp= (--slide-mpp) it is searched in um/px
     assert find_scale(plain_png, tiny_model(), slide_mpp=0.5, **FAST).units == "um/px"
     code, out, _ = run_cli(capsys, "info", plain_png, "--json")
     assert code == 0 and json.loads(out)["mpp"] is None

@@ -120,3 +120,14 @@ def test_trust_content_needs_a_search_with_an_implied_mpp(runs, tmp_path: Path, 
     assert "--trust-content needs --from-search" in capsys.readouterr().err
     assert classify(runs, runs["relative"], tmp_path / "out", "--trust-content") == 2
     assert "downsample units" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------- --mpp
+@pytest.mark.parametrize("command", ["search", "info"])
+def test_the_old_mpp_alias_is_refused_naming_slide_mpp(runs, command: str, capsys) -> None:
+    """Issue 29 input 7: a hidden --mpp meant --slide-mpp in search while it means "apply at" in classify."""
+    with pytest.raises(SystemExit) as exit_:
+        main([command, str(runs["slide"]), "--mpp", "0.25"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "use --slide-mpp 0.25" in err and "histoscale classify" in err

@@ -42,10 +42,20 @@ def positive_float(text: str) -> float:
     return value
 
 
+class _RemovedMpp(argparse.Action):
+    """``--mpp``, the old name of ``--slide-mpp`` here, refused naming it: ``classify --mpp`` means "apply at"."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        parser.error(f"--mpp {values} is no longer accepted here: to override the slide's um/px, use --slide-mpp "
+                     f"{values} (--mpp means the scale to apply a model at, in `histoscale classify`)")
+
+
 def add_slide_mpp_option(p: argparse.ArgumentParser) -> None:
-    """``--slide-mpp``: the slide's level-0 um/px, overriding its metadata (``--mpp``: its old, hidden name)."""
+    """``--slide-mpp``: the slide's level-0 um/px, overriding its metadata; ``--mpp``, its old name, is an error
+    naming it."""
     p.add_argument("--slide-mpp", type=positive_float, default=None, help="override the slide's um/px")
-    p.add_argument("--mpp", dest="slide_mpp", type=positive_float, help=argparse.SUPPRESS)
+    p.add_argument("--mpp", action=_RemovedMpp, help=argparse.SUPPRESS)
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
