@@ -37,7 +37,9 @@ def search_and_report(args: argparse.Namespace, slide_path: str | Path, slide_mp
     if args.out:
         check_writable(args.out)
     with open_slide(slide_path, slide_mpp=slide_mpp) as slide:
-        result = find_scale(slide, model_from(args), config, progress=sys.stderr.isatty())
+        # a bar on a terminal; --json stays quiet (scripts read its stdout, often with stderr on the same screen)
+        progress = sys.stderr.isatty() and not getattr(args, "json", False)
+        result = find_scale(slide, model_from(args), config, progress=progress)
         if args.out:
             arguments = {k: v for k, v in vars(args).items() if k != "func"}
             write_search_report(result, args.out, thumbnail=slide.thumbnail(), arguments=arguments)
