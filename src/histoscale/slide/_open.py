@@ -59,7 +59,7 @@ def _check_tiff_complete(path: Path) -> None:
     if first_ifd is None or not 8 <= first_ifd < size:
         where = "no first image directory" if first_ifd is None else f"its first image directory at byte {first_ifd}"
         raise SlideError(
-            f"{path} is an incomplete TIFF file: its header points to {where}, but the file has {size} bytes and no "
+            f"{path} is a damaged TIFF file: its header points to {where}, but the file has {size} bytes and no "
             "image there (a writer that stopped mid-write, or an incomplete copy); write or copy it again"
         )
     problems: list[str] = []
