@@ -22,14 +22,15 @@ from histoscale.search import ScaleResult
 __all__ = ["COLUMNS", "FINAL_FLAGS", "FLAGS", "ResultsTable", "read_results"]
 
 COLUMNS = (
-    "id", "slide", "declared_mpp", "mpp_source", "estimated_mpp", "ci_low", "ci_high", "ruler_mpp", "chosen_scale",
-    "units",
+    "id", "slide", "declared_mpp", "mpp_source", "estimated_mpp", "ci_low", "ci_high", "confidence", "ruler_mpp",
+    "chosen_scale", "units",
     "disagreement_steps", "flag", "message", "points_used", "seconds", "finished_at",
 )
 FLAGS = ("OK", "MISMATCH", "INCONCLUSIVE", "MISSING-METADATA", "UNKNOWN-MODEL-MPP", "ERROR")
 FINAL_FLAGS = frozenset(FLAGS) - {"ERROR"}
 _FLOAT_COLUMNS = (
-    "declared_mpp", "estimated_mpp", "ci_low", "ci_high", "ruler_mpp", "chosen_scale", "disagreement_steps", "seconds",
+    "declared_mpp", "estimated_mpp", "ci_low", "ci_high", "confidence", "ruler_mpp", "chosen_scale",
+    "disagreement_steps", "seconds",
 )
 _INT_COLUMNS = ("points_used",)
 
@@ -54,6 +55,11 @@ def _error_row(job: CohortJob, message: str, seconds: float, resolution: Any = N
 
 
 def _message(check: Any, result: ScaleResult) -> str:
+    caveats = "".join(f" ({c})" for c in result.caveats())
+    return _verdict(check, result) + caveats
+
+
+def _verdict(check: Any, result: ScaleResult) -> str:
     unit = "um/px" if result.units == "um/px" else "x downsample"
     apply = f"apply at {result.chosen_scale:.3g} {unit}"
     implied = check.implied_estimate
@@ -86,6 +92,7 @@ def _result_row(job: CohortJob, result: ScaleResult, seconds: float) -> dict[str
         "estimated_mpp": check.implied_estimate,
         "ci_low": interval[0],
         "ci_high": interval[1],
+        "confidence": result.confidence,
         "ruler_mpp": check.ruler.mpp if check.ruler is not None else None,
         "chosen_scale": result.chosen_scale,
         "units": result.units,

@@ -37,7 +37,7 @@ from histoscale.scoring import PER_SCALE_SCORERS, CurveScores, score_points
 from histoscale.search._range import FINE_INNER, fine_grid, focus_window, plausible_range, scan_grid
 from histoscale.search._widen import edge_direction, widen_grid
 from histoscale.search.config import SearchConfig
-from histoscale.search.result import ScaleResult, ScanSummary, metadata_check
+from histoscale.search.result import ScaleResult, ScanSummary, grid_edge, metadata_check
 from histoscale.slide import Slide, measure_mpp, open_slide, tissue_mask
 from histoscale.units import STEPS_PER_OCTAVE, Units, check_upsampling, parse_scales, to_downsamples
 
@@ -403,12 +403,14 @@ class _Run:
         model_mpp = getattr(self.model, "mpp", None)
         calibration = self._calibration
         check_mpp = model_mpp
+        rivals = self.scan.rivals if self.scan is not None else ()
         if calibration is not None:
             # From where the margins peak to where the model sees its training um/px; the interval gains the
             # slide-to-slide scatter the bootstrap over points cannot see.
             log2_level0 = math.log2(self.plan.level0_mpp or 1.0)
             log2_estimate, log2_interval = calibration.correct(log2_estimate, log2_interval, model_mpp, log2_level0)
             chosen = 2.0 ** calibration.apply(math.log2(chosen), model_mpp, log2_level0)
+            rivals = tuple(2.0 ** calibration.apply(math.log2(r), model_mpp, log2_level0) for r in rivals)
             check_mpp = calibration.reference_mpp(model_mpp)
         interval = (2.0 ** log2_interval[0], 2.0 ** log2_interval[1])
         estimate = 2.0**log2_estimate
@@ -422,6 +424,7 @@ class _Run:
         check = metadata_check(
             res.mpp if res is not None else None, res.source if res is not None else None, units,
             check_mpp, chosen, estimate, interval, domain=domain, ruler=ruler,
+            edge=grid_edge(result_vote.winner, len(grid)), rivals=rivals,
         )
         return ScaleResult(
             slide=str(self.slide.path),
@@ -457,3 +460,4 @@ class _Run:
             timings=self.timings,
             model_info=self.model.describe(),
         )
+

@@ -16,7 +16,9 @@ from histoscale.domain import DomainCheck
 from histoscale.ruler import RulerEstimate
 from histoscale.units import Units, steps_between
 
-__all__ = ["MetadataCheck", "ScaleResult", "ScanSummary", "metadata_check"]
+__all__ = [
+    "WIDEST_DECIDING_INTERVAL", "MetadataCheck", "ScaleResult", "ScanSummary", "grid_edge", "metadata_check",
+]
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,7 @@ class ScaleResult:
     @property
     def edge(self) -> str | None:
         """``"fine"`` / ``"coarse"`` when the answer is the final grid's edge (the peak was not bracketed)."""
-        last = len(self.scales) - 1
-        return "fine" if self.chosen_index == 0 else "coarse" if self.chosen_index == last else None
+        return grid_edge(self.chosen_index, len(self.scales))
 
     @property
     def point_classes(self) -> np.ndarray:
@@ -132,25 +133,47 @@ class ScaleResult:
         rows = np.arange(len(self.curves))
         return self.class_scores[rows, self.point_answers.best_index].argmax(axis=1)
 
+    def caveats(self) -> list[str]:
+        """What qualifies the answer beyond its status, one sentence each: the summary, the report page and the
+        cohort message all show them."""
+        out = []
+        if self.edge is not None:
+            out.append(f"the answer is the {self.edge}st scale tried: the peak was not bracketed, the true scale may "
+                       "lie beyond what this slide or the scales allow")
+        if self.widenings:
+            out.append(f"grid widened past its ends: {'; '.join(self.widenings)}")
+        if self.scan is not None and self.scan.rivals:
+            values = [f"{r:.3g}" for r in self.scan.rivals]
+            others = values[0] if len(values) == 1 else ", ".join(values[:-1]) + " and " + values[-1]
+            where = f"{others} um/px" if self.units == "um/px" else f"downsample {others}"
+            out.append(f"the scan also peaked at {where}: the model's margins far from its scale can mislead; "
+                       "check the curves")
+        missing = self.model_info.get("missing")
+        if missing:
+            out.append(f"model's {' and '.join(missing)} unknown: defaults assumed, the answer rests on them")
+        return out
+
     def summary(self) -> str:
         unit = "um/px" if self.units == "um/px" else "x downsample"
         lo, hi = self.interval
-        text = (
-            f"apply at {self.chosen_scale:.3g} {unit} (continuous {self.estimate:.3g}, 95% CI {lo:.3g}-{hi:.3g}); "
-            f"{self.points_informative}/{self.points_used} informative points, confidence {self.confidence:.0%}"
-        )
         c = self.check
+        if c.status == "MISMATCH" and self.units == "um/px" and c.declared_mpp:
+            # The declared um/px is wrong, so a scale in its units is only a name: the downsample is what to read.
+            ds, ds_lo, ds_hi = (v / c.declared_mpp for v in (self.estimate, lo, hi))
+            head = f"apply at level-0 downsample {ds:.3g} (95% CI {ds_lo:.3g}-{ds_hi:.3g})"
+        else:
+            head = f"apply at {self.chosen_scale:.3g} {unit} (continuous {self.estimate:.3g}, 95% CI {lo:.3g}-{hi:.3g})"
+        text = (
+            f"{head}; {self.points_informative}/{self.points_used} informative points, confidence "
+            f"{self.confidence:.0%}"
+        )
         if c.implied_mpp is not None:
             lo_mpp, hi_mpp = c.implied_interval or (math.nan, math.nan)
             text += f"; slide um/px implied {c.implied_estimate:.3g} (95% CI {lo_mpp:.3g}-{hi_mpp:.3g}, grid {c.implied_mpp:.3g})"
             if c.declared_mpp is not None:
                 text += f" vs declared {c.declared_mpp:.3g} ({c.disagreement_steps:+.1f} steps)"
         if c.status == "MISMATCH" and c.declared_mpp and c.model_mpp:
-            # The declared um/px is wrong, so a scale in um/px is only a name: say what to read.
-            # the continuous estimate, as the implied um/px above
-            ds = self.estimate / c.declared_mpp if self.units == "um/px" else self.estimate
-            text += (f"; the declared um/px is off: read level 0 at downsample {ds:.3g}"
-                     f" to give the model its {c.model_mpp:.3g} um/px")
+            text += f"; the declared um/px is off: that downsample gives the model its {c.model_mpp:.3g} um/px"
         if self.calibration is not None:
             cal = self.calibration
             pull = "" if cal.slope == 1.0 else f", following the scale with slope {cal.slope:.2f}"
@@ -170,20 +193,8 @@ class ScaleResult:
             text += f" ({c.reason})"
         elif self.domain is not None and self.domain.out_of_domain:
             text += f" ({self.domain.describe()})"
-        if self.edge is not None:
-            text += (f" (the answer is the {self.edge}st scale tried: the peak was not bracketed, the true scale may lie "
-                     "beyond what this slide or the scales allow)")
-        if self.widenings:
-            text += f" (grid widened past its ends: {'; '.join(self.widenings)})"
-        if self.scan is not None and self.scan.rivals:
-            values = [f"{r:.3g}" for r in self.scan.rivals]
-            others = values[0] if len(values) == 1 else ", ".join(values[:-1]) + " and " + values[-1]
-            where = f"{others} um/px" if self.units == "um/px" else f"downsample {others}"
-            text += (f" (the scan also peaked at {where}: the model's margins far from its scale can mislead;"
-                     " check the curves)")
-        missing = self.model_info.get("missing")
-        if missing:
-            text += f" (model's {' and '.join(missing)} unknown: defaults assumed, the answer rests on them)"
+        for caveat in self.caveats():
+            text += f" ({caveat})"
         return text
 
     def to_dict(self, *, per_point: bool = True) -> dict[str, Any]:
@@ -214,6 +225,7 @@ class ScaleResult:
             "margin_peak_scale": float(self.scales[self.chosen_index]),
             "edge": self.edge,
             "check": asdict(self.check),
+            "caveats": self.caveats(),
             "domain": self.domain.to_dict() if self.domain is not None else None,
             "class_names": list(self.class_names),
             "timings_s": self.timings,
@@ -235,15 +247,37 @@ class ScaleResult:
         return json.dumps(json_safe(self.to_dict(**kwargs)), indent=2)
 
 
+def grid_edge(index: int, count: int) -> str | None:
+    """``"fine"`` / ``"coarse"`` when ``index`` is the first / last of ``count`` grid scales, else None."""
+    return "fine" if index == 0 else "coarse" if index == count - 1 else None
+
+
+#: The implied 95% interval wider than this (octaves) cannot tell a correct declaration from one off by 2x.
+WIDEST_DECIDING_INTERVAL = 1.5
+
+
 def metadata_check(
     declared: float | None, source: str | None, units: Units, model_mpp: float | None, chosen: float,
     estimate: float, interval: tuple[float, float], *, domain: DomainCheck | None = None,
-    ruler: RulerEstimate | None = None,
+    ruler: RulerEstimate | None = None, edge: str | None = None, rivals: tuple[float, ...] = (),
 ) -> MetadataCheck:
     """Compare the answer (``chosen`` grid scale, continuous ``estimate`` and its ``interval``, in ``units``)
     with the ``declared`` level-0 um/px (None: the slide declares none) through the model's training um/px, and
-    with the ``ruler``'s model-free estimate (the rule: :class:`MetadataCheck`). A ``domain`` check that finds the
-    slide out of the model's domain makes a declared um/px ``INCONCLUSIVE``."""
+    with the ``ruler``'s model-free estimate.
+
+    The rule (measured: BENCHMARKS.md "The verdict"), the first that applies:
+
+    1. INCONCLUSIVE when the slide lies outside the model's ``domain``.
+    2. INCONCLUSIVE when the implied 95% interval is wider than ``WIDEST_DECIDING_INTERVAL`` octaves.
+    3. OK when the implied um/px is within one grid step of the declared; otherwise MISMATCH only when the declared
+       um/px also lies outside the implied 95% interval, the answer is not the grid's ``edge`` ("fine"/"coarse":
+       the true scale may lie beyond), and no scan peak among ``rivals`` (scales in ``units``) would imply the
+       declared um/px within one step; else INCONCLUSIVE.
+    4. The ruler: when it measured and contradicts the model (holds a declared um/px the model rejects, or excludes
+       one it accepts), INCONCLUSIVE; when it confirms a MISMATCH, the reason says so.
+
+    ``reason`` is stated for every status but a plain OK.
+    """
     if model_mpp is None:
         reason = None
         if declared is not None and ruler is not None and ruler.measured:
@@ -259,47 +293,75 @@ def metadata_check(
         return model_mpp / (scale / declared)
 
     # A coarser scale implies a finer slide: the interval's ends swap.
-    implied_interval = (implied(interval[1]), implied(interval[0]))
+    lo, hi = implied(interval[1]), implied(interval[0])
     implied_estimate = implied(estimate)
     agrees = ruler.contains(implied_estimate) if ruler is not None and ruler.measured else None
+    out_of_domain = domain.describe() if domain is not None and domain.out_of_domain else None
     if declared is None:
-        reason = domain.describe() if domain is not None and domain.out_of_domain else None
+        reason = out_of_domain
         if agrees is False:
             reason = _join(reason, f"the nuclei measure {ruler.describe()}, not the model's implied "  # type: ignore[union-attr]
                            f"{implied_estimate:.3g} um/px: trust neither without a look")
         return MetadataCheck(
-            "MISSING-METADATA", None, None, model_mpp, implied(chosen), implied_estimate, implied_interval, None,
-            reason, ruler, agrees,
+            "MISSING-METADATA", None, None, model_mpp, implied(chosen), implied_estimate, (lo, hi), None, reason,
+            ruler, agrees,
         )
     # The continuous estimate decides (the grid value can sit a step away from it): the check, the cohort table and
     # the report then agree on one number.
     steps = steps_between(implied_estimate, declared)
-    status = "OK" if abs(steps) <= 1.0 else "MISMATCH"
-    reason = None
+    width = math.log2(hi / lo)
+    status, reason = "OK" if abs(steps) <= 1.0 else "MISMATCH", None
+    if out_of_domain:
+        status, reason = "INCONCLUSIVE", out_of_domain
+    elif width > WIDEST_DECIDING_INTERVAL:
+        status, reason = "INCONCLUSIVE", (
+            f"the implied 95% interval {lo:.3g}-{hi:.3g} um/px spans {width:.1f} octaves (more than "
+            f"{WIDEST_DECIDING_INTERVAL}): the points disagree too much to check the declared um/px; more points "
+            "(--points) or a model that knows this tissue")
+    elif status == "MISMATCH":
+        agreeing_rivals = [implied(r) for r in rivals if abs(steps_between(implied(r), declared)) <= 1.0]
+        if lo <= declared <= hi:
+            status, reason = "INCONCLUSIVE", (
+                f"{steps:+.1f} steps off, but the declared {declared:.3g} um/px lies inside the implied 95% interval "
+                f"{lo:.3g}-{hi:.3g}: not rejected")
+        elif edge is not None:
+            status, reason = "INCONCLUSIVE", (
+                f"the answer is the {edge}st scale the slide allows (the peak was not bracketed): the true scale may "
+                "lie beyond it")
+        elif agreeing_rivals:
+            status, reason = "INCONCLUSIVE", (
+                f"the scan also peaked where the slide would be {agreeing_rivals[0]:.3g} um/px, which agrees with "
+                "the declared um/px: the model's margins are ambiguous on this slide")
+        else:
+            reason = (f"the declared {declared:.3g} um/px lies outside the implied 95% interval {lo:.3g}-{hi:.3g}, "
+                      f"{steps:+.1f} steps away")
     if ruler is not None and ruler.measured:
-        ruler_rejects = not ruler.contains(declared)
-        if status == "MISMATCH" and not ruler_rejects:
-            status, reason = "INCONCLUSIVE", (
-                f"the model implies {implied_estimate:.3g} um/px but the nuclei measure {ruler.describe()}, which "
-                f"holds the declared {declared:.3g}: a model's margins can peak far from its scale on tissue it "
-                "does not know; believe the declared um/px unless the slide's content says otherwise")
-        elif status == "OK" and ruler_rejects:
-            status, reason = "INCONCLUSIVE", (
-                f"the model agrees with the declared {declared:.3g} um/px but the nuclei measure "
-                f"{ruler.describe()}, which excludes it: the ruler's constant varies between tissues "
-                "(stroma, muscle read fine; dense lymphoid tissue coarse); look at the slide")
-        elif status == "MISMATCH" and agrees is False:
-            reason = (f"the model ({implied_estimate:.3g} um/px) and the nuclei ({ruler.describe()}) both reject "
-                      "the declared um/px but differ on the true one")
-        elif status == "MISMATCH":
-            reason = f"confirmed without the model: the nuclei measure {ruler.describe()}"
-    elif ruler is not None:
-        reason = f"no second opinion: the ruler {ruler.describe()}"
-    if domain is not None and domain.out_of_domain:
-        status, reason = "INCONCLUSIVE", _join(domain.describe(), reason if status == "INCONCLUSIVE" else None)
+        # The ruler is weighed against what the model says of the declared um/px (its own step rule), so that a
+        # contradiction is named whatever else made the check INCONCLUSIVE.
+        model_rejects, ruler_rejects = abs(steps) > 1.0, not ruler.contains(declared)
+        if model_rejects and not ruler_rejects:
+            note = (f"the model implies {implied_estimate:.3g} um/px but the nuclei measure {ruler.describe()}, "
+                    f"which holds the declared {declared:.3g}: a model's margins can peak far from its scale on "
+                    "tissue it does not know; believe the declared um/px unless the slide's content says otherwise")
+        elif not model_rejects and ruler_rejects:
+            note = (f"the model agrees with the declared {declared:.3g} um/px but the nuclei measure "
+                    f"{ruler.describe()}, which excludes it: the ruler's constant varies between tissues "
+                    "(stroma, muscle read fine; dense lymphoid tissue coarse); look at the slide")
+        elif model_rejects and agrees is False:
+            note = f"the nuclei ({ruler.describe()}) also reject it but differ from the model on the true um/px"
+        elif model_rejects:
+            note = f"confirmed without the model: the nuclei measure {ruler.describe()}"
+        else:
+            note = None
+        if model_rejects != ruler_rejects and status in ("OK", "MISMATCH"):
+            status, reason = "INCONCLUSIVE", note
+        else:
+            reason = _join(reason, note)
+    elif ruler is not None and status in ("OK", "MISMATCH"):
+        reason = _join(reason, f"no second opinion: the ruler {ruler.describe()}")
     return MetadataCheck(
-        status, declared, source, model_mpp, implied(chosen), implied_estimate, implied_interval, steps, reason,
-        ruler, agrees,
+        status, declared, source, model_mpp, implied(chosen), implied_estimate, (lo, hi), steps, reason, ruler,
+        agrees,
     )
 
 
