@@ -34,6 +34,7 @@ class MetadataCheck:
     ``MISSING-METADATA`` (no declared um/px: the implied one is the only one) or ``UNKNOWN-MODEL-MPP`` (the
     model's training um/px is unknown: only the ruler checks the declared um/px, ``reason`` says how).
 
+    ``rivals_implied``: the slide's um/px that each rival peak of the scan would imply (see ``ScanSummary.rivals``).
     ``ruler`` is the model-free estimate from the size of the nuclei (:func:`histoscale.measure_mpp`; None when
     not measured); ``ruler_agrees`` whether the model's implied um/px lies inside the ruler's interval (None when
     either is missing). The rule: the model's OK or MISMATCH stands when the ruler agrees with it or cannot
@@ -54,6 +55,7 @@ class MetadataCheck:
     reason: str | None = None
     ruler: RulerEstimate | None = None
     ruler_agrees: bool | None = None
+    rivals_implied: tuple[float, ...] = ()  # the slide um/px each rival peak of the scan would imply
 
 
 @dataclass(frozen=True)
@@ -304,7 +306,7 @@ def metadata_check(
                            f"{implied_estimate:.3g} um/px: trust neither without a look")
         return MetadataCheck(
             "MISSING-METADATA", None, None, model_mpp, implied(chosen), implied_estimate, (lo, hi), None, reason,
-            ruler, agrees,
+            ruler, agrees, tuple(implied(r) for r in rivals),
         )
     # The continuous estimate decides (the grid value can sit a step away from it): the check, the cohort table and
     # the report then agree on one number.
@@ -319,7 +321,7 @@ def metadata_check(
             f"{WIDEST_DECIDING_INTERVAL}): the points disagree too much to check the declared um/px; more points "
             "(--points) or a model that knows this tissue")
     elif status == "MISMATCH":
-        agreeing_rivals = [implied(r) for r in rivals if abs(steps_between(implied(r), declared)) <= 1.0]
+        agreeing_rivals = [v for v in map(implied, rivals) if abs(steps_between(v, declared)) <= 1.0]
         if lo <= declared <= hi:
             status, reason = "INCONCLUSIVE", (
                 f"{steps:+.1f} steps off, but the declared {declared:.3g} um/px lies inside the implied 95% interval "
@@ -361,7 +363,7 @@ def metadata_check(
         reason = _join(reason, f"no second opinion: the ruler {ruler.describe()}")
     return MetadataCheck(
         status, declared, source, model_mpp, implied(chosen), implied_estimate, (lo, hi), steps, reason, ruler,
-        agrees,
+        agrees, tuple(implied(r) for r in rivals),
     )
 
 
