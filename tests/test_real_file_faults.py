@@ -7,7 +7,9 @@ the real backends; each case's expected outcome is the one issue 28 gives.
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +17,9 @@ import pytest
 import tifffile
 
 from _wsi_files import PURPLE, damage_tiles, drop_tiles, tissue_blocks, write_ome_fluorescence, write_ome_zstack
+from histoscale import SearchConfig, find_scale, run_cohort
 from histoscale.cli import main
-from histoscale.errors import ConfigError, DamagedTileError, SlideError
+from histoscale.errors import ConfigError, DamagedTileError, ScaleSearchError, SlideError
 from histoscale.slide import open_slide, tissue_mask, write_slide
 
 SIZE, TILE = 1536, 128  # 12 x 12 = 144 level-0 tiles
@@ -212,6 +215,74 @@ def test_slide_whose_reads_mostly_fail_is_called_damaged(tmp_path: Path) -> None
         message = str(err.value)
         assert "ruined.svs is damaged: 8 of its 8 reads so far met damaged tiles" in message
         assert "Copy the file again" in message and "export or scan it again" in message
+
+
+@pytest.fixture(scope="module")
+def phantom_svs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A phantom SVS as issue 28 item 3 gives it: 3072 x 3072 px at 0.5 um/px, 256 px JPEG tiles (144 at level
+    0), downsamples 1 and 4; tissue the phantom model knows, so that its answer can be checked."""
+    from histoscale.phantom import write_phantom
+
+    folder = tmp_path_factory.mktemp("phantom-svs")
+    return write_phantom(folder / "clean.svs", mpp=0.5, size_px_wh=(3072, 3072), fmt="svs", tile=256,
+                         downsamples=(1, 4), seed=3).slide_path
+
+
+SEARCH_DAMAGED = [40, 65, 100]  # tissue tiles of the phantom's 12 x 12 level-0 grid
+
+
+def damaged_copy(source: Path, path: Path, how: str, tiles: list[int] = SEARCH_DAMAGED) -> Path:
+    shutil.copyfile(source, path)
+    return damage_tiles(path, 0, tiles, how)
+
+
+@pytest.mark.parametrize("how", ["zeros", "noise"])
+def test_search_skips_the_points_on_damaged_tiles_and_answers(phantom_svs: Path, tmp_path: Path, how: str) -> None:
+    path = damaged_copy(phantom_svs, tmp_path / f"damaged-{how}.svs", how)
+    result = find_scale(path, model="phantom", points=24, ruler=False)
+    assert result.points_damaged >= 1 and result.points_used + result.points_damaged == 24
+    assert len(result.points_xy) == len(result.curves) == result.points_used
+    assert {t[:3] for t in result.damaged_tiles} <= {(0, *tile_xy(t)) for t in SEARCH_DAMAGED}
+    assert result.check.status == "OK" and result.check.implied_estimate == pytest.approx(0.5, rel=0.2)
+    caveat = f"{result.points_damaged} of 24 points skipped: their patches touch damaged tiles of the file (level 0 x="
+    assert any(c.startswith(caveat) for c in result.caveats()), result.caveats()
+
+
+def test_search_cli_says_how_many_points_and_which_tiles(phantom_svs: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    path = damaged_copy(phantom_svs, tmp_path / "damaged.svs", "noise")
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(capsys, "search", path, "--model", "phantom", "--no-ruler", "--points", "24",
+                                "--out", out)
+    assert code == 0, err
+    saved = json.loads((out / "result.json").read_text())
+    assert saved["points_damaged"] >= 1 and saved["points_used"] + saved["points_damaged"] == 24
+    assert saved["damaged_tiles"] and saved["damaged_tiles"][0].keys() == {"level", "x", "y", "width", "height"}
+    assert any("points skipped: their patches touch damaged tiles" in c for c in saved["caveats"])
+    assert "points skipped: their patches touch damaged tiles of the file (level 0 x=" in stdout
+
+
+def test_search_on_a_slide_whose_reads_mostly_fail_says_it_is_damaged(phantom_svs: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    path = damaged_copy(phantom_svs, tmp_path / "ruined.svs", "zeros", tiles=list(range(13, 131)))
+    code, _out, err = run_cli(capsys, "search", path, "--model", "phantom", "--no-ruler", "--points", "24")
+    assert code == 2 and "Traceback" not in err
+    assert "ruined.svs is damaged" in err and "Copy the file again" in err
+    # too few points for the slide's own rule (8 failed reads): every point damaged is said the same way
+    with pytest.raises(ScaleSearchError, match=r"ruined\.svs is damaged: every one of the 4 points read touches "
+                       r"tiles that do not decode\. Copy the file again"):
+        find_scale(path, model="phantom", points=4, ruler=False)
+
+
+def test_cohort_with_a_damaged_slide_answers_for_both(phantom_svs: Path, tmp_path: Path) -> None:
+    damaged = damaged_copy(phantom_svs, tmp_path / "damaged.svs", "zeros")
+    summary = run_cohort([{"slide": str(phantom_svs), "id": "clean"}, {"slide": str(damaged), "id": "damaged"}],
+                         model_spec="phantom", out_dir=tmp_path / "cohort", workers=1, figures=False,
+                         search=SearchConfig(points=24, ruler=False))
+    rows = {r["id"]: r for r in summary.rows}
+    assert rows["clean"]["flag"] == rows["damaged"]["flag"] == "OK", rows
+    assert "points skipped: their patches touch damaged tiles" in rows["damaged"]["message"]
+    assert "damaged" not in rows["clean"]["message"]
 
 
 # ------------------------------------------------------------------------------------------------- also

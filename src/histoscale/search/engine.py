@@ -29,7 +29,7 @@ from histoscale._progress import progress_bar
 from histoscale.aggregate import PointAnswers, Vote, analyse_curves, is_settled, pooled_curve, scan_peak, vote
 from histoscale.calibration import ScaleCalibration
 from histoscale.domain import DomainCheck, domain_check
-from histoscale.errors import MissingMppError, ScaleSearchError
+from histoscale.errors import DamagedTileError, MissingMppError, ScaleSearchError
 from histoscale.models import SplitModel, load_model
 from histoscale.patches import iter_multiscale, read_multiscale, read_regions
 from histoscale.sampling import sample_points
@@ -161,6 +161,7 @@ class _Run:
     focusings: list[str] = field(default_factory=list)
     stopped_early: bool = False
     patches_scored: int = 0
+    points_damaged: int = 0  # points skipped: their patches touch tiles that do not decode (dropped from plan.xy)
     scan: ScanSummary | None = None
     timings: dict[str, float] = field(default_factory=lambda: {"read_and_model_s": 0.0, "widen_s": 0.0})
 
@@ -184,18 +185,68 @@ class _Run:
     def _read(self) -> Any:
         return read_regions if self._on_device else read_multiscale
 
+    def _read_point(self, slide: Slide, center_xy: Any, downsamples: np.ndarray, out_px: int) -> Any:
+        """One point's read (:attr:`_read`), or the :class:`DamagedTileError` it met: such a point is skipped, not
+        the slide (a slide whose reads mostly fail raises its own SlideError, which ends the search)."""
+        try:
+            return self._read(slide, center_xy, downsamples, out_px)
+        except DamagedTileError as err:
+            return err
+
     def _patches(self, start: int) -> Any:
-        """Points from ``start`` on, read at the grid's scales (those of the focus, once there is one)."""
+        """Points from ``start`` on, read at the grid's scales (those of the focus, once there is one); a point
+        that met a damaged tile yields its DamagedTileError (:meth:`_take` skips it)."""
         scales = self.grid if self.focus is None else self.grid[self.focus]
         return iter_multiscale(
             self.slide, self.plan.xy[start:], self.plan.downsamples(scales), int(self.model.input_size),
-            prefetch=self.config.prefetch, read=self._read,
+            prefetch=self.config.prefetch, read=self._read_point,
         )
 
-    def _features_at(self, xy: np.ndarray, scales: np.ndarray) -> np.ndarray:
-        """Features of the points ``xy`` (p, 2) at ``scales`` (n,) -> (p, n, M) (or (p, n, G, M))."""
-        out_px = int(self.model.input_size)
-        return self._features_of([self._read(self.slide, c, self.plan.downsamples(scales), out_px) for c in xy])
+    def _take(self, patches: Any, n: int) -> list[Any]:
+        """The reads of the next ``n`` readable points of ``patches`` (an iterator from point ``self.used`` on),
+        fewer when the points run out; a damaged point is dropped from the plan, so that ``plan.xy[:used]`` stays
+        the points the features hold."""
+        reads: list[Any] = []
+        for read in patches:
+            if isinstance(read, DamagedTileError):
+                self._skip(np.arange(len(self.plan.xy)) == self.used + len(reads), read)
+            else:
+                reads.append(read)
+            if len(reads) == n:
+                break
+        return reads
+
+    def _skip(self, damaged: np.ndarray, error: DamagedTileError) -> None:
+        """Drop the points ``damaged`` (a mask over ``plan.xy``) from the plan and from the features read so far."""
+        count = int(damaged.sum())
+        logger.info("skipping %d point(s): %s", count, error)
+        read = damaged[: self.used]
+        if read.any():
+            self.features = [np.concatenate(self.features)[~read]]
+            self.used -= int(read.sum())
+        self.plan.xy = self.plan.xy[~damaged]
+        self.points_damaged += count
+
+    def _features_at_used(self, scales: np.ndarray) -> np.ndarray:
+        """Features of the points used so far at ``scales`` (n,) -> (used, n, M) (or (used, n, G, M)); those that
+        meet a damaged tile there are skipped first (dropped from the plan and the features)."""
+        ds, out_px = self.plan.downsamples(scales), int(self.model.input_size)
+        reads = [self._read_point(self.slide, c, ds, out_px) for c in self.plan.xy[: self.used]]
+        errors = [r for r in reads if isinstance(r, DamagedTileError)]
+        if errors:
+            damaged = np.zeros(len(self.plan.xy), dtype=bool)
+            damaged[: len(reads)] = [isinstance(r, DamagedTileError) for r in reads]
+            self._skip(damaged, errors[0])
+            if not self.used:
+                raise self._all_damaged()
+        return self._features_of([r for r in reads if not isinstance(r, DamagedTileError)])
+
+    def _all_damaged(self) -> ScaleSearchError:
+        """The error for a search whose every point met damaged tiles."""
+        return ScaleSearchError(
+            f"{self.slide.path} is damaged: every one of the {self.points_damaged} points read touches tiles that do "
+            "not decode. Copy the file again and compare its checksum with the source's, or export or scan it again"
+        )
 
     def _features_of(self, points: list[Any]) -> np.ndarray:
         """Per point its (N, S, S, 3) uint8 patches (its regions when the model resamples on its device) -> (p, N, M)
@@ -215,10 +266,10 @@ class _Run:
         )
 
     def execute(self, progress: bool) -> ScaleResult:
-        config, points = self.config, self.config.points
+        config = self.config
         t0 = time.perf_counter()
         with progress_bar(progress) as bar:
-            task = bar.add_task("scale search", total=points) if bar is not None else None
+            task = bar.add_task("scale search", total=config.points) if bar is not None else None
             if self.plan.search_range is not None:
                 self.scan_range()
             patches = self._patches(self.used)
@@ -229,8 +280,9 @@ class _Run:
                     if bar is not None:
                         bar.update(task, completed=self.used)
                     answers, interim = self.consensus(n_boot=100)
-                    checked = self.used >= min(points, 2 * config.batch_points)
-                    remaining = points - self.used
+                    planned = len(self.plan.xy)  # the points requested less those skipped as damaged
+                    checked = self.used >= min(planned, 2 * config.batch_points)
+                    remaining = planned - self.used
                     if config.widen and checked and self.try_widen(interim.winner, answers):
                         patches.close()
                         patches = self._patches(self.used)
@@ -243,7 +295,7 @@ class _Run:
                     elif checked and remaining > 0 and self.try_focus(interim):
                         patches.close()
                         patches = self._patches(self.used)
-                    if self.used >= points:
+                    if self.used >= len(self.plan.xy):
                         break
                     self.add_block(patches)
             finally:
@@ -260,9 +312,13 @@ class _Run:
         n = min(self.config.scan_points, self.config.points)
         patches = self._patches(0)
         try:
-            feats = self._features_of([next(patches) for _ in range(n)])
+            reads = self._take(patches, n)
         finally:
             patches.close()
+        if not reads:
+            raise self._all_damaged()
+        n = len(reads)
+        feats = self._features_of(reads)
         curves = self._score(feats).curve
         # Standardised: over the whole range a few points' margins far from the model's scale must not outvote
         # the rest (histoscale.aggregate).
@@ -285,22 +341,22 @@ class _Run:
         log2_fine, log2_scan = np.log2(self.grid), np.log2(scan_grid_units)
         match = np.abs(log2_fine[:, None] - log2_scan[None, :]) < 1e-6  # (fine, scan)
         have = match.any(axis=1)
-        fine = self._on_grid(feats[:, match.argmax(axis=1)[have]], have)
-        near = np.abs(log2_fine - log2_peak) <= (FINE_INNER + 0.5) / STEPS_PER_OCTAVE
-        self._read_scan_points(fine, ~have & near)
-        self.features.append(fine)
+        self.features = [self._on_grid(feats[:, match.argmax(axis=1)[have]], have)]
         self.used = n
-        if n < self.config.points:
+        near = np.abs(log2_fine - log2_peak) <= (FINE_INNER + 0.5) / STEPS_PER_OCTAVE
+        self._read_scan_points(~have & near)
+        if self.used < len(self.plan.xy):
             self.try_focus(self.consensus(n_boot=100)[1])
-        self._read_scan_points(fine, ~have & ~near)
+        self._read_scan_points(~have & ~near)
 
-    def _read_scan_points(self, block: np.ndarray, scales: np.ndarray) -> None:
-        """Read the scan's points (``block``, features on the fine grid) at the fine scales ``scales`` (mask) that
+    def _read_scan_points(self, scales: np.ndarray) -> None:
+        """Read the scan's points (the features so far, on the fine grid) at the fine scales ``scales`` (mask) that
         later points still read."""
         if self.focus is not None:
             scales = scales & np.isin(np.arange(len(self.grid)), self.focus)
         if scales.any():
-            block[:, scales] = self._features_at(self.plan.xy[: len(block)], self.grid[scales])
+            feats = self._features_at_used(self.grid[scales])
+            self.features[0][:, scales] = feats
 
     def _no_informative_point(self, which: str = "") -> ScaleSearchError:
         """The error for a grid over which every point's curve was flat."""
@@ -312,10 +368,14 @@ class _Run:
 
     def add_block(self, patches: Any) -> None:
         """Read and run the model on the next block of points (NaN at the scales outside the focus)."""
-        n = min(self.config.batch_points, self.config.points - self.used)
-        feats = self._features_of([next(patches) for _ in range(n)])
+        reads = self._take(patches, min(self.config.batch_points, len(self.plan.xy) - self.used))
+        if not reads:
+            if not self.features:
+                raise self._all_damaged()
+            return  # the last points were all damaged
+        feats = self._features_of(reads)
         self.features.append(feats if self.focus is None else self._on_grid(feats, self.focus))
-        self.used += n
+        self.used += len(reads)
 
     def _on_grid(self, feats: np.ndarray, columns: np.ndarray) -> np.ndarray:
         """Features (p, k, ...) read at the grid's ``columns`` (k indices, or a mask) -> (p, N, ...), NaN elsewhere."""
@@ -354,7 +414,7 @@ class _Run:
         t1 = time.perf_counter()
         self.widenings.append(f"{'coarser' if direction > 0 else 'finer'}: +{len(new)} scales after {self.used} points")
         logger.info("widening the grid %s", self.widenings[-1])
-        extra_feats = self._features_at(self.plan.xy[: self.used], new)
+        extra_feats = self._features_at_used(new)
         old = np.concatenate(self.features)
         pair = [extra_feats, old] if direction < 0 else [old, extra_feats]
         self.features = [np.concatenate(pair, axis=1)]
@@ -416,6 +476,7 @@ class _Run:
         estimate = 2.0**log2_estimate
         res = self.slide.resolution
         domain = self._domain(result_vote.winner)
+        damaged_tiles = tuple(self.slide.damaged_tiles)  # before the ruler, which reads regions of its own
         ruler = None
         if config.ruler:
             start = time.perf_counter()
@@ -443,6 +504,8 @@ class _Run:
             votes=result_vote.counts,
             points_requested=config.points,
             points_used=self.used,
+            points_damaged=self.points_damaged,
+            damaged_tiles=damaged_tiles,
             points_informative=result_vote.n_informative,
             stopped_early=self.stopped_early,
             widenings=tuple(self.widenings),

@@ -123,6 +123,10 @@ class ScaleResult:
     model_info: dict[str, Any] = field(default_factory=dict)  # SplitModel.describe(): what the model is, from where
     focus: tuple[str, ...] = ()  # each narrowing of the scales later points were read at (their curves: NaN elsewhere)
     domain: DomainCheck | None = None  # the slide's patches against the model's training features (None: not recorded)
+    points_damaged: int = 0  # points skipped because their patches touch tiles that do not decode
+    #: the damaged tiles the search met, (level, x, y, width, height) in px of that level (the whole box read where
+    #: the reader cannot say which tile)
+    damaged_tiles: tuple[tuple[int, int, int, int, int], ...] = ()
 
     @property
     def edge(self) -> str | None:
@@ -150,6 +154,13 @@ class ScaleResult:
             where = f"{others} um/px" if self.units == "um/px" else f"downsample {others}"
             out.append(f"the scan also peaked at {where}: the model's margins far from its scale can mislead; "
                        "check the curves")
+        if self.points_damaged or self.damaged_tiles:
+            shown = [f"level {lv} x={x} y={y} {w}x{h} px" for lv, x, y, w, h in self.damaged_tiles[:5]]
+            more = len(self.damaged_tiles) - len(shown)
+            tiles = "; ".join(shown) + (f"; {more} more" if more > 0 else "")
+            out.append(f"{self.points_damaged} of {self.points_used + self.points_damaged} points skipped: their "
+                       f"patches touch damaged tiles of the file ({tiles}); the answer is from the rest; copy the file "
+                       "again, or export or scan it again")
         missing = self.model_info.get("missing")
         if missing:
             out.append(f"model's {' and '.join(missing)} unknown: defaults assumed, the answer rests on them")
@@ -218,6 +229,8 @@ class ScaleResult:
             "points_requested": self.points_requested,
             "points_used": self.points_used,
             "points_informative": self.points_informative,
+            "points_damaged": self.points_damaged,
+            "damaged_tiles": [dict(zip(("level", "x", "y", "width", "height"), t)) for t in self.damaged_tiles],
             "stopped_early": self.stopped_early,
             "widenings": list(self.widenings),
             "focus": list(self.focus),
