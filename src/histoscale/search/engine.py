@@ -238,14 +238,16 @@ class _Run:
             damaged[: len(reads)] = [isinstance(r, DamagedTileError) for r in reads]
             self._skip(damaged, errors[0])
             if not self.used:
-                raise self._all_damaged()
+                raise self._damaged()
         return self._features_of([r for r in reads if not isinstance(r, DamagedTileError)])
 
-    def _all_damaged(self) -> ScaleSearchError:
-        """The error for a search whose every point met damaged tiles."""
+    def _damaged(self) -> ScaleSearchError:
+        """The error for a search whose points mostly (or all) met damaged tiles: an answer from the few left would
+        rest on a small corner of the slide."""
         return ScaleSearchError(
-            f"{self.slide.path} is damaged: every one of the {self.points_damaged} points read touches tiles that do "
-            "not decode. Copy the file again and compare its checksum with the source's, or export or scan it again"
+            f"{self.slide.path} is damaged: {self.points_damaged} of the {self.points_damaged + self.used} points read "
+            "touch tiles that do not decode. Copy the file again and compare its checksum with the source's, or "
+            "export or scan it again"
         )
 
     def _features_of(self, points: list[Any]) -> np.ndarray:
@@ -301,6 +303,8 @@ class _Run:
             finally:
                 patches.close()
         self.timings["read_and_model_s"] = time.perf_counter() - t0 - self.timings["widen_s"]
+        if self.points_damaged > self.used:
+            raise self._damaged()
         return self.settle()
 
     def scan_range(self) -> None:
@@ -316,7 +320,7 @@ class _Run:
         finally:
             patches.close()
         if not reads:
-            raise self._all_damaged()
+            raise self._damaged()
         n = len(reads)
         feats = self._features_of(reads)
         curves = self._score(feats).curve
@@ -371,7 +375,7 @@ class _Run:
         reads = self._take(patches, min(self.config.batch_points, len(self.plan.xy) - self.used))
         if not reads:
             if not self.features:
-                raise self._all_damaged()
+                raise self._damaged()
             return  # the last points were all damaged
         feats = self._features_of(reads)
         self.features.append(feats if self.focus is None else self._on_grid(feats, self.focus))
