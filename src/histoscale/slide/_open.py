@@ -34,6 +34,9 @@ _MAX_TILE_SIDE = 8192  # px; larger TIFF tiles are taken for a damaged directory
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
+_DICOM_MAGIC = b"DICM"  # at byte 128, after the preamble of a DICOM Part 10 file
+_DICOM_WSI = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image Storage
+_DICOM_HEAD_BYTES = 64 * 1024  # the UIDs sit in the header, well before the pixel data
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -127,6 +130,55 @@ def _check_tiff_complete(path: Path) -> None:
         logger.debug("tifffile on %s: %s", path, m)
 
 
+def _file_of_dicom_folder(folder: Path) -> Path:
+    """The file to open for a folder holding one DICOM whole-slide series: OpenSlide (4 and later) opens the series
+    from any of its files (the first by name). A folder holding no such series, or several, is refused naming
+    what to pass."""
+    heads = {f: _dicom_head(f) for f in sorted(folder.iterdir()) if f.is_file()}
+    files = [f for f, head in heads.items() if head]
+    if not files:
+        raise SlideError(f"slide {folder} is a directory, not a slide file (and holds no DICOM whole-slide series)")
+    series: dict[str, list[Path]] = {}
+    for f in files:
+        if _dicom_uid(heads[f], 0x0002, 0x0002) == _DICOM_WSI:
+            series.setdefault(_dicom_uid(heads[f], 0x0020, 0x000E) or "?", []).append(f)
+    if len(series) != 1:
+        what = "no whole-slide image (VL Whole Slide Microscopy)" if not series else f"{len(series)} whole-slide series"
+        example = next(iter(series.values()))[0] if series else files[0]
+        count = f"{len(files)} DICOM file{'s' if len(files) > 1 else ''}"
+        raise SlideError(
+            f"slide {folder} is a folder of {count} holding {what}: pass one .dcm file of the series "
+            f"to search (e.g. {example}); OpenSlide opens the whole series from it"
+        )
+    chosen = next(iter(series.values()))[0]
+    logger.info("%s holds a DICOM whole-slide series: opened from %s", folder, chosen.name)
+    return chosen
+
+
+def _dicom_head(path: Path) -> bytes:
+    """The first bytes of a DICOM Part 10 file (b"" for any other file)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_DICOM_HEAD_BYTES)
+    except OSError:
+        return b""
+    return head if head[128:132] == _DICOM_MAGIC else b""
+
+
+def _dicom_uid(head: bytes, group: int, element: int) -> str | None:
+    """The UID element (``group``, ``element``) of a DICOM header, little endian, explicit (VR "UI") or implicit
+    VR; None when it is not in ``head``."""
+    tag = struct.pack("<HH", group, element)
+    at = head.find(tag, 132)
+    if at < 0:
+        return None
+    if head[at + 4 : at + 6] == b"UI":
+        start, length = at + 8, struct.unpack_from("<H", head, at + 6)[0]
+    else:
+        start, length = at + 8, struct.unpack_from("<I", head, at + 4)[0]
+    return head[start : start + length].rstrip(b"\0 ").decode("ascii", "replace")
+
+
 def _first_ifd_offset(path: Path) -> int | None:
     """The byte offset of the first IFD given by a TIFF or BigTIFF header; None when the header is cut short."""
     with open(path, "rb") as f:
@@ -148,7 +200,8 @@ def open_slide(
     """Open a whole-slide image or a plain image as a :class:`Slide`.
 
     Args:
-        path: slide file (.svs, .tif, .ndpi, .mrxs, ... or .png/.jpg).
+        path: slide file (.svs, .tif, .ndpi, .mrxs, ... or .png/.jpg), or a folder holding one DICOM whole-slide
+            series (opened through one of its files, OpenSlide 4 reading the whole series).
         slide_mpp: level-0 resolution in um/px overriding whatever the file declares
             (``resolution.source == "override"``); ``mpp`` is its deprecated name.
         backend: force ``"openslide"``, ``"tiffslide"``, ``"tifffile"`` or ``"image"``. Default: chosen by
@@ -162,7 +215,7 @@ def open_slide(
             0 over the stack's axes in file order. Default: the first, with a warning naming the stack.
 
     Raises:
-        SlideError: the file is missing, not a file, empty, not a slide, damaged or truncated, or not a
+        SlideError: the file is missing, a folder that holds no single DICOM whole-slide series, empty, not a slide, damaged or truncated, or not a
             brightfield RGB image (fluorescence or multiplex channels, one grey channel); the message names the
             file and the problem, the backend error is chained.
         ConfigError: ``plane`` is given for a file without a stack, or is out of its range.
@@ -176,7 +229,7 @@ def open_slide(
     if not p.exists():
         raise SlideError(f"slide {p} does not exist")
     if p.is_dir():
-        raise SlideError(f"slide {p} is a directory, not a slide file")
+        p = _file_of_dicom_folder(p)
     try:
         size = p.stat().st_size
         kind, head = _sniff(p)
