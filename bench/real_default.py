@@ -73,7 +73,7 @@ def search(path: Path, model: Any, slide_mpp: float | None, seed: int, points: i
     r = histoscale.find_scale(path, model, slide_mpp=slide_mpp, seed=seed, points=points)
     c = r.check
     dom = getattr(r, "domain", None)
-    return {"status": c.status, "implied": c.implied_estimate, "steps": c.disagreement_steps,
+    return {"status": c.status, "implied": c.implied_mpp, "steps": c.disagreement_steps,
             "confidence": r.confidence, "seconds": time.perf_counter() - t0, "patches": r.patches_scored,
             "out_of_domain": bool(dom is not None and dom.out_of_domain), "reason": c.reason,
             "ruler_mpp": c.ruler.mpp if c.ruler is not None else None, "check": c, "domain": dom, "edge": r.edge}
@@ -89,7 +89,7 @@ def derived(at_truth: dict[str, Any], declared: float) -> dict[str, Any]:
     m = c.model_mpp
     lo, hi = c.implied_interval
     check = metadata_check(
-        declared, "bench", "downsample", m, m / c.implied_mpp, m / c.implied_estimate, (m / hi, m / lo),
+        declared, "bench", "downsample", m, m / c.implied_grid_mpp, m / c.implied_mpp, (m / hi, m / lo),
         domain=at_truth["domain"], ruler=c.ruler, edge=at_truth["edge"], rivals=tuple(m / v for v in c.rivals_implied),
     )
     kept = ("implied", "confidence", "patches", "out_of_domain", "ruler_mpp", "check", "domain", "edge")

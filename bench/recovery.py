@@ -11,7 +11,7 @@ Protocol (all numbers come from one run, on the same slides and points):
   cached in ``<workdir>/recovery/`` so that a re-run skips rendering.
 * Model: the bundled reference model (``load_model(None)``: SmallCNN, trained at 0.5 um/px, 128 px input).
 * Search in relative units (the slides have no um/px): the implied level-0 um/px is
-  ``model_mpp / downsample`` (as in ``ScaleResult.check.implied_mpp``); per point the same formula is applied to
+  ``model_mpp / downsample`` (as in ``ScaleResult.check.implied_grid_mpp``); per point the same formula is applied to
   the point's voted downsample.
 * Scorers: ``find_scale`` is run ONCE per slide with early_stop=False, widen=False on a fixed wide grid
   (downsample 2^(k/4), k=-6..8: implied 0.125..1.41 um/px); the model features it computes are recorded (a thin
@@ -191,7 +191,7 @@ def result_answer(res: Any, model: Any) -> dict[str, Any]:
     pts = pa.best_index[pa.informative]
     return {
         "winner": int(res.chosen_index),
-        "implied": float(res.check.implied_mpp),
+        "implied": float(res.check.implied_grid_mpp),
         "implied_continuous": float(model.mpp) / float(res.estimate),
         "point_implied": (float(model.mpp) / res.scales[pts]).tolist(),
         "n_points": int(res.points_used),
@@ -285,7 +285,7 @@ def protocol(
                 ans = rescore(feats, model, grid, scorer, seed, method)
                 per_scorer[name].append({**base, **ans})
             mine = per_scorer[DEFAULT_ROW][-1]
-            if mine["winner"] != res.chosen_index or not math.isclose(mine["implied"], res.check.implied_mpp):
+            if mine["winner"] != res.chosen_index or not math.isclose(mine["implied"], res.check.implied_grid_mpp):
                 mismatches.append(f"{path.name}: rescored {mine['winner']} vs find_scale {res.chosen_index}")
             fixed = {**base, **result_answer(res, model)}
             early["fixed P"].append(fixed)

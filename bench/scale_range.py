@@ -74,9 +74,9 @@ def record(result: Any, truth: float) -> dict[str, Any]:
     c = result.check
     lo, hi = c.implied_interval
     return {
-        "truth": truth, "status": c.status, "declared": c.declared_mpp, "implied": c.implied_mpp,
-        "implied_estimate": c.implied_estimate, "interval": [lo, hi],
-        "steps": steps(c.implied_mpp, truth), "steps_estimate": steps(c.implied_estimate, truth),
+        "truth": truth, "status": c.status, "declared": c.declared_mpp, "implied": c.implied_grid_mpp,
+        "implied_mpp": c.implied_mpp, "interval": [lo, hi],
+        "steps": steps(c.implied_grid_mpp, truth), "steps_estimate": steps(c.implied_mpp, truth),
         "covered": bool(lo <= truth <= hi), "points": result.points_used, "patches": result.patches_scored,
     }
 
@@ -127,20 +127,20 @@ def main() -> None:
         for ratio in RATIOS:
             declared = truth * ratio
             # The same level-0 answer, checked against this declaration (the search never read it).
-            chosen, est, (lo, hi) = (model.mpp / base["implied"], model.mpp / base["implied_estimate"],
+            chosen, est, (lo, hi) = (model.mpp / base["implied"], model.mpp / base["implied_mpp"],
                                      (model.mpp / base["interval"][1], model.mpp / base["interval"][0]))
             check = metadata_check(declared, "bench", "um/px", model.mpp, chosen * declared, est * declared,
                                    (lo * declared, hi * declared))
-            ratio_rows.append({"ratio": ratio, "slide": i, "status": check.status, "steps": steps(check.implied_mpp, truth),
+            ratio_rows.append({"ratio": ratio, "slide": i, "status": check.status, "steps": steps(check.implied_grid_mpp, truth),
                                "real_run": False})
             if i < args.ratio_slides:
                 real = record(find_scale(path, model, SearchConfig(), slide_mpp=declared), truth)
-                if real["status"] != check.status or abs(real["implied"] - check.implied_mpp) > 1e-6 * truth:
+                if real["status"] != check.status or abs(real["implied"] - check.implied_grid_mpp) > 1e-6 * truth:
                     raise SystemExit(f"slide {i} ratio {ratio}: a real run ({real['status']}, {real['implied']}) differs "
-                                     f"from the no-metadata answer ({check.status}, {check.implied_mpp})")
+                                     f"from the no-metadata answer ({check.status}, {check.implied_grid_mpp})")
                 ratio_rows[-1]["real_run"] = True
         d = runs["default"][-1]
-        print(f"slide {i} true {truth:.3f}: default implied {d['implied_estimate']:.3f} ({d['steps_estimate']:+.2f} "
+        print(f"slide {i} true {truth:.3f}: default implied {d['implied_mpp']:.3f} ({d['steps_estimate']:+.2f} "
               f"steps, uncalibrated {runs['default, uncalibrated'][-1]['steps_estimate']:+.2f}), {d['patches']} patches; "
               f"fixed-15 {runs['fixed 15-scale grid'][-1]['steps']:+.2f}", flush=True)
 

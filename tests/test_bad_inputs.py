@@ -236,7 +236,7 @@ def test_png_without_resolution(plain_png: Path, capsys: pytest.CaptureFixture[s
     # the search falls back to relative units (reported as such), never to a guessed um/px
     result = find_scale(plain_png, tiny_model(), **FAST)
     assert result.units == "downsample" and result.check.status == "MISSING-METADATA"
-    assert result.check.declared_mpp is None and result.check.implied_mpp > 0
+    assert result.check.declared_mpp is None and result.check.implied_grid_mpp > 0
     # with slide_mpp= (--slide-mpp) it is searched in um/px
     assert find_scale(plain_png, tiny_model(), slide_mpp=0.5, **FAST).units == "um/px"
     code, out, _ = run_cli(capsys, "info", plain_png, "--json")

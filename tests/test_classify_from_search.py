@@ -87,7 +87,7 @@ def test_after_a_mismatch_classify_refuses_without_trust_content(runs, tmp_path:
 
 def test_trust_content_replaces_the_declared_mpp_and_says_so_everywhere(runs, tmp_path: Path, capsys) -> None:
     searched = json.loads((runs["mismatch"] / "result.json").read_text())
-    implied = searched["check"]["implied_estimate"]
+    implied = searched["check"]["implied_mpp"]
     ds = searched["estimate"] / DECLARED_MPP  # the level-0 downsample the search found
     capsys.readouterr()
     assert classify(runs, runs["mismatch"], tmp_path / "out", "--trust-content") == 0

@@ -83,20 +83,20 @@ def _check_flags(summary, *, deaths: int) -> None:
     assert good["flag"] == "OK", good
     assert good["declared_mpp"] == pytest.approx(TRUE_MPP)
     assert good["mpp_source"].startswith("metadata:")
-    assert _steps(good["estimated_mpp"], TRUE_MPP) <= 1.0
-    assert good["ci_low"] < good["ci_high"]  # around the continuous estimate; estimated_mpp is the grid winner's
+    assert _steps(good["implied_mpp"], TRUE_MPP) <= 1.0
+    assert good["ci_low"] < good["ci_high"]  # around the continuous estimate; implied_mpp is the grid winner's
     assert good["units"] == "um/px" and good["points_used"] >= 1
 
     bare = rows["bare"]
     assert bare["flag"] == "MISSING-METADATA", bare
     assert bare["declared_mpp"] is None and bare["units"] == "downsample"
-    assert _steps(bare["estimated_mpp"], BARE_MPP) <= 1.5, bare
+    assert _steps(bare["implied_mpp"], BARE_MPP) <= 1.5, bare
 
     wrong = rows["wrong"]  # declared 2x the truth through the manifest's mpp column
     assert wrong["flag"] == "MISMATCH", wrong
     assert wrong["mpp_source"] == "override" and wrong["declared_mpp"] == pytest.approx(2 * TRUE_MPP)
     assert wrong["disagreement_steps"] < -2.0
-    assert _steps(wrong["estimated_mpp"], TRUE_MPP) <= 1.5
+    assert _steps(wrong["implied_mpp"], TRUE_MPP) <= 1.5
 
     assert rows["corrupt"]["flag"] == "ERROR" and "corrupt.svs" in rows["corrupt"]["message"]
     assert rows["missing"]["flag"] == "ERROR" and "does not exist" in rows["missing"]["message"]
@@ -138,7 +138,7 @@ def test_dask_local_cluster_gives_the_same_answers(cohort_files, local_run, tmp_
     local, dask = _by_id(local_run.rows), _by_id(summary.rows)
     for name in ("good", "bare", "wrong"):
         assert dask[name]["chosen_scale"] == pytest.approx(local[name]["chosen_scale"])
-        assert dask[name]["estimated_mpp"] == pytest.approx(local[name]["estimated_mpp"], rel=0.02)
+        assert dask[name]["implied_mpp"] == pytest.approx(local[name]["implied_mpp"], rel=0.02)
     assert (tmp_path / "dask" / "slides" / "good" / "result.json").is_file()
     assert not (tmp_path / "dask" / "slides" / "good" / "curves.png").exists()  # figures=False
 

@@ -61,7 +61,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_cohort_page_escapes_what_slides_and_errors_say() -> None:
-    row = dict.fromkeys(("declared_mpp", "mpp_source", "estimated_mpp", "ci_low", "ci_high", "chosen_scale",
+    row = dict.fromkeys(("declared_mpp", "mpp_source", "implied_mpp", "ci_low", "ci_high", "chosen_scale",
                          "units", "disagreement_steps", "seconds"))
     row.update(id="<b>x</b>", slide="/data/<img src=y onerror=alert(1)>.svs", flag="ERROR",
                message="cannot open </td><script>alert(1)</script>")
@@ -220,9 +220,12 @@ def test_search_report_states_the_mismatch(tab: Page, cohort: Path) -> None:
     check = doc["check"]
     page = tab.open(cohort / "slides" / "wrong" / "report.html")
     verdict = page.inner_text("#verdict")
-    assert f"Apply at {doc['chosen_scale']:.3g} um/px" in verdict
+    # After a MISMATCH the headline names what to read, not a value in the declared (wrong) units (issue 29).
+    assert check["status"] == "MISMATCH"
+    assert f"Apply at level-0 downsample {doc['estimate'] / check['declared_mpp']:.3g}" in verdict
+    assert f"the slide is {check['implied_mpp']:.3g} um/px, not the declared {check['declared_mpp']:.3g}" in verdict
     assert re.search(rf"declared um/px\s+{check['declared_mpp']:.3g} \({re.escape(check['declared_source'])}\)", verdict)
-    assert re.search(rf"implied um/px\s+{check['implied_estimate']:.3g} ", verdict)
+    assert re.search(rf"implied um/px\s+{check['implied_mpp']:.3g} ", verdict)
     assert f"{check['disagreement_steps']:+.2f} grid steps" in verdict
     assert "check the scanner metadata" in verdict
     settings = page.inner_text("#settings + table")

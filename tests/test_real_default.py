@@ -76,7 +76,7 @@ def test_cmu1_svs_is_ok_within_one_step(cmu1_results) -> None:
     """Issue 25, input 1: the SVS declaring its correct 0.499 um/px."""
     r = cmu1_results["svs"]
     assert r.check.status == "OK", r.summary()
-    assert abs(steps(r.check.implied_estimate, CMU1_MPP)) <= 1.0, r.summary()
+    assert abs(steps(r.check.implied_mpp, CMU1_MPP)) <= 1.0, r.summary()
     assert r.domain is not None and not r.domain.out_of_domain
 
 
@@ -86,7 +86,7 @@ def test_cmu1_svs_is_ok_within_one_step(cmu1_results) -> None:
     "JPEG 0.564-0.593 um/px"))
 def test_cmu1_encodings_agree_within_half_a_step(cmu1_results) -> None:
     """Issue 25, input 2: SVS, lossless and JPEG copies of the same pixels."""
-    implied = {k: r.check.implied_estimate for k, r in cmu1_results.items()}
+    implied = {k: r.check.implied_mpp for k, r in cmu1_results.items()}
     assert all(r.check.status == "OK" for r in cmu1_results.values()), implied
     logs = [math.log2(v) for v in implied.values()]
     assert (max(logs) - min(logs)) / STEP <= 0.5, implied
@@ -96,7 +96,7 @@ def test_cmu1_encodings_agree_within_half_a_step(cmu1_results) -> None:
 def test_wrong_declaration_is_mismatch_with_the_right_implied_value(model, cmu1_copies, factor: float) -> None:
     r = histoscale.find_scale(cmu1_copies["lossless"], model, slide_mpp=CMU1_MPP * factor)
     assert r.check.status == "MISMATCH", r.summary()
-    assert abs(steps(r.check.implied_estimate, CMU1_MPP)) <= 1.0, r.summary()
+    assert abs(steps(r.check.implied_mpp, CMU1_MPP)) <= 1.0, r.summary()
 
 
 def test_phantom_model_on_real_tissue_is_not_a_confident_mismatch(cmu1_copies) -> None:

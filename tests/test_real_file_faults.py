@@ -243,7 +243,7 @@ def test_search_skips_the_points_on_damaged_tiles_and_answers(phantom_svs: Path,
     assert result.points_damaged >= 1 and result.points_used + result.points_damaged == 24
     assert len(result.points_xy) == len(result.curves) == result.points_used
     assert {t[:3] for t in result.damaged_tiles} <= {(0, *tile_xy(t)) for t in SEARCH_DAMAGED}
-    assert result.check.status == "OK" and result.check.implied_estimate == pytest.approx(0.5, rel=0.2)
+    assert result.check.status == "OK" and result.check.implied_mpp == pytest.approx(0.5, rel=0.2)
     caveat = f"{result.points_damaged} of 24 points skipped: their patches touch damaged tiles of the file (level 0 x="
     assert any(c.startswith(caveat) for c in result.caveats()), result.caveats()
 

@@ -39,7 +39,7 @@ def test_recovers_hidden_mpp_within_one_grid_step(phantoms, model, true_mpp):
     result = find_scale(phantoms[true_mpp], model, points=60, seed=0)
     assert result.units == "downsample"
     assert result.check.status == "MISSING-METADATA"
-    implied = result.check.implied_mpp
+    implied = result.check.implied_grid_mpp
     assert abs(math.log(implied / true_mpp)) <= math.log(STEP) + 1e-9, result.summary()
     lo, hi = result.check.implied_interval
     assert lo <= implied * STEP and hi >= implied / STEP

@@ -76,11 +76,11 @@ def test_the_answer_depends_on_the_content_not_on_the_declaration(files, model) 
         result = find_scale(files["bare"], model, slide_mpp=TRUE_MPP * ratio, ruler=False, **SETTINGS)
         check = result.check
         assert check.status == ("OK" if ratio == 1 else "MISMATCH"), (ratio, result.summary())
-        assert _within_one_step(check.implied_mpp, TRUE_MPP), (ratio, result.summary())
-        assert check.implied_interval[0] <= check.implied_estimate <= check.implied_interval[1]
+        assert _within_one_step(check.implied_grid_mpp, TRUE_MPP), (ratio, result.summary())
+        assert check.implied_interval[0] <= check.implied_mpp <= check.implied_interval[1]
         downsamples.add(round(result.chosen_scale / (TRUE_MPP * ratio), 9))
     nothing = find_scale(files["bare"], model, **SETTINGS)  # no metadata at all
-    assert nothing.check.status == "MISSING-METADATA" and _within_one_step(nothing.check.implied_mpp, TRUE_MPP)
+    assert nothing.check.status == "MISSING-METADATA" and _within_one_step(nothing.check.implied_grid_mpp, TRUE_MPP)
     downsamples.add(round(nothing.chosen_scale, 9))
     assert len(downsamples) == 1, downsamples
 
@@ -128,7 +128,7 @@ def test_cohort_rows_are_mismatch_never_error(files, tmp_path: Path) -> None:
     for row, declared in zip(rows, (1.27, 0.05)):
         assert row["declared_mpp"] == pytest.approx(declared, rel=1e-3)
         assert row["mpp_source"]
-        assert _within_one_step(row["estimated_mpp"], TRUE_MPP), row
+        assert _within_one_step(row["implied_mpp"], TRUE_MPP), row
 
 
 def test_cohort_error_row_keeps_what_the_slide_declares(tmp_path: Path) -> None:

@@ -88,6 +88,7 @@ def _plan_from_search(args: argparse.Namespace) -> tuple[_Plan, dict[str, Any]]:
     searched_args = doc.get("arguments") if isinstance(doc.get("arguments"), dict) else {}
     status, reason = check.get("status"), check.get("reason")
     estimate = _number(doc.get("estimate")) or scale  # the continuous answer, as the summary gives it
+    # "implied_estimate": the continuous value's name in results written before it became implied_mpp
     implied = _number(check.get("implied_estimate")) or _number(check.get("implied_mpp"))
     # "mpp": the name the override had in results written before slide_mpp
     searched_declared = _number(check.get("declared_mpp")) or _number(

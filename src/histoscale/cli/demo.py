@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         result = search_and_report(args, path, None)
     print(result.summary())
     # the check decides on the continuous estimate; its interval says how far to trust it
-    estimate = result.check.implied_estimate
+    estimate = result.check.implied_mpp
     lo, hi = result.check.implied_interval or (float("nan"), float("nan"))
     steps = steps_between(estimate, true_mpp) if estimate else float("nan")
     verdict = "within one grid step" if abs(steps) <= 1 else "OFF by more than one grid step"

@@ -22,15 +22,15 @@ from histoscale.search import ScaleResult
 __all__ = ["COLUMNS", "FINAL_FLAGS", "FLAGS", "ResultsTable", "read_results"]
 
 COLUMNS = (
-    "id", "slide", "declared_mpp", "mpp_source", "estimated_mpp", "ci_low", "ci_high", "confidence", "ruler_mpp",
-    "chosen_scale", "units",
+    "id", "slide", "declared_mpp", "mpp_source", "implied_mpp", "ci_low", "ci_high", "confidence", "ruler_mpp",
+    "chosen_scale", "level0_downsample", "units",
     "disagreement_steps", "flag", "message", "points_used", "seconds", "finished_at",
 )
 FLAGS = ("OK", "MISMATCH", "INCONCLUSIVE", "MISSING-METADATA", "UNKNOWN-MODEL-MPP", "ERROR")
 FINAL_FLAGS = frozenset(FLAGS) - {"ERROR"}
 _FLOAT_COLUMNS = (
-    "declared_mpp", "estimated_mpp", "ci_low", "ci_high", "confidence", "ruler_mpp", "chosen_scale",
-    "disagreement_steps", "seconds",
+    "declared_mpp", "implied_mpp", "ci_low", "ci_high", "confidence", "ruler_mpp", "chosen_scale",
+    "level0_downsample", "disagreement_steps", "seconds",
 )
 _INT_COLUMNS = ("points_used",)
 
@@ -61,8 +61,8 @@ def _message(check: Any, result: ScaleResult) -> str:
 
 def _verdict(check: Any, result: ScaleResult) -> str:
     unit = "um/px" if result.units == "um/px" else "x downsample"
-    apply = f"apply at {result.chosen_scale:.3g} {unit}"
-    implied = check.implied_estimate
+    apply = f"apply at {result.estimate:.3g} {unit}"
+    implied = check.implied_mpp
     if check.status == "UNKNOWN-MODEL-MPP":
         return f"{apply}; the model's training um/px is unknown, so the model cannot check the slide's um/px" + (
             f"; {check.reason}" if check.reason else "")
@@ -74,7 +74,7 @@ def _verdict(check: Any, result: ScaleResult) -> str:
         return f"{apply}; declared {check.declared_mpp:.3g} um/px, {content}; no verdict: {check.reason}"
     verdict = "agrees" if check.status == "OK" else "DISAGREES: check the scanner metadata or the mpp override"
     if check.status == "MISMATCH" and result.units == "um/px":  # a um/px in wrong units is only a name
-        apply += f" as declared, i.e. level-0 downsample {result.chosen_scale / check.declared_mpp:.3g}"
+        apply = f"apply at level-0 downsample {result.level0_downsample:.3g}"
     return (
         f"{apply}; declared {check.declared_mpp:.3g} um/px ({check.declared_source}), {content}, "
         f"{check.disagreement_steps:+.1f} grid steps: {verdict}" + (f" ({check.reason})" if check.reason else "")
@@ -89,12 +89,13 @@ def _result_row(job: CohortJob, result: ScaleResult, seconds: float) -> dict[str
         "slide": job.slide,
         "declared_mpp": check.declared_mpp,
         "mpp_source": check.declared_source,
-        "estimated_mpp": check.implied_estimate,
+        "implied_mpp": check.implied_mpp,
         "ci_low": interval[0],
         "ci_high": interval[1],
         "confidence": result.confidence,
         "ruler_mpp": check.ruler.mpp if check.ruler is not None else None,
         "chosen_scale": result.chosen_scale,
+        "level0_downsample": result.level0_downsample,
         "units": result.units,
         "disagreement_steps": check.disagreement_steps,
         "flag": check.status,

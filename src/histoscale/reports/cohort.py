@@ -27,10 +27,10 @@ def _finite(value: Any) -> bool:
 
 
 def plot_declared_vs_implied(rows: Sequence[Mapping[str, Any]]) -> bytes | None:
-    """Implied um/px (``estimated_mpp`` with ``ci_low``-``ci_high``) against ``declared_mpp``, one point per slide,
+    """Implied um/px (``implied_mpp`` with ``ci_low``-``ci_high``) against ``declared_mpp``, one point per slide,
     log-log with agreement +-1 grid step shaded; slides that declare none on a strip at the left. None when no
     row has an implied um/px yet."""
-    shown = [r for r in rows if _finite(r.get("estimated_mpp"))]
+    shown = [r for r in rows if _finite(r.get("implied_mpp"))]
     if not shown:
         return None
     import matplotlib
@@ -42,7 +42,7 @@ def plot_declared_vs_implied(rows: Sequence[Mapping[str, Any]]) -> bytes | None:
     declared = [r for r in shown if _finite(r.get("declared_mpp"))]
     missing = [r for r in shown if not _finite(r.get("declared_mpp"))]
     fig, (ax_none, ax) = plt.subplots(1, 2, figsize=(6.4, 4.2), sharey=True, gridspec_kw={"width_ratios": [1, 7]})
-    values = [float(r["estimated_mpp"]) for r in shown] + [float(r["declared_mpp"]) for r in declared]
+    values = [float(r["implied_mpp"]) for r in shown] + [float(r["declared_mpp"]) for r in declared]
     values += [float(r[k]) for r in shown for k in ("ci_low", "ci_high") if _finite(r.get(k))]
     lo, hi = min(values) / 1.3, max(values) * 1.3
     line = np.geomspace(lo, hi, 50)
@@ -53,7 +53,7 @@ def plot_declared_vs_implied(rows: Sequence[Mapping[str, Any]]) -> bytes | None:
 
     def draw(axis: Any, subset: list[Mapping[str, Any]], x: list[float]) -> None:
         for row, xi in zip(subset, x):
-            y = float(row["estimated_mpp"])
+            y = float(row["implied_mpp"])
             colour = _FLAG_COLOURS.get(str(row.get("flag")), "#6e7781")
             if _finite(row.get("ci_low")) and _finite(row.get("ci_high")):
                 axis.plot([xi, xi], [row["ci_low"], row["ci_high"]], color=colour, lw=1, alpha=0.6)

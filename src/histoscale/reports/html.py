@@ -94,7 +94,7 @@ def render_cohort_page(
 
     Args:
         rows: results-table rows (``id``, ``slide``, ``flag``, ``declared_mpp``, ``mpp_source``,
-            ``estimated_mpp``, ``ci_low``, ``ci_high``, ``chosen_scale``, ``units``, ``disagreement_steps``,
+            ``implied_mpp``, ``ci_low``, ``ci_high``, ``chosen_scale``, ``units``, ``disagreement_steps``,
             ``message``, ``seconds``), in manifest order.
         total: slides in the manifest (the page says how many have finished).
         links: per row id, ``report`` and ``thumbnail``: URLs relative to the page, for those that exist.

@@ -25,10 +25,10 @@ __all__ = [
 class MetadataCheck:
     """The content-based estimate against the slide's declared resolution.
 
-    ``implied_estimate`` is the slide's level-0 um/px implied by the continuous estimate and the model's training
+    ``implied_mpp`` is the slide's level-0 um/px implied by the continuous estimate and the model's training
     um/px: the number the status, the summary, the report, the cohort table and ``classify --from-search`` use;
-    ``implied_interval`` is its 95% interval; ``implied_mpp`` is the same from the grid scale alone;
-    ``disagreement_steps`` is log2(implied_estimate / declared) in grid steps; ``status`` is ``OK`` (within one
+    ``implied_interval`` is its 95% interval; ``implied_grid_mpp`` is the same from the grid scale alone;
+    ``disagreement_steps`` is log2(implied_mpp / declared) in grid steps; ``status`` is ``OK`` (within one
     step), ``MISMATCH``, ``INCONCLUSIVE`` (the slide lies outside what the model was trained on, or the model and
     the ruler contradict each other; ``reason`` says which and why: neither OK nor MISMATCH is asserted),
     ``MISSING-METADATA`` (no declared um/px: the implied one is the only one) or ``UNKNOWN-MODEL-MPP`` (the
@@ -48,8 +48,8 @@ class MetadataCheck:
     declared_mpp: float | None
     declared_source: str | None
     model_mpp: float | None
+    implied_grid_mpp: float | None
     implied_mpp: float | None
-    implied_estimate: float | None
     implied_interval: tuple[float, float] | None
     disagreement_steps: float | None
     reason: str | None = None
@@ -134,6 +134,15 @@ class ScaleResult:
         return grid_edge(self.chosen_index, len(self.scales))
 
     @property
+    def level0_downsample(self) -> float | None:
+        """Level-0 px per model px at the continuous answer: what to read, whatever the declared um/px is worth
+        (None in um/px units without a declared um/px, which cannot happen for a finished search)."""
+        if self.units == "downsample":
+            return self.estimate
+        declared = self.check.declared_mpp
+        return self.estimate / declared if declared else None
+
+    @property
     def point_classes(self) -> np.ndarray:
         """Per point, the class whose score is highest at the point's chosen scale."""
         rows = np.arange(len(self.curves))
@@ -172,17 +181,17 @@ class ScaleResult:
         c = self.check
         if c.status == "MISMATCH" and self.units == "um/px" and c.declared_mpp:
             # The declared um/px is wrong, so a scale in its units is only a name: the downsample is what to read.
-            ds, ds_lo, ds_hi = (v / c.declared_mpp for v in (self.estimate, lo, hi))
-            head = f"apply at level-0 downsample {ds:.3g} (95% CI {ds_lo:.3g}-{ds_hi:.3g})"
+            head = (f"apply at level-0 downsample {self.level0_downsample:.3g} (95% CI {lo / c.declared_mpp:.3g}-"
+                    f"{hi / c.declared_mpp:.3g})")
         else:
-            head = f"apply at {self.chosen_scale:.3g} {unit} (continuous {self.estimate:.3g}, 95% CI {lo:.3g}-{hi:.3g})"
+            head = f"apply at {self.estimate:.3g} {unit} (95% CI {lo:.3g}-{hi:.3g}; grid scale {self.chosen_scale:.3g})"
         text = (
             f"{head}; {self.points_informative}/{self.points_used} informative points, confidence "
             f"{self.confidence:.0%}"
         )
-        if c.implied_mpp is not None:
+        if c.implied_grid_mpp is not None:
             lo_mpp, hi_mpp = c.implied_interval or (math.nan, math.nan)
-            text += f"; slide um/px implied {c.implied_estimate:.3g} (95% CI {lo_mpp:.3g}-{hi_mpp:.3g}, grid {c.implied_mpp:.3g})"
+            text += f"; slide um/px implied {c.implied_mpp:.3g} (95% CI {lo_mpp:.3g}-{hi_mpp:.3g})"
             if c.declared_mpp is not None:
                 text += f" vs declared {c.declared_mpp:.3g} ({c.disagreement_steps:+.1f} steps)"
         if c.status == "MISMATCH" and c.declared_mpp and c.model_mpp:
@@ -223,6 +232,7 @@ class ScaleResult:
             "chosen_index": self.chosen_index,
             "chosen_scale": self.chosen_scale,
             "estimate": self.estimate,
+            "level0_downsample": self.level0_downsample,
             "interval": list(self.interval),
             "confidence": self.confidence,
             "votes": self.votes.tolist(),
@@ -309,21 +319,21 @@ def metadata_check(
 
     # A coarser scale implies a finer slide: the interval's ends swap.
     lo, hi = implied(interval[1]), implied(interval[0])
-    implied_estimate = implied(estimate)
-    agrees = ruler.contains(implied_estimate) if ruler is not None and ruler.measured else None
+    implied_mpp = implied(estimate)
+    agrees = ruler.contains(implied_mpp) if ruler is not None and ruler.measured else None
     out_of_domain = domain.describe() if domain is not None and domain.out_of_domain else None
     if declared is None:
         reason = out_of_domain
         if agrees is False:
             reason = _join(reason, f"the nuclei measure {ruler.describe()}, not the model's implied "  # type: ignore[union-attr]
-                           f"{implied_estimate:.3g} um/px: trust neither without a look")
+                           f"{implied_mpp:.3g} um/px: trust neither without a look")
         return MetadataCheck(
-            "MISSING-METADATA", None, None, model_mpp, implied(chosen), implied_estimate, (lo, hi), None, reason,
+            "MISSING-METADATA", None, None, model_mpp, implied(chosen), implied_mpp, (lo, hi), None, reason,
             ruler, agrees, tuple(implied(r) for r in rivals),
         )
     # The continuous estimate decides (the grid value can sit a step away from it): the check, the cohort table and
     # the report then agree on one number.
-    steps = steps_between(implied_estimate, declared)
+    steps = steps_between(implied_mpp, declared)
     width = math.log2(hi / lo)
     status, reason = "OK" if abs(steps) <= 1.0 else "MISMATCH", None
     if out_of_domain:
@@ -355,7 +365,7 @@ def metadata_check(
         # contradiction is named whatever else made the check INCONCLUSIVE.
         model_rejects, ruler_rejects = abs(steps) > 1.0, not ruler.contains(declared)
         if model_rejects and not ruler_rejects:
-            note = (f"the model implies {implied_estimate:.3g} um/px but the nuclei measure {ruler.describe()}, "
+            note = (f"the model implies {implied_mpp:.3g} um/px but the nuclei measure {ruler.describe()}, "
                     f"which holds the declared {declared:.3g}: a model's margins can peak far from its scale on "
                     "tissue it does not know; believe the declared um/px unless the slide's content says otherwise")
         elif not model_rejects and ruler_rejects:
@@ -375,7 +385,7 @@ def metadata_check(
     elif ruler is not None and status in ("OK", "MISMATCH"):
         reason = _join(reason, f"no second opinion: the ruler {ruler.describe()}")
     return MetadataCheck(
-        status, declared, source, model_mpp, implied(chosen), implied_estimate, (lo, hi), steps, reason, ruler,
+        status, declared, source, model_mpp, implied(chosen), implied_mpp, (lo, hi), steps, reason, ruler,
         agrees, tuple(implied(r) for r in rivals),
     )
 
