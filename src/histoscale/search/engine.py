@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from typing import Any
@@ -31,7 +32,7 @@ from histoscale.calibration import ScaleCalibration
 from histoscale.domain import DomainCheck, domain_check
 from histoscale.errors import DamagedTileError, MissingMppError, ScaleSearchError
 from histoscale.models import SplitModel, load_model
-from histoscale.patches import iter_multiscale, read_multiscale, read_regions
+from histoscale.patches import LevelReader, iter_multiscale, read_multiscale, read_regions
 from histoscale.sampling import sample_points
 from histoscale.scoring import PER_SCALE_SCORERS, CurveScores, score_points
 from histoscale.search._range import FINE_INNER, fine_grid, focus_window, plausible_range, scan_grid
@@ -185,7 +186,7 @@ class _Run:
     def _read(self) -> Any:
         return read_regions if self._on_device else read_multiscale
 
-    def _read_point(self, slide: Slide, center_xy: Any, downsamples: np.ndarray, out_px: int) -> Any:
+    def _read_point(self, slide: LevelReader, center_xy: Sequence[float], downsamples: np.ndarray, out_px: int) -> Any:
         """One point's read (:attr:`_read`), or the :class:`DamagedTileError` it met: such a point is skipped, not
         the slide (a slide whose reads mostly fail raises its own SlideError, which ends the search)."""
         try:

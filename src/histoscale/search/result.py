@@ -20,6 +20,9 @@ __all__ = [
     "WIDEST_DECIDING_INTERVAL", "MetadataCheck", "ScaleResult", "ScanSummary", "grid_edge", "metadata_check",
 ]
 
+#: An answer whose 95% interval is wider than this (octaves) cannot tell a correct declaration from one off by 2x.
+WIDEST_DECIDING_INTERVAL = 1.5
+
 
 @dataclass(frozen=True)
 class MetadataCheck:
@@ -134,6 +137,13 @@ class ScaleResult:
         return grid_edge(self.chosen_index, len(self.scales))
 
     @property
+    def decided(self) -> bool:
+        """Whether the answer's 95% interval is narrow enough to act on (at most ``WIDEST_DECIDING_INTERVAL``
+        octaves); when not, the summary and the report say so instead of a scale to apply."""
+        lo, hi = self.interval
+        return math.log2(hi / lo) <= WIDEST_DECIDING_INTERVAL
+
+    @property
     def level0_downsample(self) -> float | None:
         """Level-0 px per model px at the continuous answer: what to read, whatever the declared um/px is worth
         (None in um/px units without a declared um/px, which cannot happen for a finished search)."""
@@ -179,7 +189,10 @@ class ScaleResult:
         unit = "um/px" if self.units == "um/px" else "x downsample"
         lo, hi = self.interval
         c = self.check
-        if c.status == "MISMATCH" and self.units == "um/px" and c.declared_mpp:
+        if not self.decided:
+            head = (f"cannot tell where to apply: the 95% CI {lo:.3g}-{hi:.3g} {unit} spans "
+                    f"{math.log2(hi / lo):.1f} octaves (best guess {self.estimate:.3g})")
+        elif c.status == "MISMATCH" and self.units == "um/px" and c.declared_mpp:
             # The declared um/px is wrong, so a scale in its units is only a name: the downsample is what to read.
             head = (f"apply at level-0 downsample {self.level0_downsample:.3g} (95% CI {lo / c.declared_mpp:.3g}-"
                     f"{hi / c.declared_mpp:.3g})")
@@ -233,6 +246,7 @@ class ScaleResult:
             "chosen_scale": self.chosen_scale,
             "estimate": self.estimate,
             "level0_downsample": self.level0_downsample,
+            "decided": self.decided,
             "interval": list(self.interval),
             "confidence": self.confidence,
             "votes": self.votes.tolist(),
@@ -277,10 +291,6 @@ def grid_edge(index: int, count: int) -> str | None:
     return "fine" if index == 0 else "coarse" if index == count - 1 else None
 
 
-#: The implied 95% interval wider than this (octaves) cannot tell a correct declaration from one off by 2x.
-WIDEST_DECIDING_INTERVAL = 1.5
-
-
 def metadata_check(
     declared: float | None, source: str | None, units: Units, model_mpp: float | None, chosen: float,
     estimate: float, interval: tuple[float, float], *, domain: DomainCheck | None = None,
@@ -293,7 +303,8 @@ def metadata_check(
     The rule (measured: BENCHMARKS.md "The verdict"), the first that applies:
 
     1. INCONCLUSIVE when the slide lies outside the model's ``domain``.
-    2. INCONCLUSIVE when the implied 95% interval is wider than ``WIDEST_DECIDING_INTERVAL`` octaves.
+    2. INCONCLUSIVE when the implied 95% interval is wider than ``WIDEST_DECIDING_INTERVAL`` octaves (without a
+       declared um/px the status stays MISSING-METADATA and the reason says the content cannot tell it either).
     3. OK when the implied um/px is within one grid step of the declared; otherwise MISMATCH only when the declared
        um/px also lies outside the implied 95% interval, the answer is not the grid's ``edge`` ("fine"/"coarse":
        the true scale may lie beyond), and no scan peak among ``rivals`` (scales in ``units``) would imply the
@@ -322,8 +333,14 @@ def metadata_check(
     implied_mpp = implied(estimate)
     agrees = ruler.contains(implied_mpp) if ruler is not None and ruler.measured else None
     out_of_domain = domain.describe() if domain is not None and domain.out_of_domain else None
+    width = math.log2(hi / lo)
+    too_wide = (
+        f"the implied 95% interval {lo:.3g}-{hi:.3g} um/px spans {width:.1f} octaves (more than "
+        f"{WIDEST_DECIDING_INTERVAL}): the points disagree too much to tell the slide's um/px; more points "
+        "(--points) or a model that knows this tissue"
+    ) if width > WIDEST_DECIDING_INTERVAL else None
     if declared is None:
-        reason = out_of_domain
+        reason = _join(out_of_domain, too_wide)
         if agrees is False:
             reason = _join(reason, f"the nuclei measure {ruler.describe()}, not the model's implied "  # type: ignore[union-attr]
                            f"{implied_mpp:.3g} um/px: trust neither without a look")
@@ -334,15 +351,11 @@ def metadata_check(
     # The continuous estimate decides (the grid value can sit a step away from it): the check, the cohort table and
     # the report then agree on one number.
     steps = steps_between(implied_mpp, declared)
-    width = math.log2(hi / lo)
     status, reason = "OK" if abs(steps) <= 1.0 else "MISMATCH", None
     if out_of_domain:
         status, reason = "INCONCLUSIVE", out_of_domain
-    elif width > WIDEST_DECIDING_INTERVAL:
-        status, reason = "INCONCLUSIVE", (
-            f"the implied 95% interval {lo:.3g}-{hi:.3g} um/px spans {width:.1f} octaves (more than "
-            f"{WIDEST_DECIDING_INTERVAL}): the points disagree too much to check the declared um/px; more points "
-            "(--points) or a model that knows this tissue")
+    elif too_wide:
+        status, reason = "INCONCLUSIVE", too_wide
     elif status == "MISMATCH":
         agreeing_rivals = [v for v in map(implied, rivals) if abs(steps_between(v, declared)) <= 1.0]
         if lo <= declared <= hi:
