@@ -107,3 +107,32 @@ def test_input7_after_a_mismatch_the_headline_names_the_downsample(phantom: Path
     assert doc["check"]["implied_mpp"] == pytest.approx(check.implied_mpp)
     assert doc["level0_downsample"] == pytest.approx(ds)
     assert "implied_estimate" not in doc["check"]  # one name for the implied um/px
+
+
+@pytest.mark.parametrize(
+    ("edge", "declared", "status"),
+    [
+        ("fine", 12.0, "INCONCLUSIVE"),  # beyond the fine edge the slide may be as coarse as declared
+        ("fine", 0.3, "MISMATCH"),  # finer than the answer: the edge does not excuse it
+        ("coarse", 0.3, "INCONCLUSIVE"),
+        ("coarse", 12.0, "MISMATCH"),
+        (None, 12.0, "MISMATCH"),
+    ],
+)
+def test_an_answer_at_the_grids_edge_rejects_only_what_lies_on_its_side(edge, declared, status) -> None:
+    model_mpp, implied = 0.5, 1.2
+    est = model_mpp / implied
+    check = metadata_check(declared, "metadata", "downsample", model_mpp, est, est, (est / 1.05, est * 1.05),
+                           edge=edge)
+    assert check.status == status, check.reason
+    assert check.reason
+
+
+def test_a_rival_peak_agreeing_with_the_declared_value_makes_it_inconclusive() -> None:
+    model_mpp = 0.5
+    est = model_mpp / 0.25  # the answer: the slide is 0.25 um/px
+    interval = (est / 1.05, est * 1.05)
+    alone = metadata_check(0.5, "metadata", "downsample", model_mpp, est, est, interval)
+    rival = metadata_check(0.5, "metadata", "downsample", model_mpp, est, est, interval, rivals=(1.0,))
+    assert alone.status == "MISMATCH" and rival.status == "INCONCLUSIVE"
+    assert rival.rivals_implied == (0.5,) and "scan also peaked" in rival.reason

@@ -306,9 +306,9 @@ def metadata_check(
     2. INCONCLUSIVE when the implied 95% interval is wider than ``WIDEST_DECIDING_INTERVAL`` octaves (without a
        declared um/px the status stays MISSING-METADATA and the reason says the content cannot tell it either).
     3. OK when the implied um/px is within one grid step of the declared; otherwise MISMATCH only when the declared
-       um/px also lies outside the implied 95% interval, the answer is not the grid's ``edge`` ("fine"/"coarse":
-       the true scale may lie beyond), and no scan peak among ``rivals`` (scales in ``units``) would imply the
-       declared um/px within one step; else INCONCLUSIVE.
+       um/px also lies outside the implied 95% interval, does not lie beyond the grid's ``edge`` ("fine"/"coarse":
+       the answer is the grid's end, the true scale may lie beyond it), and no scan peak among ``rivals`` (scales
+       in ``units``) would imply the declared um/px within one step; else INCONCLUSIVE.
     4. The ruler: when it measured and contradicts the model (holds a declared um/px the model rejects, or excludes
        one it accepts), INCONCLUSIVE; when it confirms a MISMATCH, the reason says so.
 
@@ -362,10 +362,12 @@ def metadata_check(
             status, reason = "INCONCLUSIVE", (
                 f"{steps:+.1f} steps off, but the declared {declared:.3g} um/px lies inside the implied 95% interval "
                 f"{lo:.3g}-{hi:.3g}: not rejected")
-        elif edge is not None:
+        elif (edge == "fine" and steps < 0) or (edge == "coarse" and steps > 0):
+            # Beyond the fine edge the slide would be coarser than implied, beyond the coarse edge finer: only a
+            # declared value on the other side can be rejected.
             status, reason = "INCONCLUSIVE", (
-                f"the answer is the {edge}st scale the slide allows (the peak was not bracketed): the true scale may "
-                "lie beyond it")
+                f"the answer is the {edge}st scale the slide allows (the peak was not bracketed): the slide may be "
+                f"{'coarser' if edge == 'fine' else 'finer'} than the implied {implied_mpp:.3g} um/px, as declared")
         elif agreeing_rivals:
             status, reason = "INCONCLUSIVE", (
                 f"the scan also peaked where the slide would be {agreeing_rivals[0]:.3g} um/px, which agrees with "
