@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 from histoscale.cli._common import add_slide_mpp_option
 from histoscale.slide import measure_mpp, open_slide, slide_info
@@ -41,6 +42,16 @@ def run(args: argparse.Namespace) -> int:
                 status = "CHOSEN" if c["chosen"] else "accepted" if c["accepted"] else f"rejected: {c['reason']}"
                 note = f" ({c['note']})" if c["note"] else ""
                 print(f"{'candidate':>18}: {c['source']}: {value_txt}, {status}{note}")
+        elif key == "regions":
+            for r in value:
+                name = f" {r['name']!r}" if r["name"] else ""
+                mpp = f"{r['mpp_x']:.4g}" if math.isclose(r["mpp_x"], r["mpp_y"], rel_tol=1e-3) else (
+                    f"{r['mpp_x']:.4g} x {r['mpp_y']:.4g}")
+                print(f"{'region ' + str(r['region']):>18}:{name} {r['width']}x{r['height']} px at {mpp} um/px, "
+                      f"at ({r['offset_mm'][0]:.4g}, {r['offset_mm'][1]:.4g}) mm on the glass"
+                      f"{'' if r['read'] else ', NOT READ'}")
+        elif key == "region_read" and value is None:
+            continue
         elif key == "ruler":
             assert ruler is not None
             print(f"{'measured':>18}: {ruler.describe()} (the size of the nuclei; no model, no metadata)")

@@ -8,7 +8,9 @@ Two parts:
   stripped label/macro/thumbnail pages are never the slide. It also predicts whether OpenSlide's
   reader would show the same levels (OpenSlide 4.0 ``generic-tiff`` needs a tiled page 0 and takes
   as levels only page 0 plus tiled main-chain pages marked reduced-resolution; it never reads
-  SubIFDs and does not read OME-XML) and otherwise names tiffslide.
+  SubIFDs and does not read OME-XML) and otherwise names tiffslide. A Leica SCN's scanned regions (its main
+  images) are listed; one of them is read alone, through tifffile, when the user picks it or when no reader
+  shows them as one image (regions of different resolutions).
 
 * :func:`jpeg_size_and_density` / :func:`png_size_and_density` read image headers without decoding,
   and :func:`open_plain_image` opens a JPEG/PNG/other raster as a one-level image that decodes on the
@@ -17,6 +19,7 @@ Two parts:
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import struct
@@ -27,7 +30,7 @@ from typing import Any, Literal, Union
 
 import numpy as np
 
-from histoscale.errors import SlideError
+from histoscale.errors import ConfigError, SlideError
 from histoscale.slide._conventions import Candidate, from_jfif, from_png_phys
 
 __all__ = [
@@ -36,6 +39,7 @@ __all__ = [
     "LayoutError",
     "PlainImage",
     "PngHeader",
+    "SlideRegion",
     "TiffLayout",
     "inspect_tiff",
     "jpeg_size_and_density",
@@ -64,6 +68,48 @@ class LayoutError(SlideError):
 
 
 @dataclass(frozen=True)
+class SlideRegion:
+    """One scanned region (main image) of a Leica SCN slide, as the file's XML describes it.
+
+    Attributes:
+        index: the region's number, counted from 0 over the main images in the XML's order (the macro image,
+            which covers the whole glass, is not a region).
+        name: the image's name in the XML ("" when it has none).
+        series_index: the tifffile series holding its pyramid.
+        width, height: level-0 size in pixels.
+        level_count: levels of its pyramid.
+        mpp_x, mpp_y: level-0 um/px: the region's size on the glass (the view, nm) over its pixels.
+        offset_mm: (x, y) of its top-left corner on the glass, in mm.
+        objective: the objective's magnification as the XML gives it ("" when it does not).
+        illumination: the illumination source (``"brightfield"``, ``"fluorescence"``; "" when not given).
+    """
+
+    index: int
+    name: str
+    series_index: int
+    width: int
+    height: int
+    level_count: int
+    mpp_x: float
+    mpp_y: float
+    offset_mm: tuple[float, float]
+    objective: str = ""
+    illumination: str = ""
+
+    @property
+    def mpp(self) -> float:
+        """Level-0 um/px (geometric mean of x and y)."""
+        return math.sqrt(self.mpp_x * self.mpp_y)
+
+    def describe(self) -> str:
+        """One line, e.g. ``region 1 'B': 256x384 px at 1 um/px``."""
+        name = f" {self.name!r}" if self.name else ""
+        mpp = f"{self.mpp_x:.4g}" if math.isclose(self.mpp_x, self.mpp_y, rel_tol=1e-3) else (
+            f"{self.mpp_x:.4g} x {self.mpp_y:.4g}")
+        return f"region {self.index}{name}: {self.width}x{self.height} px at {mpp} um/px"
+
+
+@dataclass(frozen=True)
 class TiffLayout:
     """What is where in a TIFF file.
 
@@ -75,7 +121,8 @@ class TiffLayout:
             (``"label"``, ``"macro"``, ``"thumbnail"``; unnamed ones ``"image<page>"``).
         ome: the file carries OME-XML.
         imagej: the file carries an ImageJ description.
-        reader: ``"openslide"`` when OpenSlide shows exactly these levels, else ``"tiffslide"``.
+        reader: ``"openslide"`` when OpenSlide shows exactly these levels, ``"tifffile"`` for one region of a
+            Leica SCN read alone, else ``"tiffslide"``.
         reason: one line on why ``reader`` was chosen (for logs and ``slide_info``).
         other_series: other tiled series that are neither the slide nor named associated images
             (e.g. the reduced levels of an OME file that stores each level as its own Image).
@@ -85,6 +132,11 @@ class TiffLayout:
         dtype: the sample type (``uint8``, ``uint16``, ...).
         photometric: the TIFF photometric interpretation of level 0 (``RGB``, ``YCBCR``, ``MINISBLACK``, ...).
         channel_names: the OME channel names, when the file gives them.
+        regions: the scanned regions of a Leica SCN (empty for other files).
+        region: the index in ``regions`` of the one region that is the slide; None when the file has no regions or
+            the reader shows every region at once (OpenSlide places them on the glass's coordinates).
+        regions_apart: why no reader shows the regions as one image (different resolutions, objectives, ...; ""
+            when OpenSlide does).
     """
 
     series_index: int
@@ -93,7 +145,7 @@ class TiffLayout:
     associated: dict[str, int]
     ome: bool
     imagej: bool
-    reader: Literal["openslide", "tiffslide"]
+    reader: Literal["openslide", "tiffslide", "tifffile"]
     reason: str = ""
     other_series: tuple[int, ...] = field(default=())
     axes: str = "YXS"
@@ -101,6 +153,9 @@ class TiffLayout:
     dtype: str = "uint8"
     photometric: str = "RGB"
     channel_names: tuple[str, ...] = ()
+    regions: tuple[SlideRegion, ...] = ()
+    region: int | None = None
+    regions_apart: str = ""
 
     @property
     def channels(self) -> int:
@@ -183,16 +238,20 @@ def _openslide_levels(tf: Any) -> tuple[tuple[int, int], ...] | None:
     return tuple(sorted(levels, key=lambda hw: -hw[0] * hw[1]))
 
 
-def inspect_tiff(path: PathLike, *, confirm_with_openslide: bool = False) -> TiffLayout:
+def inspect_tiff(path: PathLike, *, confirm_with_openslide: bool = False, region: int | None = None) -> TiffLayout:
     """Find the slide pyramid and associated images of a TIFF and pick the reader.
 
     Args:
-        path: a TIFF/BigTIFF file (OME-TIFF, ImageJ, SVS, generic...).
+        path: a TIFF/BigTIFF file (OME-TIFF, ImageJ, SVS, Leica SCN, generic...).
         confirm_with_openslide: also open the file with OpenSlide (if installed) and compare its
             level sizes with the pyramid found here, instead of relying on the prediction only.
+        region: for a Leica SCN, the scanned region (``TiffLayout.regions``, counted from 0) that is the slide,
+            read alone through tifffile. Default: every region as OpenSlide shows them, or, when no reader shows
+            them as one image (different resolutions), the largest in pixels. 0 for any other file.
 
     Raises:
         LayoutError: the file has no image series.
+        ConfigError: ``region`` is out of range (the message lists the regions).
     """
     import tifffile
 
@@ -201,7 +260,11 @@ def inspect_tiff(path: PathLike, *, confirm_with_openslide: bool = False) -> Tif
         all_series = list(tf.series)
         if not all_series:
             raise LayoutError(f"{p}: TIFF file has no images")
-        names = [_associated_name(tf, s) for s in all_series]
+        regions, macros, apart = _scn_regions(tf, all_series) if tf.is_scn else ((), frozenset(), "")
+        names = ["macro" if i in macros else _associated_name(tf, s) for i, s in enumerate(all_series)]
+        if region is not None and not (isinstance(region, int) and 0 <= region < max(len(regions), 1)):
+            raise ConfigError(f"region={region!r} is out of range for {p}: " + _describe_regions(regions),
+                              keyword="region")
 
         def area(i: int) -> int:
             h, w = _hw(all_series[i].levels[0].shape, all_series[i].levels[0].axes)
@@ -211,6 +274,10 @@ def inspect_tiff(path: PathLike, *, confirm_with_openslide: bool = False) -> Tif
         pool = [i for i in indices if all_series[i].keyframe.is_tiled and names[i] is None]
         pool = pool or [i for i in indices if names[i] is None] or list(indices)
         main = max(pool, key=lambda i: (area(i), -i))
+        alone = bool(regions) and (region is not None or bool(apart))
+        if alone and region is not None:
+            main = regions[region].series_index
+        chosen = next((r.index for r in regions if r.series_index == main), None) if alone else None
         series = all_series[main]
         level_shapes = tuple(_hw(lvl.shape, lvl.axes) for lvl in series.levels)
         tiled = bool(series.keyframe.is_tiled)
@@ -247,8 +314,13 @@ def inspect_tiff(path: PathLike, *, confirm_with_openslide: bool = False) -> Tif
             photometric=series.keyframe.photometric.name, channel_names=_ome_channel_names(tf, main) if ome else (),
         )
 
-    reader: Literal["openslide", "tiffslide"]
-    if vendor is not None:
+    reader: Literal["openslide", "tiffslide", "tifffile"]
+    if chosen is not None:
+        # OpenSlide and tiffslide read an SCN's regions as one image on the glass (or refuse them): one region
+        # alone is its own tifffile series
+        why = f"no reader shows the regions as one image: {apart}" if apart else "picked by the user"
+        reader, reason = "tifffile", f"region {chosen} of {len(regions)} of a Leica SCN, read alone ({why})"
+    elif vendor is not None:
         reader, reason = "openslide", f"OpenSlide vendor format ({vendor})"
     elif predicted is None:
         reader, reason = "tiffslide", "page 0 is not tiled: OpenSlide's generic-tiff reader rejects the file"
@@ -258,7 +330,7 @@ def inspect_tiff(path: PathLike, *, confirm_with_openslide: bool = False) -> Tif
         reason = f"{why} (OpenSlide: {len(predicted)} level(s), slide: {len(level_shapes)})"
     else:
         reader, reason = "openslide", "generic tiled TIFF whose levels OpenSlide reads"
-    if confirm_with_openslide:
+    if confirm_with_openslide and reader != "tifffile":
         actual = _openslide_actual_levels(p)
         if actual != level_shapes and reader == "openslide":
             reader = "tiffslide"
@@ -267,7 +339,91 @@ def inspect_tiff(path: PathLike, *, confirm_with_openslide: bool = False) -> Tif
             reader, reason = "openslide", "OpenSlide shows the same levels"
     if reader == "tiffslide" and main != 0:
         reason += f"; the slide is series {main}, tiffslide reads series 0 unless told otherwise"
-    return TiffLayout(main, level_shapes, tiled, associated, ome, imagej, reader, reason, tuple(other), **pixels)
+    return TiffLayout(main, level_shapes, tiled, associated, ome, imagej, reader, reason, tuple(other), **pixels,
+                      regions=regions, region=chosen, regions_apart=apart)
+
+
+def _local(tag: str) -> str:
+    """An XML tag without its namespace."""
+    return tag.rsplit("}", 1)[-1]
+
+
+def _scn_regions(tf: Any, all_series: list[Any]) -> tuple[tuple[SlideRegion, ...], frozenset[int], str]:
+    """The scanned regions of a Leica SCN (its first collection, as OpenSlide reads it), the series that are its macro
+    image, and why no reader shows the regions as one image ("" when OpenSlide does).
+
+    OpenSlide's rules (its Leica reader): the macro image is the one whose view is the whole collection; the main
+    images are composited on the glass's coordinates only when all are brightfield, with the same objective, the
+    same number of levels and each level's resolution within 2% (otherwise it refuses the file, as tiffslide does).
+    """
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(tf.scn_metadata)
+        collection = next((el for el in root if _local(el.tag) == "collection"), None)
+        if collection is not None:
+            return _collection_regions(collection, all_series)
+    except (ET.ParseError, ValueError):  # XML or numbers that do not parse: read as any TIFF, without regions
+        pass
+    return (), frozenset(), ""
+
+
+def _collection_regions(collection: Any, all_series: list[Any]) -> tuple[tuple[SlideRegion, ...], frozenset[int], str]:
+    """:func:`_scn_regions` of the collection's XML element."""
+    series_of_ifd = {_page_index(s.keyframe): i for i, s in enumerate(all_series)}
+    size_nm = (int(collection.get("sizeX", 0)), int(collection.get("sizeY", 0)))
+    regions: list[SlideRegion] = []
+    level_mpps: list[list[float]] = []
+    macros: set[int] = set()
+    for image in (el for el in collection if _local(el.tag) == "image"):
+        fields = {_local(el.tag): el for el in image.iter()}
+        view, pixels = fields.get("view"), fields.get("pixels")
+        if view is None or pixels is None:
+            continue
+        dims = sorted(
+            ((int(d.get("sizeX", 0)), int(d.get("sizeY", 0)), int(d.get("ifd", -1))) for d in pixels
+             if _local(d.tag) == "dimension" and d.get("z", "0") == "0" and d.get("c", "0") == "0"),
+            reverse=True,
+        )
+        series = series_of_ifd.get(dims[0][2]) if dims and dims[0][0] > 0 and dims[0][1] > 0 else None
+        if series is None:
+            continue
+        vx, vy, ox, oy = (int(view.get(a, 0)) for a in ("sizeX", "sizeY", "offsetX", "offsetY"))
+        if (ox, oy, vx, vy) == (0, 0, *size_nm):
+            macros.add(series)
+            continue
+        w, h = dims[0][0], dims[0][1]
+        regions.append(SlideRegion(
+            len(regions), image.get("name", ""), series, w, h, len(dims), vx / w / 1000, vy / h / 1000,
+            (ox / 1e6, oy / 1e6), (fields["objective"].text or "").strip() if "objective" in fields else "",
+            (fields["illuminationSource"].text or "").strip() if "illuminationSource" in fields else "",
+        ))
+        level_mpps.append([vx / d[0] / 1000 for d in dims])
+    return tuple(regions), frozenset(macros), _apart(regions, level_mpps)
+
+
+def _apart(regions: list[SlideRegion], level_mpps: list[list[float]]) -> str:
+    """Why OpenSlide does not composite these regions into one image ("" when it does); ``level_mpps``: each
+    region's um/px per level."""
+    if len(regions) < 2:
+        return ""
+    if any(r.illumination != "brightfield" for r in regions):
+        return "not every region is brightfield"
+    if len({r.objective for r in regions}) > 1:
+        return "objectives " + ", ".join(r.objective for r in regions)
+    if len({len(m) for m in level_mpps}) > 1:
+        return "pyramids of " + ", ".join(str(len(m)) for m in level_mpps) + " levels"
+    if any(abs(a - b) > 0.02 * b for m in level_mpps[1:] for a, b in zip(m, level_mpps[0])):
+        return "different resolutions, " + ", ".join(f"{r.mpp:.4g}" for r in regions) + " um/px"
+    return ""
+
+
+def _describe_regions(regions: tuple[SlideRegion, ...]) -> str:
+    """What ``region=k`` may pick, for an error message."""
+    if not regions:
+        return "it holds one image, region 0 (region=k picks among the scanned regions of a Leica SCN)"
+    return (f"it holds {len(regions)} scanned region(s), numbered 0..{len(regions) - 1} ("
+            + "; ".join(r.describe() for r in regions) + ")")
 
 
 def _ome_channel_names(tf: Any, series_index: int) -> tuple[str, ...]:

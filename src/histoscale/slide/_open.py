@@ -196,6 +196,7 @@ def open_slide(
     backend: str | None = None,
     mpp: float | None = None,
     plane: int | None = None,
+    region: int | None = None,
 ) -> Slide:
     """Open a whole-slide image or a plain image as a :class:`Slide`.
 
@@ -213,12 +214,17 @@ def open_slide(
             Other files: OpenSlide (MRXS, VMS, DICOM, ...).
         plane: for a TIFF holding a stack of images (Z focal planes, time points), the one to read, counted from
             0 over the stack's axes in file order. Default: the first, with a warning naming the stack.
+        region: for a Leica SCN, the scanned region to read alone (tifffile), counted from 0 over its main images
+            in the file's order (``slide.regions`` lists them). Default: every region as OpenSlide places them
+            on the glass; when no reader shows them as one image (regions of different resolutions), the largest
+            in pixels, with a warning naming the regions. 0 is the only region of any other TIFF.
 
     Raises:
         SlideError: the file is missing, a folder that holds no single DICOM whole-slide series, empty, not a slide, damaged or truncated, or not a
             brightfield RGB image (fluorescence or multiplex channels, one grey channel); the message names the
             file and the problem, the backend error is chained.
-        ConfigError: ``plane`` is given for a file without a stack, or is out of its range.
+        ConfigError: ``plane`` is given for a file without a stack, or is out of its range; ``region`` is given for
+            a file that is not a TIFF, or is out of its range (the message lists the regions).
     """
     p = Path(os.fspath(path))
     if backend not in (None, "openslide", "tiffslide", "tifffile", "image"):
@@ -240,12 +246,19 @@ def open_slide(
     layout: TiffLayout | None = None
     if kind == "tiff":
         _check_tiff_complete(p)
-        layout = inspect_tiff(p)
+        layout = inspect_tiff(p, region=region)
+        if region is not None and layout.regions and backend not in (None, "tifffile"):
+            raise ConfigError(f"region={region!r} of {p} is read alone through tifffile; backend={backend!r} shows "
+                              "every region at once: leave backend out", keyword="region")
         plane = _check_pixels(p, layout, plane)
     elif plane is not None:
         raise ConfigError(f"plane={plane!r} given for {p}, which is not a TIFF holding a stack of images")
+    elif region is not None:
+        raise ConfigError(f"region={region!r} given for {p}, which is not a TIFF (regions are those of a Leica SCN)",
+                          keyword="region")
 
     impl = _pick_backend(p, kind, head, backend, layout, plane or 0)
+    opened = _opened_region(p, layout, impl.name, region)
     _check_geometry(p, impl)
     candidates = _candidates(p, kind, impl, layout)
     resolution, every = resolve(p, candidates)
@@ -255,7 +268,27 @@ def open_slide(
         associated = _openslide_associated(impl)
     else:
         associated = tuple(layout.associated) if layout is not None else ()
-    return Slide(p, impl, resolution, candidates=every, associated=associated)
+    regions = layout.regions if layout is not None else ()
+    return Slide(p, impl, resolution, candidates=every, associated=associated, regions=regions, region=opened)
+
+
+def _opened_region(path: Path, layout: TiffLayout | None, reader: str, region: int | None) -> int | None:
+    """The one region of a Leica SCN the reader shows (None: no regions, or every region at once); a warning
+    naming the regions left unread when the user did not pick one."""
+    if layout is None or not layout.regions or reader != "tifffile":
+        return None  # OpenSlide and tiffslide show every region on the glass's coordinates
+    regions = layout.regions
+    # tifffile reads one series: one region, the others are not read
+    opened = next((r.index for r in regions if r.series_index == layout.series_index), None)
+    if len(regions) > 1 and region is None and opened is not None:
+        why = f"no reader shows them as one image: {layout.regions_apart}" if layout.regions_apart else (
+            f"backend={reader!r} reads one")
+        logger.warning(
+            "%s holds %d scanned regions (%s): reading %s; not read: %s. Pick one with open_slide(..., region=k), "
+            "k in 0..%d", path, len(regions), why, regions[opened].describe(),
+            "; ".join(r.describe() for r in regions if r.index != opened), len(regions) - 1,
+        )
+    return opened
 
 
 def _check_pixels(path: Path, layout: TiffLayout, plane: int | None) -> int | None:
@@ -304,12 +337,13 @@ def _describe_stack(stack: dict[str, int]) -> str:
 def _order(kind: str, layout: TiffLayout | None) -> list[str]:
     """Readers to try, chosen by content: OpenSlide only where it sees the same levels as the layout
     (vendor formats, plain tiled pyramids); OME/SubIFD pyramids through tiffslide; a slide that is not
-    series 0 (label page first), or a stack of images (which tiffslide does not read), through tifffile."""
+    series 0 (label page first), a stack of images (which tiffslide does not read) or one region of a Leica SCN
+    read alone, through tifffile."""
     if kind in ("png", "jpeg"):
         return ["image"]
     if layout is None:
         return ["openslide", "image"]
-    if layout.planes:
+    if layout.planes or layout.reader == "tifffile":
         return ["tifffile"]
     if layout.reader == "openslide":
         return ["openslide", "tiffslide", "tifffile", "image"]

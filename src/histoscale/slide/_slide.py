@@ -13,6 +13,7 @@ import numpy as np
 from histoscale.errors import ConfigError, DamagedTileError, MissingMppError, SlideError
 from histoscale.patches import resample
 from histoscale.slide._backends import Backend
+from histoscale.slide._layout import SlideRegion
 from histoscale.slide.resolution import Candidate, Resolution, as_positive
 
 __all__ = ["Slide"]
@@ -38,6 +39,8 @@ class Slide:
         *,
         candidates: tuple[Candidate, ...] = (),
         associated: tuple[str, ...] = (),
+        regions: tuple[SlideRegion, ...] = (),
+        region: int | None = None,
     ) -> None:
         self.path = path
         self._impl: Backend | None = impl
@@ -51,6 +54,10 @@ class Slide:
         self.resolution_candidates: tuple[Candidate, ...] = candidates
         #: names of the associated images (label, macro, thumbnail, ...) that are not the slide
         self.associated_images: tuple[str, ...] = associated
+        #: the scanned regions of a Leica SCN (empty for other files), and the index of the one read (None: every
+        #: region at once, placed on the glass's coordinates, or a file without regions)
+        self.regions: tuple[SlideRegion, ...] = regions
+        self.region: int | None = region
         self.objective_power: float | None = impl.objective_power
         self.vendor: str | None = impl.vendor
         self.properties: Mapping[str, str] = MappingProxyType(dict(impl.properties))

@@ -14,8 +14,9 @@ __all__ = ["slide_info"]
 def slide_info(slide: Slide, *, tissue: bool = False) -> dict[str, Any]:
     """JSON-able summary: path, backend, vendor, geometry, resolution and its provenance (um/px), every
     resolution candidate the file carries (accepted/rejected with the reason, the chosen one and why),
-    associated images (label, macro, thumbnail), objective power, and optionally the tissue fraction
-    (computes a tissue mask)."""
+    associated images (label, macro, thumbnail), the scanned regions of a Leica SCN (index, name, level-0 size in
+    px, um/px, offset on the glass in mm, whether it is read) and which one is read, objective power, and optionally
+    the tissue fraction (computes a tissue mask)."""
     res = slide.resolution
     info: dict[str, Any] = {
         "path": str(slide.path),
@@ -47,12 +48,36 @@ def slide_info(slide: Slide, *, tissue: bool = False) -> dict[str, Any]:
             for c in slide.resolution_candidates
         ],
         "associated_images": list(slide.associated_images),
+        "regions": [
+            {
+                "region": r.index,
+                "name": r.name,
+                "width": r.width,
+                "height": r.height,
+                "mpp_x": r.mpp_x,
+                "mpp_y": r.mpp_y,
+                "offset_mm": list(r.offset_mm),
+                "read": slide.region in (None, r.index),
+            }
+            for r in slide.regions
+        ],
+        "region_read": _region_read(slide),
         "objective_power": slide.objective_power,
     }
     if tissue:
         info["tissue_fraction"] = tissue_mask(slide).fraction
     return info
 
+
+def _region_read(slide: Slide) -> str | None:
+    """Which scanned regions the slide shows, and how to pick another (None for a file without regions)."""
+    if not slide.regions:
+        return None
+    if slide.region is None:
+        return f"all {len(slide.regions)}, placed on the glass's coordinates"
+    pick = (f"; not read: {', '.join(str(r.index) for r in slide.regions if r.index != slide.region)} (pick one with "
+            "open_slide(..., region=k))" if len(slide.regions) > 1 else "")
+    return f"region {slide.region} alone{pick}"
 
 
 def _why(slide: Slide) -> str:
