@@ -241,6 +241,7 @@ def main() -> int:
     args.skip = [s for s in args.skip.split(",") if s]
     args.workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    prov = common.provenance()  # the code the run imports: taken before it starts, not when it ends
     doc: dict[str, Any] = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                            "models": {}}
     for name in args.models.split(","):
@@ -248,10 +249,10 @@ def main() -> int:
         res["summary"] = summarise(res)
         doc["models"][name] = res
         log(f"{name}: {json.dumps(res['summary'])}")
-    prov = common.provenance()
     doc["provenance"] = (f"histoscale commit {prov.get('histoscale_commit')}, "
                          f"{_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}, {platform.machine()}, "
-                         f"default search settings (seed {args.seed}); {time.perf_counter() - t0:.0f} s in all.")
+                         f"default search settings (seed {args.seed}, {args.points} points); "
+                         f"{time.perf_counter() - t0:.0f} s in all.")
     RESULTS.mkdir(parents=True, exist_ok=True)
     for res in doc["models"].values():  # the live check objects served `derived`; the JSON keeps their numbers
         for row in res["rows"] + res["tcga"]:
