@@ -68,9 +68,9 @@ def write_copy(rgb: np.ndarray, path: Path, mpp: float | None, quality: int | No
     return path
 
 
-def search(path: Path, model: Any, slide_mpp: float | None, seed: int, points: int) -> dict[str, Any]:
+def search(path: Path, model: Any, slide_mpp: float | None, seed: int, points: int, **settings: Any) -> dict[str, Any]:
     t0 = time.perf_counter()
-    r = histoscale.find_scale(path, model, slide_mpp=slide_mpp, seed=seed, points=points)
+    r = histoscale.find_scale(path, model, slide_mpp=slide_mpp, seed=seed, points=points, **settings)
     c = r.check
     dom = getattr(r, "domain", None)
     return {"status": c.status, "implied": c.implied_mpp, "steps": c.disagreement_steps,
