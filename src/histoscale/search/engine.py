@@ -139,11 +139,9 @@ def _plan(slide: Slide, model: SplitModel, config: SearchConfig) -> _Plan:
             )
         margin = widest / 2
     mask = tissue_mask(slide, use_mpp=search_range is None) if config.sampling == "tissue" else None
-    # The field of view the margin keeps on the slide must be tissue too: glass in it pulls a small biopsy's answer
-    # coarse (issue 28, item 5).
     xy = sample_points(
-        (w, h), config.points, seed=config.seed, mode=config.sampling, margin_px=margin, field_px=2 * margin,
-        mask=mask, where=str(slide.path),
+        (w, h), config.points, seed=config.seed, mode=config.sampling, margin_px=margin, mask=mask,
+        where=str(slide.path),
     )
     return _Plan(units, grid, level0_mpp, xy, search_range)
 
