@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from histoscale.models import SplitModel
 from histoscale.models.registry import BUNDLED_MODELS, DEFAULT_MODEL
 from histoscale.reports.classify import read_search_scale, write_classify_report
 from histoscale.slide import open_slide
+from histoscale.slide.resolution import as_positive
 
 logger = logging.getLogger(__name__)
 
@@ -70,14 +70,6 @@ class _Plan:
     search: dict[str, Any]
 
 
-def _number(value: Any) -> float | None:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) and x > 0 else None
-
-
 def _plan_from_search(args: argparse.Namespace) -> tuple[_Plan, dict[str, Any]]:
     """The scale and slide um/px a search result gives, under the rules of this module's docstring."""
     path = args.from_search
@@ -87,11 +79,11 @@ def _plan_from_search(args: argparse.Namespace) -> tuple[_Plan, dict[str, Any]]:
     check = doc.get("check") if isinstance(doc.get("check"), dict) else {}
     searched_args = doc.get("arguments") if isinstance(doc.get("arguments"), dict) else {}
     status, reason = check.get("status"), check.get("reason")
-    estimate = _number(doc.get("estimate")) or scale  # the continuous answer, as the summary gives it
+    estimate = as_positive(doc.get("estimate")) or scale  # the continuous answer, as the summary gives it
     # "implied_estimate": the continuous value's name in results written before it became implied_mpp
-    implied = _number(check.get("implied_estimate")) or _number(check.get("implied_mpp"))
+    implied = as_positive(check.get("implied_estimate")) or as_positive(check.get("implied_mpp"))
     # "mpp": the name the override had in results written before slide_mpp
-    searched_declared = _number(check.get("declared_mpp")) or _number(
+    searched_declared = as_positive(check.get("declared_mpp")) or as_positive(
         searched_args.get("slide_mpp", searched_args.get("mpp")))
     search = {"result": str(path), "status": status, "reason": reason, "declared_mpp": searched_declared,
               "implied_mpp": implied, "units": units, "estimate": estimate}

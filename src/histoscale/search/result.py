@@ -331,6 +331,7 @@ def metadata_check(
     # A coarser scale implies a finer slide: the interval's ends swap.
     lo, hi = implied(interval[1]), implied(interval[0])
     implied_mpp = implied(estimate)
+    rivals_implied = tuple(implied(r) for r in rivals)
     agrees = ruler.contains(implied_mpp) if ruler is not None and ruler.measured else None
     out_of_domain = domain.describe() if domain is not None and domain.out_of_domain else None
     width = math.log2(hi / lo)
@@ -346,7 +347,7 @@ def metadata_check(
                            f"{implied_mpp:.3g} um/px: trust neither without a look")
         return MetadataCheck(
             "MISSING-METADATA", None, None, model_mpp, implied(chosen), implied_mpp, (lo, hi), None, reason,
-            ruler, agrees, tuple(implied(r) for r in rivals),
+            ruler, agrees, rivals_implied,
         )
     # The continuous estimate decides (the grid value can sit a step away from it): the check, the cohort table and
     # the report then agree on one number.
@@ -357,7 +358,7 @@ def metadata_check(
     elif too_wide:
         status, reason = "INCONCLUSIVE", too_wide
     elif status == "MISMATCH":
-        agreeing_rivals = [v for v in map(implied, rivals) if abs(steps_between(v, declared)) <= 1.0]
+        agreeing_rivals = [v for v in rivals_implied if abs(steps_between(v, declared)) <= 1.0]
         if lo <= declared <= hi:
             status, reason = "INCONCLUSIVE", (
                 f"{steps:+.1f} steps off, but the declared {declared:.3g} um/px lies inside the implied 95% interval "
@@ -401,7 +402,7 @@ def metadata_check(
         reason = _join(reason, f"no second opinion: the ruler {ruler.describe()}")
     return MetadataCheck(
         status, declared, source, model_mpp, implied(chosen), implied_mpp, (lo, hi), steps, reason, ruler,
-        agrees, tuple(implied(r) for r in rivals),
+        agrees, rivals_implied,
     )
 
 
