@@ -64,11 +64,21 @@ def test_activation_scorer_counts_interior_peaks_only():
 
 
 def test_all_scorers_broadcast_over_points():
+    from histoscale.domain import FeatureStats
+    from histoscale.scoring import BatchNormStatistics
+
     rng = np.random.default_rng(1)
     feats = rng.normal(size=(4, 6, 5)).astype(np.float32)
+    stats = FeatureStats.fit(rng.normal(size=(40, 5)), components=3)
+    bn = BatchNormStatistics(np.zeros(2), np.ones(2), np.array([0, 1]))
+    moments = np.concatenate([feats, rng.normal(size=(4, 6, 2)), rng.random((4, 6, 2)) + 1], axis=-1)
     for name in SCORERS:
-        s = score_points(feats, rng.normal(size=(5, 3)), rng.normal(size=3), name)
-        assert s.curve.shape == (4, 6) and s.matrix.shape[:2] == (4, 6)
+        s = score_points(moments if name == "bn-stats" else feats, rng.normal(size=(5, 3)), rng.normal(size=3), name,
+                         feature_stats=stats, batchnorm=bn)
+        assert s.curve.shape == (4, 6) and s.matrix.shape == (4, 6, 3)
+    for name, needs in (("bn-stats", "batchnorm="), ("feature-stats", "feature_stats=")):
+        with pytest.raises(ConfigError, match=needs):
+            score_points(feats, rng.normal(size=(5, 3)), rng.normal(size=3), name)
 
 
 def test_unknown_scorer_is_a_clear_error():

@@ -5,13 +5,15 @@ Scales enter as log2 values so that "one grid step" means the same ratio everywh
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 __all__ = [
-    "AGGREGATIONS", "PointAnswers", "Vote", "analyse_curves", "is_settled", "pooled_curve", "scan_peak",
-    "standardised_curves", "vote", "vote_is_decided", "monotone_direction",
+    "AGGREGATIONS", "PointAnswers", "Vote", "analyse_curves", "information_curve", "is_settled", "pooled_curve",
+    "scan_peak", "slide_curve", "SlideStatistic", "standardised_curves", "vote", "vote_is_decided", "monotone_direction",
 ]
 
 # "vote": the paper's majority vote of per-point argmaxes. "pooled": argmax of the mean of the per-point curves; a
@@ -27,7 +29,14 @@ __all__ = [
 # Curves may hold NaN where a point was not read (the default search's focus reads later points only near the
 # answer): a point's answer is then over the scales it has, and the pooled curve compares scales through the ones
 # every point has (:func:`_comparable`).
-AGGREGATIONS: tuple[str, ...] = ("pooled", "vote")
+#
+# "infomax": a slide-level statistic, not a mean of per-point curves: at each scale the mutual information between
+# the point and the model's predicted class, H(mean p) - mean H(p) (information maximisation, as in source-free
+# domain adaptation: SHOT, Liang et al. 2020). It is high where each patch is confidently classified AND the slide's
+# patches do not all fall into one class. A margin alone rises where a real model stops seeing structure and calls
+# every field the same class with growing confidence (BENCHMARKS.md, "Why it fails"); the collapse shows only
+# across points, which is where this statistic looks. It needs class probabilities (softmax of the logits).
+AGGREGATIONS: tuple[str, ...] = ("pooled", "vote", "infomax")
 
 PEAK, RISING, FALLING, FLAT = "peak", "rising", "falling", "flat"
 
@@ -197,6 +206,71 @@ def _pooled_bootstrap(
     return winners, estimates
 
 
+def _entropy(p: np.ndarray) -> np.ndarray:
+    return -(p * np.log(np.clip(p, 1e-12, None))).sum(axis=-1)
+
+
+def _information(weights: np.ndarray, *, probs: np.ndarray, read: np.ndarray) -> np.ndarray:
+    """H(mean p) - mean H(p) per scale for each row of point ``weights`` (b, P) (a resample's counts): (b, N).
+    ``probs`` (P, N, C) with 0 where not read, ``read`` (P, N) float; a scale no weighted point has is -inf."""
+    p, n, c = probs.shape
+    count = weights @ read  # (b, N)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_p = (weights @ probs.reshape(p, n * c)).reshape(len(weights), n, c) / count[..., None]
+        mean_h = (weights @ (_entropy(probs) * read)) / count
+        out = _entropy(np.nan_to_num(mean_p)) - mean_h
+    return np.where(count > 0, out, -np.inf)
+
+
+def _probabilities(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(P, N, C) probabilities with NaN where a scale was not read -> (zeros there, read mask (P, N) as float)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    read = ~np.isnan(probs).any(axis=-1)
+    return np.where(read[..., None], probs, 0.0), read.astype(np.float64)
+
+
+def information_curve(probs: np.ndarray) -> np.ndarray:
+    """The ``infomax`` statistic: class probabilities (P, N, C) of P points at N scales -> (N,) the mutual
+    information (nats) between point and predicted class at each scale, H(mean_p p) - mean_p H(p); between 0 and
+    log C. Points without a scale (NaN) are left out there; a scale no point has is -inf."""
+    probs, read = _probabilities(probs)
+    return _information(np.ones((1, len(probs))), probs=probs, read=read)[0]
+
+
+def slide_curve(
+    method: str, curves: np.ndarray, *, probs: np.ndarray | None = None, standardise: bool = False
+) -> np.ndarray:
+    """The curve (N,) the slide's answer is the argmax of: the information curve for ``infomax`` (needs ``probs``
+    (P, N, C)), else the pooled curve of ``curves`` (P, N) (:func:`pooled_curve`)."""
+    if method == "infomax":
+        if probs is None:
+            raise ValueError("the infomax aggregation needs the class probabilities")
+        return information_curve(probs)
+    return pooled_curve(curves, standardise=standardise)
+
+
+#: A slide-level statistic: point weights (b, P) (a resample's counts; ones for the points as drawn) -> (b, N)
+#: one curve per row, larger is better, -inf at a scale no weighted point has.
+SlideStatistic = Callable[[np.ndarray], np.ndarray]
+
+
+def _statistic_bootstrap(
+    statistic: SlideStatistic, p: int, log2_scales: np.ndarray, n_boot: int, rng: np.random.Generator,
+    block: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Winners (n_boot,) and sub-grid log2 estimates (n_boot,) of ``statistic`` on ``n_boot`` resamples of its
+    ``p`` points, drawn as :func:`_pooled_bootstrap` draws them, ``block`` resamples at a time."""
+    winners = np.empty(n_boot, dtype=np.intp)
+    estimates = np.empty(n_boot)
+    for start in range(0, n_boot, block):
+        b = min(block, n_boot - start)
+        weights = np.zeros((b, p))
+        np.add.at(weights, (np.arange(b)[:, None], rng.integers(0, p, (b, p))), 1.0)
+        for k, curve in enumerate(statistic(weights)):
+            winners[start + k], estimates[start + k] = _pooled_answer(curve, log2_scales)
+    return winners, estimates
+
+
 def vote(
     answers: PointAnswers,
     log2_scales: np.ndarray,
@@ -204,6 +278,9 @@ def vote(
     curves: np.ndarray | None = None,
     method: str = "vote",
     standardise: bool = False,
+    probs: np.ndarray | None = None,
+    statistic: SlideStatistic | None = None,
+    statistic_block: int = 64,
     n_boot: int = 500,
     seed: int = 0,
 ) -> Vote:
@@ -211,8 +288,12 @@ def vote(
 
     ``method="vote"``: the paper's majority vote; the estimate is the median sub-grid estimate of the points
     voting within one step of the winner. ``method="pooled"`` (needs ``curves``): argmax and parabola vertex of
-    the pooled curve (:func:`pooled_curve`, ``standardise`` as there). Either way the interval and ``confidence``
-    come from resampling the points.
+    the pooled curve (:func:`pooled_curve`, ``standardise`` as there). ``method="infomax"`` (needs ``probs``,
+    the points' class probabilities (P, N, C)): argmax and parabola vertex of :func:`information_curve` over the
+    informative points. A ``statistic`` (:data:`SlideStatistic` over all P points; e.g. the BatchNorm drift of
+    the pooled moments) replaces the method: argmax and parabola vertex of its curve over the informative points,
+    bootstrapped ``statistic_block`` resamples per call. Either way the interval and ``confidence`` come from
+    resampling the points.
     """
     log2_scales = np.asarray(log2_scales, dtype=np.float64)
     n = len(log2_scales)
@@ -222,7 +303,25 @@ def vote(
     if len(best) == 0:
         return Vote(counts, -1, float("nan"), (float("nan"), float("nan")), 0.0, 0)
     rng = np.random.default_rng(seed)
-    if method == "pooled":
+    if statistic is None and method == "infomax":
+        if probs is None:
+            raise ValueError("the infomax aggregation needs the class probabilities")
+        filled, read = _probabilities(probs)
+        statistic = functools.partial(_information, probs=filled, read=read)
+        statistic_block = max(1, _BOOT_CHUNK_VALUES // filled[0].size)
+    if statistic is not None:
+        kept = np.flatnonzero(answers.informative)
+        everyone = len(answers.informative)
+
+        def on_informative(weights: np.ndarray) -> np.ndarray:
+            full = np.zeros((len(weights), everyone))
+            full[:, kept] = weights
+            return statistic(full)
+
+        winner, estimate = _pooled_answer(on_informative(np.ones((1, len(kept))))[0], log2_scales)
+        boot_winners, boot_estimates = _statistic_bootstrap(
+            on_informative, len(kept), log2_scales, n_boot, rng, statistic_block)
+    elif method == "pooled":
         if curves is None:
             raise ValueError("the pooled aggregation needs the curves")
         informative_curves = np.asarray(curves, dtype=np.float64)[answers.informative]

@@ -33,24 +33,69 @@ Scorers
 ``softmax``     D = softmax(X W + b), r = max_c D               (max softmax probability baseline)
 ``entropy``     D = softmax(X W + b), r = -H(D)                 (negative entropy baseline)
 ``activation``  the 2022 predecessor on Phi's channels: r[i] = how many informative channels peak at scale i
+``bn-stats``    D as ``distance``, r = minus the BatchNorm drift (:func:`batchnorm_drift`): how far the network's
+                inner activations lie from the statistics it stored in training. The features carry each patch's
+                BatchNorm input moments after Phi (``SplitModel.features_with_moments``); r is the patch's own
+                drift, while the slide's answer pools the moments over the points first, as BatchNorm does over a
+                batch (the search does it). Torch classifiers with BatchNorm layers.
+``feature-stats`` D as ``distance``, r = minus the distance of Phi from the training features recorded in the
+                model card (:class:`histoscale.domain.FeatureStats`): the scale at which the slide's patches look most
+                like the patches the model was trained on. Models whose card records ``feature_stats``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from histoscale.errors import ConfigError
 
-__all__ = ["PER_SCALE_SCORERS", "SCORERS", "Scorer", "CurveScores", "score_points", "hyperplane_distances", "softmax"]
+__all__ = ["PER_SCALE_SCORERS", "SCORERS", "BatchNormStatistics", "batchnorm_drift", "Scorer", "CurveScores", "score_points", "hyperplane_distances", "softmax"]
 
-Scorer = Literal["paper", "distance", "margin", "softmax", "entropy", "activation"]
-SCORERS: tuple[str, ...] = ("paper", "distance", "margin", "softmax", "entropy", "activation")
+Scorer = Literal["paper", "distance", "margin", "softmax", "entropy", "activation", "bn-stats", "feature-stats"]
+SCORERS: tuple[str, ...] = (
+    "paper", "distance", "margin", "softmax", "entropy", "activation", "bn-stats", "feature-stats",
+)
 #: Scorers whose value at a scale depends on that scale's patch alone, so a scale left unread (NaN features) leaves
 #: the others' scores as they are (``activation`` compares a channel across scales).
-PER_SCALE_SCORERS: tuple[str, ...] = ("paper", "distance", "margin", "softmax", "entropy")
+PER_SCALE_SCORERS: tuple[str, ...] = (
+    "paper", "distance", "margin", "softmax", "entropy", "bn-stats", "feature-stats",
+)
+
+
+@dataclass(frozen=True)
+class BatchNormStatistics:
+    """What a network stored in its BatchNorm layers for the K channels compared: ``running_mean``,
+    ``running_var`` and the ``layer`` index of each (K,), layer after layer."""
+
+    running_mean: np.ndarray
+    running_var: np.ndarray
+    layer: np.ndarray
+
+
+def batchnorm_drift(moments: np.ndarray, stats: BatchNormStatistics) -> np.ndarray:
+    """How far BatchNorm input moments (..., 2K) (the mean over positions of x, then of x^2, per channel; of one
+    patch, or pooled over the points of a slide) lie from the stored statistics: (...,).
+
+    Per channel, mean m and variance v = E[x^2] - m^2 against the stored mu, sigma^2: the squared 2-Wasserstein
+    distance between Gaussians in units of the stored variance, ((m - mu)^2 + (sqrt(v) - sigma)^2) / sigma^2 (finite
+    for constant channels, unlike a KL divergence); averaged over a layer's channels, then over layers, so that a
+    deep network weighs no more than a shallow one. The signal of DeepInversion (Yin et al. 2020) and of BatchNorm
+    test-time adaptation: at the scale the network was trained at its activations should have the recorded
+    statistics.
+    """
+    moments = np.asarray(moments, dtype=np.float64)
+    k = len(stats.running_mean)
+    m = moments[..., :k]
+    v = np.maximum(moments[..., k:] - m**2, 0.0)
+    var = np.maximum(np.asarray(stats.running_var, dtype=np.float64), 1e-5)
+    per_channel = ((m - stats.running_mean) ** 2 + (np.sqrt(v) - np.sqrt(var)) ** 2) / var
+    layer = np.asarray(stats.layer)
+    starts = np.flatnonzero(np.r_[True, layer[1:] != layer[:-1]])
+    per_layer = np.add.reduceat(per_channel, starts, axis=-1) / np.diff(np.r_[starts, k])
+    return per_layer.mean(axis=-1)
 
 
 @dataclass(frozen=True)
@@ -97,16 +142,41 @@ def _activation_peaks(features: np.ndarray, rel_tol: float = 1e-3) -> np.ndarray
 
 
 def score_points(
-    features: np.ndarray, W: np.ndarray, b: np.ndarray, scorer: str = "margin", *, background: int | None = None
+    features: np.ndarray,
+    W: np.ndarray,
+    b: np.ndarray,
+    scorer: str = "margin",
+    *,
+    background: int | None = None,
+    feature_stats: Any = None,
+    batchnorm: BatchNormStatistics | None = None,
 ) -> CurveScores:
     """Score features of shape (P, N, M) (P points, N scales, M features) with the named scorer.
 
     Features (P, N, G, M) of a segmentation model are scored per cell and pooled over the cells that are not
     ``background`` (a class index; see the module docstring); the result has the same shapes, (P, N, C), (P, N).
+    ``feature-stats`` needs ``feature_stats`` (the model's :class:`~histoscale.domain.FeatureStats`);
+    ``bn-stats`` needs ``batchnorm`` and features (P, N, M + 2K) that end with the patches' moments.
+
+    Raises:
+        ConfigError: an unknown scorer, or one whose statistics are not given.
     """
     if scorer not in SCORERS:
         raise ConfigError(f"unknown scorer {scorer!r}: choose one of {', '.join(SCORERS)}")
     features = np.asarray(features, dtype=np.float32)
+    if scorer == "bn-stats":
+        if batchnorm is None or features.ndim != 3:
+            raise ConfigError("scorer 'bn-stats' needs a classifier's BatchNorm statistics (batchnorm=...)")
+        m = W.shape[0]
+        return CurveScores(hyperplane_distances(features[..., :m], W, b), -batchnorm_drift(features[..., m:], batchnorm))
+    if scorer == "feature-stats":
+        if feature_stats is None:
+            raise ConfigError("scorer 'feature-stats' needs the training feature statistics the model card records "
+                              "(feature_stats=...)")
+        scored = score_points(features, W, b, "distance", background=background)
+        phi = features if features.ndim == 3 else features.mean(axis=2)  # a segmenter's: its cells' mean, as recorded
+        distance = feature_stats.distance(phi.reshape(-1, phi.shape[-1])).reshape(phi.shape[:2])
+        return CurveScores(scored.matrix, -distance.astype(np.float32))
     if features.ndim == 4:
         return _pool_over_cells(features, W, b, scorer, background)
     return _score(features, W, b, scorer)

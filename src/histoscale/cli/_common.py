@@ -81,7 +81,9 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scorer", choices=SCORERS, default=DEFAULT_SCORER)
     p.add_argument("--aggregation", choices=AGGREGATIONS, default=DEFAULT_AGGREGATION,
-                   help="pooled: argmax of the points' mean curve (default); vote: the paper's majority vote")
+                   help="pooled: argmax of the points' mean curve (default); vote: the paper's majority vote; "
+                   "infomax: argmax of the information between point and predicted class, H(mean p) - mean H(p): "
+                   "confident AND diverse predictions (no focus)")
     p.add_argument("--sampling", choices=SAMPLING_MODES, default="tissue")
     p.add_argument("--relative", action="store_true", help="search in downsample units even if the slide has um/px")
     p.add_argument("--no-early-stop", dest="early_stop", action="store_false")

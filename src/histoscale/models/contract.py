@@ -445,6 +445,40 @@ class SplitModel(ABC):
         ((N, G, M), averaged per cell, for a segmentation model)."""
         return self._run(batch, self._features_chunk, self.num_features, "features")
 
+    @property
+    def has_batchnorm(self) -> bool:
+        """Whether the ``bn-stats`` scorer applies: :meth:`features_with_moments` can measure the patches against
+        the network's BatchNorm statistics (torch classifiers with BatchNorm layers; False for ONNX and Keras files,
+        whose exports usually fold them into the convolutions)."""
+        return False
+
+    def _no_batchnorm(self) -> ConfigError:
+        return ConfigError(
+            f"scorer 'bn-stats' needs the BatchNorm statistics a classifier stored in training; model {self.name!r} "
+            f"({self.format or type(self).__name__}, {self.source}) has no BatchNorm layer histoscale can read: "
+            "they are read from torch modules only (an ONNX or Keras export usually folds them into the "
+            "convolutions; a segmentation model is not supported). Load the torch module or checkpoint, or use "
+            "--scorer margin"
+        )
+
+    def batchnorm_statistics(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Running mean, running variance and layer index (K,) of the BatchNorm channels the ``bn-stats`` scorer
+        compares the patches with.
+
+        Raises:
+            ConfigError: the model holds no BatchNorm statistics (see :attr:`has_batchnorm`).
+        """
+        raise self._no_batchnorm()
+
+    def features_with_moments(self, batch: np.ndarray) -> np.ndarray:
+        """Phi of uint8 patches (N, S, S, 3) followed by each patch's BatchNorm input moments (the ``bn-stats``
+        scorer; :mod:`histoscale.models._batchnorm`): float32 (N, M + 2K), K as :meth:`batchnorm_statistics`.
+
+        Raises:
+            ConfigError: the model holds no BatchNorm statistics (see :attr:`has_batchnorm`).
+        """
+        raise self._no_batchnorm()
+
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """``features(batch) @ W + b``: float32 (N, C) class scores computed from the split ((N, G, C) per cell
         for a segmentation model)."""

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from histoscale.errors import ConfigError, ModelError
+from histoscale.models._batchnorm import batchnorm_layers, batchnorm_moments, running_statistics
 from histoscale.models._torch_dense import dense_fns, find_dense_head, gives_output, not_the_output, pool_maps
 from histoscale.models._torch_script import split_script
 from histoscale.models.card import ModelCard
@@ -160,6 +161,32 @@ class TorchSplitModel(SplitModel):
                     part = self._phi(batch[start : start + self.batch_size])
                 out.append(self._finite(part.float().cpu().numpy(), start, "features"))
         return np.concatenate(out)
+
+    @property
+    def has_batchnorm(self) -> bool:
+        """True when the module has BatchNorm layers with running statistics and is a classifier (the
+        ``bn-stats`` scorer's drift is one number per patch)."""
+        return self.cells is None and bool(batchnorm_layers(self.module))
+
+    def batchnorm_statistics(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The running mean, variance and layer index (K,) of the BatchNorm channels the ``bn-stats`` scorer
+        keeps (:func:`histoscale.models._batchnorm.running_statistics`)."""
+        if not self.has_batchnorm:
+            return super().batchnorm_statistics()
+        return running_statistics(self.module)
+
+    def features_with_moments(self, batch: np.ndarray) -> np.ndarray:
+        """Phi (N, M) and, from the same forward pass, each patch's BatchNorm input moments (N, 2K): (N, M + 2K)."""
+        if not self.has_batchnorm:
+            return super().features_with_moments(batch)
+        try:
+            with batchnorm_moments(self.module) as chunks:
+                feats = self.features(batch)
+        except ValueError as err:  # the feature function skips part of the network
+            raise ModelError(f"model {self.name!r}: {err}; the bn-stats scorer needs the whole network: use "
+                             "--scorer margin") from None
+        moments = np.concatenate(chunks) if chunks else np.zeros((0, 2 * len(self.batchnorm_statistics()[0])))
+        return np.concatenate([feats, moments.astype(np.float32)], axis=1)
 
     def _to_input(self, chunk: np.ndarray) -> torch.Tensor:
         if self.preprocessing.function is not None:

@@ -57,6 +57,10 @@ def plot_curves(result: ScaleResult, *, max_points: int = 5) -> bytes:
         curves = result.curves[informative]
         ax.plot(result.scales, curves[:50].T, color="0.75", lw=0.6)
         ax.plot(result.scales, pooled_curve(curves), color="k", lw=2.2, marker="o", ms=3)
+    if result.aggregation == "infomax" and result.slide_curve is not None:
+        info = ax.twinx()  # what decided: the information over the points, not the mean margin
+        info.plot(result.scales, result.slide_curve, color="tab:blue", lw=2, marker="s", ms=3)
+        info.set_ylabel("H(mean p) - mean H(p), nats", fontsize=8, color="tab:blue")
     ax.axvline(result.scales[result.chosen_index], color="tab:orange", lw=1.5, label="margin peak")
     calibrated = " (calibrated)" if result.calibration is not None else ""
     ax.axvline(result.estimate, color="k", ls="--", lw=1, label=f"apply at{calibrated}")

@@ -34,8 +34,10 @@ class SearchConfig:
             a slide without um/px): a fixed grid.
         seed: seed of the point sampling and the bootstrap.
         scorer: one of :data:`histoscale.scoring.SCORERS` (default: the bias-aware class margin).
-        aggregation: ``"pooled"`` (argmax of the points' mean curve; :mod:`histoscale.aggregate`) or ``"vote"``
-            (the paper's majority vote).
+        aggregation: ``"pooled"`` (argmax of the points' mean curve; :mod:`histoscale.aggregate`), ``"vote"``
+            (the paper's majority vote) or ``"infomax"`` (argmax of the information between point and predicted
+            class over the points, :func:`histoscale.aggregate.information_curve`; the scorer still gives each
+            point's own answer and the flat points it leaves out).
         sampling: ``"tissue"`` (points on the tissue mask) or ``"uniform"`` (the paper's).
         relative: report (and read explicit ``scales``) in level-0 downsample units even when the slide
             declares its um/px.

@@ -15,6 +15,7 @@ features), ``_Run.consensus``, ``_Run.try_widen``, ``_Run.try_focus``, and final
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -27,14 +28,14 @@ import numpy as np
 
 from histoscale._compat import renamed
 from histoscale._progress import progress_bar
-from histoscale.aggregate import PointAnswers, Vote, analyse_curves, is_settled, pooled_curve, scan_peak, vote
+from histoscale.aggregate import PointAnswers, Vote, analyse_curves, is_settled, scan_peak, slide_curve, vote
 from histoscale.calibration import ScaleCalibration
 from histoscale.domain import DomainCheck, domain_check
-from histoscale.errors import DamagedTileError, MissingMppError, ScaleSearchError
+from histoscale.errors import ConfigError, DamagedTileError, MissingMppError, ScaleSearchError
 from histoscale.models import SplitModel, load_model
 from histoscale.patches import LevelReader, iter_multiscale, read_multiscale, read_regions
 from histoscale.sampling import sample_points
-from histoscale.scoring import PER_SCALE_SCORERS, CurveScores, score_points
+from histoscale.scoring import PER_SCALE_SCORERS, BatchNormStatistics, CurveScores, batchnorm_drift, score_points
 from histoscale.search._range import FINE_INNER, fine_grid, focus_window, plausible_range, scan_grid
 from histoscale.search._widen import edge_direction, widen_grid
 from histoscale.search.config import SearchConfig
@@ -81,6 +82,14 @@ def find_scale(
     config = (config or SearchConfig()).replace(**settings) if settings else (config or SearchConfig())
     if not hasattr(model, "features"):
         model = load_model(model)
+    if config.scorer == "bn-stats" and not getattr(model, "has_batchnorm", False):
+        model.batchnorm_statistics()  # raises the model's own reason, before any read
+    if config.scorer == "feature-stats" and getattr(model, "feature_stats", None) is None:
+        raise ConfigError(
+            f"scorer 'feature-stats' needs the training feature statistics a model card records (feature_stats); "
+            f"model {model.name!r} has none: use a bundled model, record them (histoscale.FeatureStats.fit on the "
+            "training patches' features, saved in the card), or use --scorer margin"
+        )
     the_slide = slide if isinstance(slide, Slide) else open_slide(slide, slide_mpp=slide_mpp)
     try:
         run = _Run(the_slide, model, config, _plan(the_slide, model, config))
@@ -180,7 +189,8 @@ class _Run:
     @property
     def _on_device(self) -> bool:
         """The model crops and resamples the reads itself, on its device (a GPU)."""
-        return bool(getattr(self.model, "resamples_on_device", False))
+        moments = self.config.scorer == "bn-stats"  # measured on CPU-resampled patches, through the torch hooks
+        return not moments and bool(getattr(self.model, "resamples_on_device", False))
 
     @property
     def _read(self) -> Any:
@@ -254,19 +264,52 @@ class _Run:
     def _features_of(self, points: list[Any]) -> np.ndarray:
         """Per point its (N, S, S, 3) uint8 patches (its regions when the model resamples on its device) -> (p, N, M)
         features ((p, N, G, M) for a segmentation model)."""
-        if self._on_device:
+        if self.config.scorer == "bn-stats":  # Phi, then the BatchNorm input moments of the same pass
+            feats = self.model.features_with_moments(np.concatenate(points))
+        elif self._on_device:
             feats = self.model.features_of_regions([region for regions in points for region in regions])
         else:
             feats = self.model.features(np.concatenate(points))
         self.patches_scored += len(feats)
         return feats.reshape(len(points), -1, *feats.shape[1:])
 
+    def _phi(self, features: np.ndarray) -> np.ndarray:
+        """The features Phi of stored readings (the ``bn-stats`` scorer stores the moments after them)."""
+        return features[..., : self.model.num_features] if self.config.scorer == "bn-stats" else features
+
+    @functools.cached_property
+    def _batchnorm(self) -> BatchNormStatistics | None:
+        if self.config.scorer != "bn-stats":
+            return None
+        return BatchNormStatistics(*self.model.batchnorm_statistics())
+
     def _score(self, features: np.ndarray | None = None) -> CurveScores:
         """Scores of ``features`` (default: every point's so far) with the configured scorer."""
         return score_points(
             np.concatenate(self.features) if features is None else features, self.model.W, self.model.b,
             self.config.scorer, background=getattr(self.model, "background", None),
+            feature_stats=getattr(self.model, "feature_stats", None), batchnorm=self._batchnorm,
         )
+
+    def _drift_statistic(self, features: np.ndarray) -> Any:
+        """``bn-stats``: the slide-level statistic of :func:`histoscale.aggregate.vote`, minus the BatchNorm drift
+        of the moments pooled over the (weighted) points at each scale, as BatchNorm pools over a batch; None for
+        the other scorers."""
+        stats = self._batchnorm
+        if stats is None:
+            return None
+        moments = np.asarray(features[..., self.model.num_features :], dtype=np.float32)  # (P, N, 2K)
+        read: np.ndarray = ~np.isnan(moments[..., 0])  # a scale is read whole or not at all
+        p, n, k2 = moments.shape
+        filled = np.where(read[..., None], moments, np.float32(0)).reshape(p, n * k2)
+
+        def statistic(weights: np.ndarray) -> np.ndarray:
+            count = weights @ read.astype(np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                pooled = (weights @ filled).reshape(len(weights), n, k2) / count[..., None]
+            return np.where(count > 0, -batchnorm_drift(np.nan_to_num(pooled), stats), -np.inf)
+
+        return statistic
 
     def execute(self, progress: bool) -> ScaleResult:
         config = self.config
@@ -325,13 +368,14 @@ class _Run:
         n = len(reads)
         feats = self._features_of(reads)
         curves = self._score(feats).curve
+        probs = self._probabilities(feats)
         # Standardised: over the whole range a few points' margins far from the model's scale must not outvote
         # the rest (histoscale.aggregate).
-        answers, scan_vote = self.consensus(n_boot=20, curves=curves, standardise=True)
+        answers, scan_vote = self.consensus(n_boot=20, curves=curves, probs=probs, standardise=True, features=feats)
         scan_grid_units = self.grid
         if scan_vote.winner < 0:
             raise self._no_informative_point("the scan ")
-        pooled = pooled_curve(curves[answers.informative], standardise=True)
+        pooled = self._answer_curve(answers, curves, probs, feats, standardise=True)
         log2_peak, rivals = scan_peak(pooled, np.log2(scan_grid_units), scan_vote.winner, scan_vote.log2_estimate)
         peak_ds = float(self.plan.downsamples(np.array([2.0**log2_peak]))[0])
         self.plan.grid = self.plan.scales(fine_grid(peak_ds, *self.plan.search_range))  # type: ignore[misc]
@@ -388,18 +432,46 @@ class _Run:
         full[:, columns] = feats
         return full
 
+    def _probabilities(self, features: np.ndarray | None = None) -> np.ndarray | None:
+        """The points' class probabilities (P, N, C) (default: every point's so far) when the aggregation needs
+        them (``infomax``), else None; a segmentation model's are the mean over its tissue cells."""
+        if self.config.aggregation != "infomax":
+            return None
+        return score_points(
+            self._phi(np.concatenate(self.features) if features is None else features), self.model.W, self.model.b,
+            "softmax", background=getattr(self.model, "background", None),
+        ).matrix
+
+    def _answer_curve(
+        self, answers: PointAnswers, curves: np.ndarray, probs: np.ndarray | None, features: np.ndarray,
+        standardise: bool = False,
+    ) -> np.ndarray:
+        """(N,) the curve the answer is the argmax of, over the informative points: the BatchNorm statistic for
+        ``bn-stats``, else :func:`histoscale.aggregate.slide_curve` of the aggregation."""
+        statistic = self._drift_statistic(features)
+        if statistic is not None:
+            return statistic(answers.informative.astype(np.float64)[None])[0]
+        return slide_curve(
+            self.config.aggregation, curves[answers.informative],
+            probs=None if probs is None else probs[answers.informative], standardise=standardise,
+        )
+
     def consensus(
-        self, n_boot: int | None = None, curves: np.ndarray | None = None, standardise: bool = False
+        self, n_boot: int | None = None, curves: np.ndarray | None = None, probs: np.ndarray | None = None,
+        standardise: bool = False, features: np.ndarray | None = None,
     ) -> tuple[PointAnswers, Vote]:
-        """The slide's answer from the points so far (``curves``: their scores, when already computed)."""
+        """The slide's answer from the points so far, or from ``features`` (the scan's) with their ``curves`` and
+        ``probs`` (scores and class probabilities) when already computed."""
         if curves is None:
             curves = self._score().curve
+            probs = self._probabilities()
         log2_grid = np.log2(self.grid)
         answers = analyse_curves(curves, log2_grid)
         kwargs = {} if n_boot is None else {"n_boot": n_boot}
+        statistic = self._drift_statistic(np.concatenate(self.features) if features is None else features)
         return answers, vote(
             answers, log2_grid, curves=curves, method=self.config.aggregation, standardise=standardise,
-            seed=self.config.seed, **kwargs
+            probs=probs, statistic=statistic, statistic_block=8, seed=self.config.seed, **kwargs
         )
 
     def try_widen(self, winner: int, answers: PointAnswers) -> bool:
@@ -452,13 +524,14 @@ class _Run:
         stats = getattr(self.model, "feature_stats", None)
         if stats is None:
             return None
-        feats = np.concatenate(self.features)[:, index]
+        feats = self._phi(np.concatenate(self.features)[:, index])
         return domain_check(stats, feats if feats.ndim == 2 else feats.mean(axis=1))
 
     def settle(self) -> ScaleResult:
         """The final answer from every point used, with the full bootstrap and the metadata check."""
         scored = self._score()
-        answers, result_vote = self.consensus(curves=scored.curve)
+        probs = self._probabilities()
+        answers, result_vote = self.consensus(curves=scored.curve, probs=probs)
         units, grid = self.plan.units, self.grid
         if result_vote.winner < 0:
             raise self._no_informative_point()
@@ -525,6 +598,7 @@ class _Run:
             curves=scored.curve,
             class_scores=scored.matrix,
             point_answers=answers,
+            slide_curve=self._answer_curve(answers, scored.curve, probs, np.concatenate(self.features)),
             timings=self.timings,
             model_info=self.model.describe(),
         )

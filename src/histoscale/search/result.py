@@ -130,6 +130,9 @@ class ScaleResult:
     #: the damaged tiles the search met, (level, x, y, width, height) in px of that level (the whole box read where
     #: the reader cannot say which tile)
     damaged_tiles: tuple[tuple[int, int, int, int, int], ...] = ()
+    #: (N,) the curve the answer is the argmax of, over the informative points: the pooled curve of ``curves``, or
+    #: for the ``infomax`` aggregation the information H(mean p) - mean H(p) in nats (None: not recorded)
+    slide_curve: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def edge(self) -> str | None:
@@ -267,6 +270,7 @@ class ScaleResult:
             "caveats": self.caveats(),
             "domain": self.domain.to_dict() if self.domain is not None else None,
             "class_names": list(self.class_names),
+            "slide_curve": None if self.slide_curve is None else self.slide_curve.tolist(),
             "timings_s": self.timings,
             "model_info": self.model_info,
         }
