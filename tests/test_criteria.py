@@ -187,3 +187,25 @@ def test_feature_stats_without_recorded_statistics_says_how_to_get_them(bn_model
 
     with pytest.raises(ConfigError, match="feature_stats.*--scorer margin"):
         find_scale(phantom, bn_model, points=8, scorer="feature-stats")
+
+
+# ----------------------------------------------------------------------------------------------- stability
+def test_stability_is_the_agreement_between_a_patch_and_its_transpose():
+    from histoscale.scoring import score_points
+
+    W, b = np.eye(3, dtype=np.float32), np.zeros(3, np.float32)
+    same = np.array([[[8.0, 0.0, 0.0, 8.0, 0.0, 0.0]]])  # the transpose changes nothing
+    flipped = np.array([[[8.0, 0.0, 0.0, 0.0, 8.0, 0.0]]])  # it changes the answer
+    assert score_points(same, W, b, "stability").curve[0, 0] == pytest.approx(1.0)
+    assert score_points(flipped, W, b, "stability").curve[0, 0] < 0.05
+
+
+def test_stability_search_runs_the_model_on_each_patch_and_its_transpose(phantom):
+    model = load_model("phantom")
+    result = find_scale(phantom, model, points=16, seed=0, scorer="stability", ruler=False, early_stop=False,
+                        focus=False)
+    plain = find_scale(phantom, model, points=16, seed=0, ruler=False, early_stop=False, focus=False)
+    assert result.patches_scored == plain.patches_scored  # counted per patch read; the model ran twice on each
+    curves = result.curves[~np.isnan(result.curves)]
+    assert ((curves >= 0) & (curves <= 1 + 1e-6)).all()
+    assert result.class_scores.shape == plain.class_scores.shape

@@ -72,8 +72,9 @@ def test_all_scorers_broadcast_over_points():
     stats = FeatureStats.fit(rng.normal(size=(40, 5)), components=3)
     bn = BatchNormStatistics(np.zeros(2), np.ones(2), np.array([0, 1]))
     moments = np.concatenate([feats, rng.normal(size=(4, 6, 2)), rng.random((4, 6, 2)) + 1], axis=-1)
+    given = {"bn-stats": moments, "stability": np.concatenate([feats, feats[:, ::-1]], axis=-1)}
     for name in SCORERS:
-        s = score_points(moments if name == "bn-stats" else feats, rng.normal(size=(5, 3)), rng.normal(size=3), name,
+        s = score_points(given.get(name, feats), rng.normal(size=(5, 3)), rng.normal(size=3), name,
                          feature_stats=stats, batchnorm=bn)
         assert s.curve.shape == (4, 6) and s.matrix.shape == (4, 6, 3)
     for name, needs in (("bn-stats", "batchnorm="), ("feature-stats", "feature_stats=")):

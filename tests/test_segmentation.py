@@ -159,6 +159,8 @@ def test_one_cell_scores_as_a_classifier(scorer: str) -> None:
     from histoscale.domain import FeatureStats
 
     feats, W, b = RNG.normal(size=(4, 6, 5)), RNG.normal(size=(5, 3)), RNG.normal(size=3)
+    if scorer == "stability":  # Phi of the patch, then of its transpose
+        feats = np.concatenate([feats, RNG.normal(size=(4, 6, 5))], axis=-1)
     stats = FeatureStats.fit(RNG.normal(size=(40, 5)), components=3)
     flat = score_points(feats, W, b, scorer, feature_stats=stats)
     cells = score_points(feats[:, :, None, :], W, b, scorer, feature_stats=stats)

@@ -38,6 +38,10 @@ Scorers
                 BatchNorm input moments after Phi (``SplitModel.features_with_moments``); r is the patch's own
                 drift, while the slide's answer pools the moments over the points first, as BatchNorm does over a
                 batch (the search does it). Torch classifiers with BatchNorm layers.
+``stability``   D as ``distance``, r = the Bhattacharyya agreement sum_c sqrt(p_c q_c) between the class
+                probabilities of the patch (p) and of its transpose (q, a flip composed with a 90-degree rotation):
+                where the model sees structure its answer should not depend on the patch's orientation. The
+                features carry Phi of the transposed patch after Phi (two model calls per patch).
 ``feature-stats`` D as ``distance``, r = minus the distance of Phi from the training features recorded in the
                 model card (:class:`histoscale.domain.FeatureStats`): the scale at which the slide's patches look most
                 like the patches the model was trained on. Models whose card records ``feature_stats``.
@@ -54,14 +58,16 @@ from histoscale.errors import ConfigError
 
 __all__ = ["PER_SCALE_SCORERS", "SCORERS", "BatchNormStatistics", "batchnorm_drift", "Scorer", "CurveScores", "score_points", "hyperplane_distances", "softmax"]
 
-Scorer = Literal["paper", "distance", "margin", "softmax", "entropy", "activation", "bn-stats", "feature-stats"]
+Scorer = Literal[
+    "paper", "distance", "margin", "softmax", "entropy", "activation", "bn-stats", "feature-stats", "stability"
+]
 SCORERS: tuple[str, ...] = (
-    "paper", "distance", "margin", "softmax", "entropy", "activation", "bn-stats", "feature-stats",
+    "paper", "distance", "margin", "softmax", "entropy", "activation", "bn-stats", "feature-stats", "stability",
 )
 #: Scorers whose value at a scale depends on that scale's patch alone, so a scale left unread (NaN features) leaves
 #: the others' scores as they are (``activation`` compares a channel across scales).
 PER_SCALE_SCORERS: tuple[str, ...] = (
-    "paper", "distance", "margin", "softmax", "entropy", "bn-stats", "feature-stats",
+    "paper", "distance", "margin", "softmax", "entropy", "bn-stats", "feature-stats", "stability",
 )
 
 
@@ -156,7 +162,8 @@ def score_points(
     Features (P, N, G, M) of a segmentation model are scored per cell and pooled over the cells that are not
     ``background`` (a class index; see the module docstring); the result has the same shapes, (P, N, C), (P, N).
     ``feature-stats`` needs ``feature_stats`` (the model's :class:`~histoscale.domain.FeatureStats`);
-    ``bn-stats`` needs ``batchnorm`` and features (P, N, M + 2K) that end with the patches' moments.
+    ``bn-stats`` needs ``batchnorm`` and features (P, N, M + 2K) that end with the patches' moments;
+    ``stability`` features (P, N, 2M) (or (P, N, G, 2M)): Phi of each patch, then of its transpose.
 
     Raises:
         ConfigError: an unknown scorer, or one whose statistics are not given.
@@ -169,6 +176,15 @@ def score_points(
             raise ConfigError("scorer 'bn-stats' needs a classifier's BatchNorm statistics (batchnorm=...)")
         m = W.shape[0]
         return CurveScores(hyperplane_distances(features[..., :m], W, b), -batchnorm_drift(features[..., m:], batchnorm))
+    if scorer == "stability":
+        m = W.shape[0]
+        plain, turned = features[..., :m], features[..., m:]
+        if turned.shape[-1] != m:
+            raise ConfigError("scorer 'stability' needs the features of each patch and of its transpose, side by side")
+        p = score_points(plain, W, b, "softmax", background=background).matrix
+        q = score_points(turned, W, b, "softmax", background=background).matrix
+        return CurveScores(score_points(plain, W, b, "distance", background=background).matrix,
+                           np.sqrt(p * q).sum(axis=-1))
     if scorer == "feature-stats":
         if feature_stats is None:
             raise ConfigError("scorer 'feature-stats' needs the training feature statistics the model card records "

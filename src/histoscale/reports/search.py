@@ -61,7 +61,8 @@ def plot_curves(result: ScaleResult, *, max_points: int = 5) -> bytes:
         info = ax.twinx()  # what decided: the information over the points, not the mean margin
         info.plot(result.scales, result.slide_curve, color="tab:blue", lw=2, marker="s", ms=3)
         info.set_ylabel("H(mean p) - mean H(p), nats", fontsize=8, color="tab:blue")
-    ax.axvline(result.scales[result.chosen_index], color="tab:orange", lw=1.5, label="margin peak")
+    peak = "information peak" if result.aggregation == "infomax" else f"{result.scorer} peak"
+    ax.axvline(result.scales[result.chosen_index], color="tab:orange", lw=1.5, label=peak)
     calibrated = " (calibrated)" if result.calibration is not None else ""
     ax.axvline(result.estimate, color="k", ls="--", lw=1, label=f"apply at{calibrated}")
     ax.legend(fontsize=7, loc="lower center")

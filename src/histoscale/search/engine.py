@@ -99,6 +99,10 @@ def find_scale(
             the_slide.close()
 
 
+#: Scorers whose stored features hold more than Phi (see :meth:`_Run._phi`).
+_EXTENDED_SCORERS = ("bn-stats", "stability")
+
+
 @dataclass
 class _Plan:
     units: Units
@@ -189,8 +193,9 @@ class _Run:
     @property
     def _on_device(self) -> bool:
         """The model crops and resamples the reads itself, on its device (a GPU)."""
-        moments = self.config.scorer == "bn-stats"  # measured on CPU-resampled patches, through the torch hooks
-        return not moments and bool(getattr(self.model, "resamples_on_device", False))
+        # bn-stats and stability need the patches themselves (torch hooks; the transpose), resampled on the CPU
+        own = self.config.scorer in _EXTENDED_SCORERS
+        return not own and bool(getattr(self.model, "resamples_on_device", False))
 
     @property
     def _read(self) -> Any:
@@ -266,6 +271,10 @@ class _Run:
         features ((p, N, G, M) for a segmentation model)."""
         if self.config.scorer == "bn-stats":  # Phi, then the BatchNorm input moments of the same pass
             feats = self.model.features_with_moments(np.concatenate(points))
+        elif self.config.scorer == "stability":  # Phi of each patch, then of its transpose
+            batch = np.concatenate(points)
+            turned = np.ascontiguousarray(batch.transpose(0, 2, 1, 3))
+            feats = np.concatenate([self.model.features(batch), self.model.features(turned)], axis=-1)
         elif self._on_device:
             feats = self.model.features_of_regions([region for regions in points for region in regions])
         else:
@@ -274,8 +283,10 @@ class _Run:
         return feats.reshape(len(points), -1, *feats.shape[1:])
 
     def _phi(self, features: np.ndarray) -> np.ndarray:
-        """The features Phi of stored readings (the ``bn-stats`` scorer stores the moments after them)."""
-        return features[..., : self.model.num_features] if self.config.scorer == "bn-stats" else features
+        """The features Phi of stored readings (``bn-stats`` stores the moments after them, ``stability`` the
+        transposed patches' features)."""
+        extended = self.config.scorer in _EXTENDED_SCORERS
+        return features[..., : self.model.num_features] if extended else features
 
     @functools.cached_property
     def _batchnorm(self) -> BatchNormStatistics | None:
