@@ -209,3 +209,25 @@ def test_stability_search_runs_the_model_on_each_patch_and_its_transpose(phantom
     curves = result.curves[~np.isnan(result.curves)]
     assert ((curves >= 0) & (curves <= 1 + 1e-6)).all()
     assert result.class_scores.shape == plain.class_scores.shape
+
+
+def test_each_model_says_which_scorers_apply(bn_model):
+    assert {"bn-stats", "feature-stats"} <= set(load_model("phantom").scorers)  # torch + BatchNorm, card statistics
+    onnx = load_model("reference-he")
+    assert "feature-stats" in onnx.scorers and "bn-stats" not in onnx.scorers  # BatchNorm folded in the ONNX file
+    assert "bn-stats" in bn_model.scorers and "feature-stats" not in bn_model.scorers
+    assert onnx.describe()["scorers"] == list(onnx.scorers)
+
+
+def test_combinations_that_would_be_silently_ignored_are_refused(tmp_path, capsys):
+    from histoscale import ConfigError, SearchConfig
+    from histoscale.cli import main
+
+    with pytest.raises(ConfigError, match="no 'infomax' aggregation"):
+        SearchConfig(scorer="bn-stats", aggregation="infomax")
+    with pytest.raises(ConfigError, match="no 'vote' aggregation"):
+        SearchConfig(scorer="bn-stats", aggregation="vote")
+    with pytest.raises(ConfigError, match="twice for nothing"):
+        SearchConfig(scorer="stability", aggregation="infomax")
+    code = main(["search", str(tmp_path / "any.svs"), "--paper", "--scorer", "bn-stats"])
+    assert code != 0 and "--paper fixes the scorer and the aggregation" in capsys.readouterr().err

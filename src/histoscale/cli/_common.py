@@ -79,7 +79,12 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
                    help="'paper', or comma-separated ascending scales (um/px or downsample); a fixed grid with "
                    "--no-widen, else widened past an end where the margins still rise there")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scorer", choices=SCORERS, default=DEFAULT_SCORER)
+    p.add_argument("--scorer", choices=SCORERS, default=DEFAULT_SCORER,
+                   help="margin: top-1 minus top-2 hyperplane distance (default); paper: the bias-free projection; "
+                   "bn-stats: agreement of the points' BatchNorm inputs with the statistics stored in training "
+                   "(torch classifiers); feature-stats: closeness to the training features the model card records; "
+                   "stability: agreement of each patch's prediction with its transpose's (2 model calls a patch); "
+                   "`histoscale model-info` lists those that apply to a model")
     p.add_argument("--aggregation", choices=AGGREGATIONS, default=DEFAULT_AGGREGATION,
                    help="pooled: argmax of the points' mean curve (default); vote: the paper's majority vote; "
                    "infomax: argmax of the information between point and predicted class, H(mean p) - mean H(p): "
@@ -110,6 +115,10 @@ def search_config_from(args: argparse.Namespace) -> SearchConfig:
     is reported under its flag."""
     try:
         if getattr(args, "paper", False):
+            defaults = {"scorer": DEFAULT_SCORER, "aggregation": DEFAULT_AGGREGATION}
+            chosen = [f"--{k}" for k, default in defaults.items() if getattr(args, k) != default]
+            if chosen:
+                raise ConfigError(f"--paper fixes the scorer and the aggregation (the paper's): drop {' and '.join(chosen)}")
             return SearchConfig.paper(points=args.points, seed=args.seed, relative=args.relative)
         return SearchConfig(**{k: getattr(args, k) for k in _SEARCH_FLAGS})
     except ConfigError as err:

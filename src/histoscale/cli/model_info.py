@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         ("training um/px", mpp, src["mpp"]),
         ("calibration", _calibration(info["calibration"]), src["calibration"]),
         ("domain check", _domain(info["feature_stats"]), src["feature_stats"]),
+        ("scorers", ", ".join(info["scorers"]), None),
     ]
     for key, value, source in rows:
         print(f"{key:>15}: {value}" + (f"  [{source}]" if source else ""))

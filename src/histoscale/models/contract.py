@@ -30,6 +30,7 @@ from histoscale.calibration import ScaleCalibration
 from histoscale.domain import FeatureStats
 from histoscale.errors import ConfigError, ModelError
 from histoscale.patches import Region
+from histoscale.scoring import SCORERS
 
 __all__ = [
     "DEFAULT_SOURCES",
@@ -377,6 +378,7 @@ class SplitModel(ABC):
             "feature_stats": None if self.feature_stats is None else {
                 "patches": self.feature_stats.patches, "quantiles": dict(self.feature_stats.quantiles)},
             "preprocessing": self.sources["preprocessing"],
+            "scorers": list(self.scorers),
             "sources": dict(self.sources),
             "missing": list(self.missing),
         }
@@ -444,6 +446,13 @@ class SplitModel(ABC):
         """Phi: uint8 RGB patches (N, S, S, 3) -> float32 features (N, M) entering the final linear layer
         ((N, G, M), averaged per cell, for a segmentation model)."""
         return self._run(batch, self._features_chunk, self.num_features, "features")
+
+    @property
+    def scorers(self) -> tuple[str, ...]:
+        """The scorers (:data:`histoscale.scoring.SCORERS`) that apply to this model: ``bn-stats`` needs
+        :attr:`has_batchnorm`, ``feature-stats`` the training feature statistics of its card."""
+        needs = {"bn-stats": self.has_batchnorm, "feature-stats": self.feature_stats is not None}
+        return tuple(s for s in SCORERS if needs.get(s, True))
 
     @property
     def has_batchnorm(self) -> bool:

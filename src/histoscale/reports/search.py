@@ -57,10 +57,14 @@ def plot_curves(result: ScaleResult, *, max_points: int = 5) -> bytes:
         curves = result.curves[informative]
         ax.plot(result.scales, curves[:50].T, color="0.75", lw=0.6)
         ax.plot(result.scales, pooled_curve(curves), color="k", lw=2.2, marker="o", ms=3)
-    if result.aggregation == "infomax" and result.slide_curve is not None:
-        info = ax.twinx()  # what decided: the information over the points, not the mean margin
-        info.plot(result.scales, result.slide_curve, color="tab:blue", lw=2, marker="s", ms=3)
-        info.set_ylabel("H(mean p) - mean H(p), nats", fontsize=8, color="tab:blue")
+    if (result.aggregation == "infomax" or result.scorer == "bn-stats") and result.slide_curve is not None:
+        # what decided is a statistic over the points, not the mean of their curves: drawn on its own axis
+        info = ax.twinx()
+        shown = np.where(np.isfinite(result.slide_curve), result.slide_curve, np.nan)
+        info.plot(result.scales, shown, color="tab:blue", lw=2, marker="s", ms=3)
+        label = ("H(mean p) - mean H(p), nats" if result.aggregation == "infomax"
+                 else "- BatchNorm drift of the pooled moments")
+        info.set_ylabel(label, fontsize=8, color="tab:blue")
     peak = "information peak" if result.aggregation == "infomax" else f"{result.scorer} peak"
     ax.axvline(result.scales[result.chosen_index], color="tab:orange", lw=1.5, label=peak)
     calibrated = " (calibrated)" if result.calibration is not None else ""

@@ -98,6 +98,14 @@ class SearchConfig:
             raise ConfigError(f"unknown scorer {self.scorer!r}: choose one of {', '.join(SCORERS)}")
         if self.aggregation not in AGGREGATIONS:
             raise ConfigError(f"unknown aggregation {self.aggregation!r}: choose one of {', '.join(AGGREGATIONS)}")
+        if self.scorer == "bn-stats" and self.aggregation != "pooled":
+            raise ConfigError(
+                "scorer 'bn-stats' pools the points' BatchNorm moments at each scale (as BatchNorm pools a batch): "
+                f"it has no {self.aggregation!r} aggregation; use the default (pooled)", keyword="aggregation")
+        if self.scorer == "stability" and self.aggregation == "infomax":
+            raise ConfigError(
+                "the infomax aggregation uses the class probabilities, not the scorer's curves: with scorer "
+                "'stability' the model would run twice for nothing; use --scorer margin", keyword="aggregation")
         if self.sampling not in SAMPLING_MODES:
             raise ConfigError(f"unknown sampling {self.sampling!r}: choose one of {', '.join(SAMPLING_MODES)}")
         if self.scales is not None:

@@ -130,9 +130,20 @@ class ScaleResult:
     #: the damaged tiles the search met, (level, x, y, width, height) in px of that level (the whole box read where
     #: the reader cannot say which tile)
     damaged_tiles: tuple[tuple[int, int, int, int, int], ...] = ()
-    #: (N,) the curve the answer is the argmax of, over the informative points: the pooled curve of ``curves``, or
-    #: for the ``infomax`` aggregation the information H(mean p) - mean H(p) in nats (None: not recorded)
+    #: (N,) the curve the answer is the argmax of, over the informative points: the pooled curve of ``curves``; for
+    #: the ``infomax`` aggregation the information H(mean p) - mean H(p) in nats; for ``bn-stats`` minus the
+    #: BatchNorm drift of the moments pooled over the points. -inf (null in result.json) at a scale no point read
+    #: (the focus reads later points only near the answer). None: not recorded
     slide_curve: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def criterion(self) -> str:
+        """What the answer maximises, in words (for the summary and the report)."""
+        if self.aggregation == "infomax":
+            return "information between point and predicted class"
+        return {"bn-stats": "agreement with its BatchNorm statistics", "feature-stats": "closeness to its training "
+                "features", "stability": "agreement under transposition", "activation": "activation count"}.get(
+            self.scorer, "margin" if self.scorer in ("margin", "paper") else f"{self.scorer} score")
 
     @property
     def edge(self) -> str | None:
@@ -174,8 +185,8 @@ class ScaleResult:
             values = [f"{r:.3g}" for r in self.scan.rivals]
             others = values[0] if len(values) == 1 else ", ".join(values[:-1]) + " and " + values[-1]
             where = f"{others} um/px" if self.units == "um/px" else f"downsample {others}"
-            out.append(f"the scan also peaked at {where}: the model's margins far from its scale can mislead; "
-                       "check the curves")
+            out.append(f"the scan also peaked at {where}: a model's {self.criterion} far from its scale can "
+                       "mislead; check the curves")
         if self.points_damaged or self.damaged_tiles:
             shown = [f"level {lv} x={x} y={y} {w}x{h} px" for lv, x, y, w, h in self.damaged_tiles[:5]]
             more = len(self.damaged_tiles) - len(shown)
@@ -222,7 +233,7 @@ class ScaleResult:
             why = ("was not applied" if measured.applies_to(self.scorer, self.aggregation) else
                    f"was measured with scorer {measured.scorer} + {measured.aggregation}, not this search's "
                    f"{self.scorer} + {self.aggregation}")
-            text += f" (uncalibrated: the model's calibration {why}; the answer is where its margins peak)"
+            text += f" (uncalibrated: the model's calibration {why}; the answer is where its {self.criterion} peaks)"
         if c.ruler is not None and c.ruler.measured:
             word = {True: "agrees with the model", False: "DISAGREES with the model", None: ""}[c.ruler_agrees]
             text += f"; the nuclei's ruler (no model) measures {c.ruler.describe()}{': ' + word if word else ''}"
