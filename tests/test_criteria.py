@@ -231,3 +231,15 @@ def test_combinations_that_would_be_silently_ignored_are_refused(tmp_path, capsy
         SearchConfig(scorer="stability", aggregation="infomax")
     code = main(["search", str(tmp_path / "any.svs"), "--paper", "--scorer", "bn-stats"])
     assert code != 0 and "--paper fixes the scorer and the aggregation" in capsys.readouterr().err
+
+
+def test_infomax_answers_alike_from_a_torch_model_and_its_onnx_export(bn_model, phantom, tmp_path):
+    # infomax needs only the logits, which an ONNX export keeps (BatchNorm folded or not): same patches, same answer
+    from histoscale.models.torch_adapter import export_onnx
+
+    onnx_model = load_model(export_onnx(bn_model.module, tmp_path / "bn.onnx", 64), input_size=64, mean=(0, 0, 0),
+                            std=(1, 1, 1), mpp=0.5, class_names=list("ABCD"))
+    kwargs = dict(points=16, seed=0, aggregation="infomax", ruler=False, early_stop=False)
+    a, b = find_scale(phantom, bn_model, **kwargs), find_scale(phantom, onnx_model, **kwargs)
+    np.testing.assert_allclose(a.slide_curve, b.slide_curve, rtol=1e-3, atol=1e-4)
+    assert a.chosen_index == b.chosen_index and a.estimate == pytest.approx(b.estimate, rel=1e-3)
