@@ -336,3 +336,15 @@ def test_calibrate_refuses_early(phantoms: dict[float, Path], tmp_path: Path, ca
     assert main(["calibrate", "--model", "phantom", *three, "--out", str(tmp_path / "c.json"), "--paper"]) == 2
     assert "--paper: the paper's Algorithm 1 is never calibrated" in capsys.readouterr().err
     assert not (tmp_path / "c.json").exists()
+
+
+def test_cli_calibrate_with_another_criterion_names_it(
+    phantoms: dict[float, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cal.json"
+    args = ["calibrate", "--model", "phantom", *map(str, phantoms.values()), "--out", str(out), "--points", "24",
+            "--scorer", "feature-stats"]
+    assert main(args) == 0
+    assert json.loads(out.read_text())["calibration"]["scorer"] == "feature-stats"
+    printed = capsys.readouterr().out
+    assert "feature-stats + pooled answers peak at" in printed and "margins peak" not in printed

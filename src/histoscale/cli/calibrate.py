@@ -54,9 +54,11 @@ def run(args: argparse.Namespace) -> int:
     cal = run_.calibration
     shortfall = slope_shortfall([r["trusted_mpp"] for r in run_.rows if r["peak_mpp"] is not None])
     slope = f"following the scale with slope {cal.slope:.3f}" if shortfall is None else f"slope not fitted, 1: {shortfall}"
-    print(f"margins peak at {cal.margin_peak_mpp:.4g} um/px ({slope}; scatter {cal.sd_log2:.3f} octave over "
-          f"{cal.slides} slides); written to {args.out}. 'steps': where each slide's margins peaked against the model's training "
-          "um/px, in grid steps of 2^(1/4) (positive: coarser)")
+    what = "margins" if cal.scorer in (None, "margin", "paper") and cal.aggregation != "infomax" else (
+        f"{cal.scorer} + {cal.aggregation} answers")
+    print(f"{what} peak at {cal.margin_peak_mpp:.4g} um/px ({slope}; scatter {cal.sd_log2:.3f} octave over "
+          f"{cal.slides} slides); written to {args.out}. 'steps': where each slide's {what} peaked against the model's "
+          "training um/px, in grid steps of 2^(1/4) (positive: coarser)")
     if cal.slides < RECOMMENDED_SLIDES:
         print(f"note: {cal.slides} slides; the scatter (hence the interval's width) is uncertain below "
               f"{RECOMMENDED_SLIDES}", file=sys.stderr)

@@ -26,8 +26,9 @@ def _calibration(cal: dict | None) -> str:
     if cal is None:
         return "none (histoscale calibrate measures where the margins peak)"
     slope = f", slope {cal['slope']:.3f}" if "slope" in cal else ""
+    measured = f" (measured with {cal['scorer']} + {cal['aggregation']})" if cal.get("scorer") else ""
     return (f"margins peak at {cal['margin_peak_mpp']:.4g} um/px{slope}, scatter {cal['sd_log2']:.2f} octave, "
-            f"{cal['slides']} slides")
+            f"{cal['slides']} slides{measured}")
 
 
 def _domain(stats: dict | None) -> str:
