@@ -56,7 +56,10 @@ import numpy as np
 
 from histoscale.errors import ConfigError
 
-__all__ = ["PER_SCALE_SCORERS", "SCORERS", "BatchNormStatistics", "batchnorm_drift", "Scorer", "CurveScores", "score_points", "hyperplane_distances", "softmax"]
+__all__ = [
+    "PER_SCALE_SCORERS", "SCORERS", "BatchNormStatistics", "batchnorm_drift", "Scorer", "CurveScores", "score_points",
+    "hyperplane_distances", "softmax",
+]
 
 Scorer = Literal[
     "paper", "distance", "margin", "softmax", "entropy", "activation", "bn-stats", "feature-stats", "stability"

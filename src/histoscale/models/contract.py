@@ -449,10 +449,27 @@ class SplitModel(ABC):
 
     @property
     def scorers(self) -> tuple[str, ...]:
-        """The scorers (:data:`histoscale.scoring.SCORERS`) that apply to this model: ``bn-stats`` needs
+        """The scorers (:data:`histoscale.scoring.SCORERS`) that apply to this model (:meth:`scorer_unavailable`)."""
+        return tuple(s for s in SCORERS if self.scorer_unavailable(s) is None)
+
+    def scorer_unavailable(self, scorer: str) -> str | None:
+        """Why ``scorer`` does not apply to this model, with the fix (None: it applies): ``bn-stats`` needs
         :attr:`has_batchnorm`, ``feature-stats`` the training feature statistics of its card."""
-        needs = {"bn-stats": self.has_batchnorm, "feature-stats": self.feature_stats is not None}
-        return tuple(s for s in SCORERS if needs.get(s, True))
+        if scorer == "bn-stats" and not self.has_batchnorm:
+            return (
+                f"scorer 'bn-stats' needs the BatchNorm statistics a classifier stored in training; model "
+                f"{self.name!r} ({self.format or type(self).__name__}, {self.source}) has no BatchNorm layer "
+                "histoscale can read: they are read from torch modules only (an ONNX or Keras export usually folds "
+                "them into the convolutions; a segmentation model is not supported). Load the torch module or "
+                "checkpoint, or use --scorer margin"
+            )
+        if scorer == "feature-stats" and self.feature_stats is None:
+            return (
+                "scorer 'feature-stats' needs the training feature statistics a model card records (feature_stats); "
+                f"model {self.name!r} has none: use a bundled model, record them (histoscale.FeatureStats.fit on the "
+                "training patches' features, saved in the card), or use --scorer margin"
+            )
+        return None
 
     @property
     def has_batchnorm(self) -> bool:
@@ -462,13 +479,7 @@ class SplitModel(ABC):
         return False
 
     def _no_batchnorm(self) -> ConfigError:
-        return ConfigError(
-            f"scorer 'bn-stats' needs the BatchNorm statistics a classifier stored in training; model {self.name!r} "
-            f"({self.format or type(self).__name__}, {self.source}) has no BatchNorm layer histoscale can read: "
-            "they are read from torch modules only (an ONNX or Keras export usually folds them into the "
-            "convolutions; a segmentation model is not supported). Load the torch module or checkpoint, or use "
-            "--scorer margin"
-        )
+        return ConfigError(str(self.scorer_unavailable("bn-stats")))
 
     def batchnorm_statistics(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Running mean, running variance and layer index (K,) of the BatchNorm channels the ``bn-stats`` scorer

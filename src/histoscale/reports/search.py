@@ -57,7 +57,7 @@ def plot_curves(result: ScaleResult, *, max_points: int = 5) -> bytes:
         curves = result.curves[informative]
         ax.plot(result.scales, curves[:50].T, color="0.75", lw=0.6)
         ax.plot(result.scales, pooled_curve(curves), color="k", lw=2.2, marker="o", ms=3)
-    if (result.aggregation == "infomax" or result.scorer == "bn-stats") and result.slide_curve is not None:
+    if result.over_points and result.slide_curve is not None:
         # what decided is a statistic over the points, not the mean of their curves: drawn on its own axis
         info = ax.twinx()
         shown = np.where(np.isfinite(result.slide_curve), result.slide_curve, np.nan)

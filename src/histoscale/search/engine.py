@@ -28,7 +28,16 @@ import numpy as np
 
 from histoscale._compat import renamed
 from histoscale._progress import progress_bar
-from histoscale.aggregate import PointAnswers, Vote, analyse_curves, is_settled, scan_peak, slide_curve, vote
+from histoscale.aggregate import (
+    PointAnswers,
+    SlideStatistic,
+    Vote,
+    analyse_curves,
+    is_settled,
+    scan_peak,
+    slide_curve,
+    vote,
+)
 from histoscale.calibration import ScaleCalibration
 from histoscale.domain import DomainCheck, domain_check
 from histoscale.errors import ConfigError, DamagedTileError, MissingMppError, ScaleSearchError
@@ -82,14 +91,10 @@ def find_scale(
     config = (config or SearchConfig()).replace(**settings) if settings else (config or SearchConfig())
     if not hasattr(model, "features"):
         model = load_model(model)
-    if config.scorer == "bn-stats" and not getattr(model, "has_batchnorm", False):
-        model.batchnorm_statistics()  # raises the model's own reason, before any read
-    if config.scorer == "feature-stats" and getattr(model, "feature_stats", None) is None:
-        raise ConfigError(
-            f"scorer 'feature-stats' needs the training feature statistics a model card records (feature_stats); "
-            f"model {model.name!r} has none: use a bundled model, record them (histoscale.FeatureStats.fit on the "
-            "training patches' features, saved in the card), or use --scorer margin"
-        )
+    unavailable = getattr(model, "scorer_unavailable", None)
+    why = unavailable(config.scorer) if unavailable is not None else None
+    if why:  # the model's own reason, before any read
+        raise ConfigError(why)
     the_slide = slide if isinstance(slide, Slide) else open_slide(slide, slide_mpp=slide_mpp)
     try:
         run = _Run(the_slide, model, config, _plan(the_slide, model, config))
@@ -302,13 +307,15 @@ class _Run:
             feature_stats=getattr(self.model, "feature_stats", None), batchnorm=self._batchnorm,
         )
 
-    def _drift_statistic(self, features: np.ndarray) -> Any:
-        """``bn-stats``: the slide-level statistic of :func:`histoscale.aggregate.vote`, minus the BatchNorm drift
-        of the moments pooled over the (weighted) points at each scale, as BatchNorm pools over a batch; None for
-        the other scorers."""
+    def _drift_statistic(self, features: np.ndarray | None = None) -> SlideStatistic | None:
+        """``bn-stats``: the slide-level statistic of :func:`histoscale.aggregate.vote` over ``features`` (default:
+        every point's so far), minus the BatchNorm drift of the moments pooled over the (weighted) points at each
+        scale, as BatchNorm pools over a batch; None for the other scorers."""
         stats = self._batchnorm
         if stats is None:
             return None
+        if features is None:
+            features = np.concatenate(self.features)
         moments = np.asarray(features[..., self.model.num_features :], dtype=np.float32)  # (P, N, 2K)
         read: np.ndarray = ~np.isnan(moments[..., 0])  # a scale is read whole or not at all
         p, n, k2 = moments.shape
@@ -382,11 +389,14 @@ class _Run:
         probs = self._probabilities(feats)
         # Standardised: over the whole range a few points' margins far from the model's scale must not outvote
         # the rest (histoscale.aggregate).
-        answers, scan_vote = self.consensus(n_boot=20, curves=curves, probs=probs, standardise=True, features=feats)
+        statistic = self._drift_statistic(feats)
+        answers, scan_vote = self.consensus(
+            n_boot=20, curves=curves, probs=probs, statistic=statistic, standardise=True
+        )
         scan_grid_units = self.grid
         if scan_vote.winner < 0:
             raise self._no_informative_point("the scan ")
-        pooled = self._answer_curve(answers, curves, probs, feats, standardise=True)
+        pooled = self._answer_curve(answers, curves, probs, statistic, standardise=True)
         log2_peak, rivals = scan_peak(pooled, np.log2(scan_grid_units), scan_vote.winner, scan_vote.log2_estimate)
         peak_ds = float(self.plan.downsamples(np.array([2.0**log2_peak]))[0])
         self.plan.grid = self.plan.scales(fine_grid(peak_ds, *self.plan.search_range))  # type: ignore[misc]
@@ -454,12 +464,11 @@ class _Run:
         ).matrix
 
     def _answer_curve(
-        self, answers: PointAnswers, curves: np.ndarray, probs: np.ndarray | None, features: np.ndarray,
-        standardise: bool = False,
+        self, answers: PointAnswers, curves: np.ndarray, probs: np.ndarray | None,
+        statistic: SlideStatistic | None, standardise: bool = False,
     ) -> np.ndarray:
-        """(N,) the curve the answer is the argmax of, over the informative points: the BatchNorm statistic for
-        ``bn-stats``, else :func:`histoscale.aggregate.slide_curve` of the aggregation."""
-        statistic = self._drift_statistic(features)
+        """(N,) the curve the answer is the argmax of, over the informative points: the slide-level ``statistic``
+        (``bn-stats``) when there is one, else :func:`histoscale.aggregate.slide_curve` of the aggregation."""
         if statistic is not None:
             return statistic(answers.informative.astype(np.float64)[None])[0]
         return slide_curve(
@@ -469,17 +478,19 @@ class _Run:
 
     def consensus(
         self, n_boot: int | None = None, curves: np.ndarray | None = None, probs: np.ndarray | None = None,
-        standardise: bool = False, features: np.ndarray | None = None,
+        statistic: SlideStatistic | None = None, standardise: bool = False,
     ) -> tuple[PointAnswers, Vote]:
-        """The slide's answer from the points so far, or from ``features`` (the scan's) with their ``curves`` and
-        ``probs`` (scores and class probabilities) when already computed."""
+        """The slide's answer from the points so far; or from given ``curves``, ``probs`` and ``statistic``
+        (their scores, class probabilities and slide-level statistic: :meth:`_score`, :meth:`_probabilities`,
+        :meth:`_drift_statistic`), each computed once by a caller that needs them again."""
         if curves is None:
-            curves = self._score().curve
-            probs = self._probabilities()
+            features = np.concatenate(self.features)
+            curves = self._score(features).curve
+            probs = self._probabilities(features)
+            statistic = self._drift_statistic(features)
         log2_grid = np.log2(self.grid)
         answers = analyse_curves(curves, log2_grid)
         kwargs = {} if n_boot is None else {"n_boot": n_boot}
-        statistic = self._drift_statistic(np.concatenate(self.features) if features is None else features)
         return answers, vote(
             answers, log2_grid, curves=curves, method=self.config.aggregation, standardise=standardise,
             probs=probs, statistic=statistic, statistic_block=8, seed=self.config.seed, **kwargs
@@ -540,9 +551,11 @@ class _Run:
 
     def settle(self) -> ScaleResult:
         """The final answer from every point used, with the full bootstrap and the metadata check."""
-        scored = self._score()
-        probs = self._probabilities()
-        answers, result_vote = self.consensus(curves=scored.curve, probs=probs)
+        features = np.concatenate(self.features)
+        scored = self._score(features)
+        probs = self._probabilities(features)
+        statistic = self._drift_statistic(features)
+        answers, result_vote = self.consensus(curves=scored.curve, probs=probs, statistic=statistic)
         units, grid = self.plan.units, self.grid
         if result_vote.winner < 0:
             raise self._no_informative_point()
@@ -609,7 +622,7 @@ class _Run:
             curves=scored.curve,
             class_scores=scored.matrix,
             point_answers=answers,
-            slide_curve=self._answer_curve(answers, scored.curve, probs, np.concatenate(self.features)),
+            slide_curve=self._answer_curve(answers, scored.curve, probs, statistic),
             timings=self.timings,
             model_info=self.model.describe(),
         )

@@ -137,6 +137,12 @@ class ScaleResult:
     slide_curve: np.ndarray | None = field(default=None, repr=False)
 
     @property
+    def over_points(self) -> bool:
+        """Whether the answer maximises a statistic over the points (``infomax``, ``bn-stats``: ``slide_curve``)
+        rather than the mean of their curves."""
+        return self.aggregation == "infomax" or self.scorer == "bn-stats"
+
+    @property
     def criterion(self) -> str:
         """What the answer maximises, in words (for the summary and the report)."""
         if self.aggregation == "infomax":
