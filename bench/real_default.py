@@ -222,14 +222,6 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _shown(path: Path) -> str:
-    """``path`` relative to the repository where it lies inside it: the results name no folder of one machine."""
-    try:
-        return str(path.resolve().relative_to(common.REPO))
-    except ValueError:
-        return str(path)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="bundled", help=f"comma list of {sorted(MODELS)}")
@@ -250,7 +242,7 @@ def main() -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     prov = common.provenance()  # the code the run imports: taken before it starts, not when it ends
-    doc: dict[str, Any] = {"args": {k: (_shown(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    doc: dict[str, Any] = {"args": {k: (common.shown_path(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                            "models": {}}
     for name in args.models.split(","):
         res = run_model(name, args.model_file, args, args.workdir)

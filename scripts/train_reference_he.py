@@ -381,7 +381,7 @@ def main() -> int:
         "train_accuracy_at_training_scale": float(((feats[pos] @ w.T + b).argmax(1) == labels[pos]).mean()),
         "train_mean_margin_by_octave": {f"{lo:+.2f}..{lo + 0.25:+.2f}": float(m[(offsets >= lo) & (offsets < lo + 0.25)].mean())
                                         for lo in np.arange(-2.0, 2.0, 0.25) if ((offsets >= lo) & (offsets < lo + 0.25)).any()},
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "args": {k: (common.shown_path(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     }
     args.out.mkdir(parents=True, exist_ok=True)
     onnx_path = export(phi, w, b, feats[pos], args.out, report)

@@ -131,6 +131,14 @@ def load_shell(image: Path) -> Any:
         preprocess=functools.partial(lavlab_preprocess.preprocess, stain_params=shell_stain_params(Path(image))))
 
 
+def shown_path(path: Path) -> str:
+    """``path`` relative to the repository where it lies inside it: results name no folder of one machine."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
 def relabelled_regions(src: Path, mapping: dict[str, str], dest: Path) -> Path:
     """``src`` GeoJSON with each feature's class renamed by ``mapping`` (for a model whose classes are coarser
     than the regions'), written to ``dest``."""
