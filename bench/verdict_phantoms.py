@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "real_models"))
 import common  # noqa: E402
-from real_default import _shown, derived, search  # noqa: E402
+from real_default import derived, search  # noqa: E402
 from scale_range import RATIOS, phantoms  # noqa: E402
 
 import histoscale  # noqa: E402
@@ -63,7 +63,8 @@ def main() -> int:
         wrong = collections.Counter(r["status"] for r in rows if r["points"] == points and r["ratio"] != 1)
         summary[points] = {"truth": dict(right), "wrong": dict(wrong)}
     doc = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "provenance": prov,
-           "seconds": time.perf_counter() - t0, "args": {k: _shown(v) if isinstance(v, Path) else str(v) for k, v in vars(args).items()},
+           "seconds": time.perf_counter() - t0, "args": {k: common.shown_path(v) if isinstance(v, Path) else str(v)
+                    for k, v in vars(args).items()},
            "summary": summary, "rows": rows}
     lines = ["# The verdict on held-out phantoms", "",
              f"histoscale commit {prov.get('histoscale_commit')}, {doc['date']}; {args.slides} phantoms, seeds "
