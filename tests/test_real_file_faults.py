@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from pathlib import Path
 
@@ -283,6 +284,70 @@ def test_cohort_with_a_damaged_slide_answers_for_both(phantom_svs: Path, tmp_pat
     assert rows["clean"]["flag"] == rows["damaged"]["flag"] == "OK", rows
     assert "points skipped: their patches touch damaged tiles" in rows["damaged"]["message"]
     assert "damaged" not in rows["clean"]["message"]
+
+
+# ------------------------------------------------------------------------ 5: small biopsies on much glass
+
+BIOPSY_SIDE, BIOPSY_MPP = 8192, 0.5
+FRAGMENTS_AT = ((1500, 2000), (5000, 4800))  # level-0 (x, y) of the two fragments' corners
+FRAGMENT_WH = (1200, 1000)  # 0.6 x 0.5 mm at 0.5 um/px: with both, 3.6% of the slide is tissue
+
+
+def _biopsy_slide(path: Path, fragments: list[np.ndarray]) -> Path:
+    canvas = np.full((BIOPSY_SIDE, BIOPSY_SIDE, 3), 255, np.uint8)
+    for (x, y), tissue in zip(FRAGMENTS_AT, fragments, strict=True):
+        canvas[y : y + tissue.shape[0], x : x + tissue.shape[1]] = tissue
+    return write_slide(path, canvas, mpp=BIOPSY_MPP, fmt="svs")
+
+
+@pytest.fixture(scope="module")
+def phantom_biopsy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Issue 28 item 5's slide: 8192 x 8192 px at 0.5 um/px (correct), two phantom tissue fragments of 0.6 x 0.5 mm
+    on glass."""
+    from histoscale.phantom import PhantomSpec, render_region
+
+    spec = PhantomSpec(width_um=BIOPSY_SIDE * BIOPSY_MPP, height_um=BIOPSY_SIDE * BIOPSY_MPP, seed=5)
+    fragments = [render_region(spec, x * BIOPSY_MPP, y * BIOPSY_MPP, FRAGMENT_WH, BIOPSY_MPP) for x, y in FRAGMENTS_AT]
+    return _biopsy_slide(tmp_path_factory.mktemp("biopsy") / "biopsy.svs", fragments)
+
+
+@pytest.mark.parametrize(("points", "seed"), [(20, 0), (20, 1), (20, 2), (60, 0)])
+def test_small_phantom_biopsy_is_not_flagged(phantom_biopsy: Path, points: int, seed: int) -> None:
+    """The issue's inputs (the phantom model, as when it was filed): seeds 0 and 1 were +0.8 / +0.9 steps and seed 2
+    MISMATCH (implied 0.629) at 20 points, +0.6 to +1.0 at 60. A correct small biopsy is never MISMATCH; where the
+    model's answer is off by more than a step, the status says why it does not assert it."""
+    result = find_scale(phantom_biopsy, "phantom", points=points, seed=seed)
+    check = result.check
+    off = math.log2(check.implied_mpp / BIOPSY_MPP) / 0.25
+    assert check.status != "MISMATCH", (off, check.reason)
+    assert abs(off) <= 2.0, off
+    if check.status == "OK":
+        lo, hi = check.implied_interval
+        assert lo <= BIOPSY_MPP <= hi or abs(off) <= 1.0
+    else:
+        assert check.status == "INCONCLUSIVE" and check.reason
+
+
+def test_small_phantom_biopsy_model_alone_is_not_flagged_on_the_issues_seeds(phantom_biopsy: Path) -> None:
+    """Without the nuclei's ruler the model's own interval must hold the declared value on the issue's seeds."""
+    for seed in (0, 1, 2):
+        check = find_scale(phantom_biopsy, "phantom", points=20, seed=seed, ruler=False).check
+        assert check.status != "MISMATCH", (seed, check.implied_mpp, check.reason)
+
+
+def test_small_real_biopsy_is_not_flagged_by_the_default_model(tmp_path: Path) -> None:
+    """The same kind on real tissue: two fragments of the CMU-1 region (the packaged demo image, 0.499 um/px) on
+    8192 px of glass, declared 0.5; the default model and search, 20 points, three seeds."""
+    from importlib.resources import files
+
+    with open_slide(Path(str(files("histoscale") / "assets" / "demo" / "cmu-1-small-region.svs"))) as cmu:
+        w, h = FRAGMENT_WH
+        fragments = [cmu.read_level(0, xy, (w, h)) for xy in ((900, 1950), (750, 750))]
+    path = _biopsy_slide(tmp_path / "real-biopsy.svs", fragments)
+    for seed in (0, 1, 2):
+        result = find_scale(path, points=20, seed=seed)
+        assert result.check.status != "MISMATCH", (seed, result.check.implied_mpp, result.check.reason)
+        assert abs(math.log2(result.check.implied_mpp / BIOPSY_MPP)) <= 0.5, (seed, result.check.implied_mpp)
 
 
 # ------------------------------------------------------------------------------------------------- also

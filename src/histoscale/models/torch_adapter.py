@@ -49,7 +49,7 @@ from histoscale.models.contract import (
 )
 from histoscale.models.onnx_adapter import embed_card
 from histoscale.models.registry import LoadRequest, ModelFormat, register_format
-from histoscale.patches import Region
+from histoscale.patches import WHOLE_FACTOR_TAPS, Region, is_whole_factor
 
 __all__ = ["TorchSplitModel", "bf16_supported", "build_torch", "export_onnx", "load_torch_file"]
 
@@ -87,6 +87,14 @@ def resolve_precision(precision: str, device: torch.device) -> Literal["fp32", "
         logger.warning("bf16 asked on %s without bf16 hardware support: expect it to be much slower than fp32", device)
     return precision  # type: ignore[return-value]
 
+
+
+def _filter_alike(images: torch.Tensor) -> torch.Tensor:
+    """:func:`histoscale.patches.filter_alike` on the device: (n, 3, h, w) float, the same taps, edges reflected."""
+    taps = torch.tensor(WHOLE_FACTOR_TAPS, dtype=images.dtype, device=images.device)
+    x = F.pad(images, (1, 1, 1, 1), mode="reflect")
+    x = F.conv2d(x, taps.view(1, 1, 1, 3).expand(3, 1, 1, 3), groups=3)
+    return F.conv2d(x, taps.view(1, 1, 3, 1).expand(3, 1, 3, 1), groups=3)
 
 class TorchSplitModel(SplitModel):
     """A torch module (or TorchScript module) with a feature function ``phi(x) -> (N, M)`` (or (N, G, M)) and the
@@ -131,7 +139,8 @@ class TorchSplitModel(SplitModel):
         """Phi of the patches cropped from ``regions``; on the model's device when :attr:`resamples_on_device`:
         each read crosses once as uint8 (pinned memory on CUDA), and the crops of one size (one scale, across
         points) are resized there in one call, with antialiased bilinear interpolation, rounded to uint8 values as
-        a CPU patch would be."""
+        a CPU patch would be; crops at a whole factor are filtered alike first, as on the CPU
+        (:func:`histoscale.patches.filter_alike`)."""
         if not self._on_device:
             return super().features_of_regions(regions)
         size = self.input_size
@@ -151,6 +160,8 @@ class TorchSplitModel(SplitModel):
             batch = torch.empty((n, 3, size, size), device=self._torch_device)
             for side, (where, crops) in by_side.items():
                 same = torch.cat(crops).float()
+                if is_whole_factor(side, size):
+                    same = _filter_alike(same)
                 if side != size:
                     same = F.interpolate(same, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
                 batch[where] = same.round_().clamp_(0, 255)  # the values a uint8 patch would hold
