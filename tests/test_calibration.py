@@ -199,6 +199,7 @@ def test_sampling_stops_once_the_scatter_between_slides_dominates(phantoms: dict
     loose = load_model("phantom", calibration={"margin_peak_mpp": 0.56, "sd_log2": 0.5, "slides": 20})
     result = find_scale(phantoms[0.45], loose, points=100)
     assert result.stopped_early and result.points_used == 32  # the minimum: 4 blocks of 8 points
+    assert "(stopped early: settled at 32 of 100)" in result.summary()
     lo, hi = np.log2(result.interval)
     assert hi - lo > 2 * 1.96 * 0.5  # the interval still carries the whole scatter
     assert find_scale(phantoms[0.45], loose, points=100, calibrated=False).points_used > 32

@@ -74,6 +74,19 @@ def test_the_peak_follows_the_nuclear_size(radius: float) -> None:
     assert half.contains(est.mpp) and est.interval[0] < est.mpp < est.interval[1]
 
 
+def test_nuclei_below_a_pixel_and_a_half_widen_the_interval_on_the_coarse_side() -> None:
+    """Nuclei of ~1.1 px sigma are read on the upsampled map, which reads fine by up to ~0.6 octave on real tissue:
+    the interval reaches that much further coarse (in quadrature), not further fine."""
+    fine = ruler_estimate([nuclei_image(1.6, seed=s) for s in range(4)])
+    sharp = ruler_estimate([nuclei_image(5.0, seed=s) for s in range(4)])
+    assert fine.measured and sharp.measured, (fine.reason, sharp.reason)
+    assert fine.sigma_px < 1.5 < sharp.sigma_px
+    lo, hi = (math.log2(v / fine.mpp) for v in fine.interval)
+    assert hi > -lo + 0.15  # the coarse side is the wider
+    lo, hi = (math.log2(v / sharp.mpp) for v in sharp.interval)
+    assert hi == pytest.approx(-lo)  # symmetric where the native pass measured
+
+
 @pytest.mark.parametrize(
     ("image", "reason"),
     [

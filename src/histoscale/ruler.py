@@ -66,6 +66,10 @@ _MIN_PROMINENCE = 1.15  # the peak over the spectrum's lowest value between it a
 _MIN_PEAK_SHARE = 0.5
 _BOOTSTRAP = 200
 _FINE_SIGMA = 1.5  # px: below it the native spectrum's peak is remeasured on the map upsampled 2x
+# Below ~1.5 px touching nuclei merge and the peak reads fine: 0.35-0.6 octave on CMU-1 shrunk 2.4-2.8x, up to 0.35
+# on generated discs near 1 px (bench/ruler.py). A reading from the upsampled pass widens its interval's coarse side
+# by the worst of it, in quadrature, so that a correct coarse declaration is not ruled out.
+_FINE_PASS_BIAS_OCTAVES = 0.6
 
 
 @dataclass(frozen=True)
@@ -230,7 +234,8 @@ def ruler_estimate(
     of a few px: scans coarser than ~1 um/px) is it measured again on the map upsampled 2x, which resolves peaks
     down to ~1 px (less exactly: coarse scans read up to ~0.35 octave fine, bench/ruler.py).
     The interval: a bootstrap over regions (the sampling error) combined with ``TISSUE_SCATTER_OCTAVES`` (how much
-    the peak's physical size moves between tissues), 95% two-sided. Returns an estimate without a number and with
+    the peak's physical size moves between tissues), 95% two-sided; a reading from the upsampled pass (nuclei below
+    ~1.5 px, which read fine by up to ~0.6 octave) has its coarse side widened by that bias, in quadrature. Returns an estimate without a number and with
     the ``reason`` when there is not enough tissue, nuclear contrast, nuclei, or no peak.
     """
     regions = [np.asarray(r) for r in regions]
@@ -250,12 +255,13 @@ def ruler_estimate(
                              "of the tissue is nuclear (fat, mucus, glass or debris?)")
     spectra = np.array([log_energy_spectrum(m, sigmas) for m in used])
     sigma, why = _peak(np.sum(spectra, axis=0), sigmas)
+    fine_pass = False
     if sigma is None or sigma < _FINE_SIGMA:
         fine = sigmas[sigmas <= 2 * _FINE_SIGMA]  # 4x the pixels: only the scales the first pass could not resolve
         fine_spectra = np.array([log_energy_spectrum(m, fine, upsample=True) for m in used])
         fine_sigma, fine_why = _peak(np.sum(fine_spectra, axis=0), fine)
         if fine_sigma is not None:
-            spectra, sigmas, sigma = fine_spectra, fine, fine_sigma
+            spectra, sigmas, sigma, fine_pass = fine_spectra, fine, fine_sigma, True
         elif sigma is None:
             why = fine_why
     if sigma is None:
@@ -272,8 +278,9 @@ def ruler_estimate(
             boot.append(math.log2(s))
     sampling_sd = float(np.std(boot)) if len(boot) > 1 else 0.0
     half = 1.96 * math.hypot(sampling_sd, TISSUE_SCATTER_OCTAVES)
+    coarse_half = math.hypot(half, _FINE_PASS_BIAS_OCTAVES) if fine_pass else half
     mpp = NUCLEAR_SIGMA_UM / (sigma * downsample)
-    return RulerEstimate(mpp, (mpp * 2**-half, mpp * 2**half), sigma * downsample, count, len(used))
+    return RulerEstimate(mpp, (mpp * 2**-half, mpp * 2**coarse_half), sigma * downsample, count, len(used))
 
 
 def _not_brightfield(regions: Sequence[np.ndarray]) -> bool:

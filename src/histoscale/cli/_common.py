@@ -11,7 +11,7 @@ from typing import Any
 from histoscale.aggregate import AGGREGATIONS
 from histoscale.calibration import read_calibration
 from histoscale.errors import ConfigError
-from histoscale.models import SplitModel, load_model
+from histoscale.models import BUNDLED_MODELS, DEFAULT_MODEL, SplitModel, load_model
 from histoscale.sampling import SAMPLING_MODES
 from histoscale.scoring import SCORERS
 from histoscale.search import DEFAULT_AGGREGATION, DEFAULT_SCORER, SearchConfig
@@ -152,5 +152,9 @@ def model_from(args: argparse.Namespace) -> SplitModel:
     model = load_model(args.model, **model_options_from(args))
     unknown = f"; UNKNOWN: {', '.join(model.missing)} (defaults assumed)" if model.missing else ""
     calibration = f"; calibration from {args.calibration}" if args.calibration is not None else ""
-    print(f"histoscale: model {model.name!r}: {model.card or 'no model card'}{calibration}{unknown}", file=sys.stderr)
+    # A bundled model is asked for by its short name: say it, since the card calls the model otherwise.
+    asked = DEFAULT_MODEL if args.model is None else args.model
+    bundled = f"bundled {asked!r}, " if asked in BUNDLED_MODELS else ""
+    print(f"histoscale: model {bundled}{model.name!r}: {model.card or 'no model card'}{calibration}{unknown}",
+          file=sys.stderr)
     return model

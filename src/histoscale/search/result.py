@@ -218,8 +218,10 @@ class ScaleResult:
                     f"{hi / c.declared_mpp:.3g})")
         else:
             head = f"apply at {self.estimate:.3g} {unit} (95% CI {lo:.3g}-{hi:.3g}; grid scale {self.chosen_scale:.3g})"
+        # An early stop is a decision the user should see: fewer points than asked, because the answer had settled.
+        stop = f" (stopped early: settled at {self.points_used} of {self.points_requested})" if self.stopped_early else ""
         text = (
-            f"{head}; {self.points_informative}/{self.points_used} informative points, confidence "
+            f"{head}; {self.points_informative}/{self.points_used} informative points{stop}, confidence "
             f"{self.confidence:.0%}"
         )
         if c.implied_grid_mpp is not None:
