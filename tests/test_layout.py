@@ -17,14 +17,10 @@ from PIL import Image
 import histoscale
 import histoscale.errors
 from _wsi_files import PURPLE, image, write_aperio, write_pyramid
+from histoscale.errors import LayoutError
 from histoscale.slide._conventions import OME_LENGTH_UNITS_UM, candidates_from_tifffile, choose
-from histoscale.slide._layout import (
-    LayoutError,
-    inspect_tiff,
-    jpeg_size_and_density,
-    open_plain_image,
-    png_size_and_density,
-)
+from histoscale.slide._plain_image import jpeg_size_and_density, open_plain_image, png_size_and_density
+from histoscale.slide._tiff_layout import inspect_tiff
 
 openslide = pytest.importorskip("openslide")
 tiffslide = pytest.importorskip("tiffslide")

@@ -29,7 +29,8 @@ from histoscale.slide._conventions import (
     from_tiff_tags,
     from_vendor_keys,
 )
-from histoscale.slide._layout import inspect_tiff, jpeg_size_and_density, png_size_and_density
+from histoscale.slide._plain_image import jpeg_size_and_density, png_size_and_density
+from histoscale.slide._tiff_layout import inspect_tiff
 
 openslide = pytest.importorskip("openslide")
 tiffslide = pytest.importorskip("tiffslide")

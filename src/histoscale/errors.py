@@ -10,6 +10,7 @@ __all__ = [
     "HistoscaleError",
     "SlideError",
     "DamagedTileError",
+    "LayoutError",
     "MissingMppError",
     "ModelError",
     "ScaleSearchError",
@@ -38,6 +39,11 @@ class DamagedTileError(SlideError):
         super().__init__(message)
         self.level = level
         self.box = box
+
+
+class LayoutError(SlideError):
+    """A slide file whose structure cannot be used (TIFF layout, JPEG/PNG headers); the message names the file and
+    the problem."""
 
 
 class MissingMppError(SlideError):

@@ -16,8 +16,8 @@ from typing import Protocol
 import numpy as np
 
 from histoscale.errors import SlideError
-from histoscale.slide._layout import PlainImage
 from histoscale.slide._pixels import to_rgb_u8
+from histoscale.slide._plain_image import PlainImage
 from histoscale.slide._tiles import MissingTiles, TileReader
 from histoscale.slide.resolution import as_positive
 

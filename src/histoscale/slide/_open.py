@@ -20,8 +20,9 @@ from histoscale.slide._backends import (
     TiffSlideBackend,
 )
 from histoscale.slide._conventions import Candidate, candidates_from_tifffile, from_reader_mpp, from_vendor_keys
-from histoscale.slide._layout import TiffLayout, inspect_tiff, open_plain_image
+from histoscale.slide._plain_image import open_plain_image
 from histoscale.slide._slide import Slide
+from histoscale.slide._tiff_layout import TiffLayout, inspect_tiff
 from histoscale.slide.resolution import Resolution, as_positive, resolve
 
 __all__ = ["open_slide"]
@@ -206,7 +207,7 @@ def open_slide(
         slide_mpp: level-0 resolution in um/px overriding whatever the file declares
             (``resolution.source == "override"``); ``mpp`` is its deprecated name.
         backend: force ``"openslide"``, ``"tiffslide"``, ``"tifffile"`` or ``"image"``. Default: chosen by
-            content. TIFFs are inspected first (:func:`histoscale.slide._layout.inspect_tiff`): the slide is the
+            content. TIFFs are inspected first (:func:`histoscale.slide._tiff_layout.inspect_tiff`): the slide is the
             largest tiled series, never a label/macro/thumbnail page; OpenSlide reads it when it sees the same
             levels (vendor formats, plain tiled pyramids), tiffslide when it does not (OME-TIFF, SubIFD
             pyramids), tifffile on the right series when the slide is not the file's first series (a label

@@ -13,7 +13,7 @@ import numpy as np
 from histoscale.errors import ConfigError, DamagedTileError, MissingMppError, SlideError
 from histoscale.patches import resample
 from histoscale.slide._backends import Backend
-from histoscale.slide._layout import SlideRegion
+from histoscale.slide._scn import SlideRegion
 from histoscale.slide.resolution import Candidate, Resolution, as_positive
 
 __all__ = ["Slide"]
