@@ -17,7 +17,15 @@ import numpy as np
 import pytest
 import tifffile
 
-from _wsi_files import PURPLE, damage_tiles, drop_tiles, tissue_blocks, write_ome_fluorescence, write_ome_zstack
+from _wsi_files import (
+    PURPLE,
+    damage_tiles,
+    drop_tiles,
+    level_page,
+    tissue_blocks,
+    write_ome_fluorescence,
+    write_ome_zstack,
+)
 from histoscale import SearchConfig, find_scale, run_cohort
 from histoscale.cli import main
 from histoscale.errors import ConfigError, DamagedTileError, ScaleSearchError, SlideError
@@ -187,6 +195,10 @@ def test_openslide_reads_on_after_its_own_read_fails(tmp_path: Path) -> None:
     """A level with a missing tile is read by OpenSlide itself, whose handle refuses every read after a failed one:
     a fresh handle reads the rest."""
     path = drop_tiles(write_damaged(tmp_path / "damaged.svs", "noise"), 0, [0])
+    with tifffile.TiffFile(path, mode="r+b") as tf:  # noise inside, an intact end: only the decoder can tell
+        page = level_page(tf, 0)
+        tf.filehandle.seek(page.dataoffsets[26] + page.databytecounts[26] - 2)
+        tf.filehandle.write(b"\xff\xd9")
     with open_slide(path) as slide:
         assert slide.backend == "openslide"
         with pytest.raises(DamagedTileError, match="OpenSlideError"):
@@ -195,12 +207,18 @@ def test_openslide_reads_on_after_its_own_read_fails(tmp_path: Path) -> None:
         assert slide.read_level(0, (0, 0), (256, 256)).min() == 255
 
 
-def test_cut_tiles_still_decode(tmp_path: Path) -> None:
-    """A tile cut short decodes as far as its data goes (libjpeg-turbo's leniency); the slide reads on."""
+@pytest.mark.parametrize("backend", ["openslide", "tiffslide", "tifffile"])
+def test_a_tile_cut_short_is_damaged_though_it_decodes(tmp_path: Path, backend: str) -> None:
+    """A tile cut short decodes as far as its data goes, grey after that, without an error on any reader
+    (libjpeg-turbo's leniency): its bytes stop before the JPEG end marker, so it is named as damaged."""
     path = write_damaged(tmp_path / "cut.svs", "cut")
-    with open_slide(path) as slide:
-        assert slide.read_level(0, tile_xy(26), (256, 256)).shape == (256, 256, 3)
-        assert slide.damaged_tiles == []
+    with open_slide(path, backend=backend) as slide:
+        with pytest.raises(DamagedTileError, match=r"cut\.svs has damaged data at level 0 in tile 26 \(column 2, row 2; "
+                           r"x=512 y=512, 256x256 level px\): its \d+ bytes do not end with the codestream's end "
+                           r"marker \(cut short or overwritten\)"):
+            slide.read_level(0, (500, 500), (64, 64))
+        assert slide.damaged_tiles == [(0, 512, 512, 256, 256)]
+        assert slide.read_level(0, tile_xy(30), (256, 256)).mean() < 200  # the others read
 
 
 def test_slide_whose_reads_mostly_fail_is_called_damaged(tmp_path: Path) -> None:
@@ -237,7 +255,7 @@ def damaged_copy(source: Path, path: Path, how: str, tiles: list[int] = SEARCH_D
     return damage_tiles(path, 0, tiles, how)
 
 
-@pytest.mark.parametrize("how", ["zeros", "noise"])
+@pytest.mark.parametrize("how", ["cut", "zeros", "noise"])
 def test_search_skips_the_points_on_damaged_tiles_and_answers(phantom_svs: Path, tmp_path: Path, how: str) -> None:
     path = damaged_copy(phantom_svs, tmp_path / f"damaged-{how}.svs", how)
     result = find_scale(path, model="phantom", points=24, ruler=False)

@@ -23,6 +23,7 @@ from histoscale.slide._conventions import Candidate, candidates_from_tifffile, f
 from histoscale.slide._plain_image import open_plain_image
 from histoscale.slide._slide import Slide
 from histoscale.slide._tiff_layout import TiffLayout, inspect_tiff
+from histoscale.slide._tiles import CutTiles
 from histoscale.slide.resolution import Resolution, as_positive, resolve
 
 __all__ = ["open_slide"]
@@ -270,7 +271,21 @@ def open_slide(
     else:
         associated = tuple(layout.associated) if layout is not None else ()
     regions = layout.regions if layout is not None else ()
-    return Slide(p, impl, resolution, candidates=every, associated=associated, regions=regions, region=opened)
+    cut = _cut_tiles(p, layout, impl.level_dimensions) if layout is not None else None
+    return Slide(p, impl, resolution, candidates=every, associated=associated, regions=regions, region=opened,
+                 cut_tiles=cut)
+
+
+def _cut_tiles(path: Path, layout: TiffLayout, level_dimensions: tuple[tuple[int, int], ...]) -> CutTiles | None:
+    """The check for tiles cut short on the slide's TIFF series (every reader decodes them as grey, silently)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            return CutTiles.find(path, tf.series[layout.series_index], level_dimensions)
+    except Exception as err:  # noqa: BLE001 - the check is an extra: a file tifffile cannot index is read without it
+        logger.debug("cut-tile check off for %s: %s: %s", path, type(err).__name__, err)
+        return None
 
 
 def _opened_region(path: Path, layout: TiffLayout | None, reader: str, region: int | None) -> int | None:

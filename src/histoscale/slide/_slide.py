@@ -14,6 +14,7 @@ from histoscale.errors import ConfigError, DamagedTileError, MissingMppError, Sl
 from histoscale.patches import resample
 from histoscale.slide._backends import Backend
 from histoscale.slide._scn import SlideRegion
+from histoscale.slide._tiles import CutTiles
 from histoscale.slide.resolution import Candidate, Resolution, as_positive
 
 __all__ = ["Slide"]
@@ -41,6 +42,7 @@ class Slide:
         associated: tuple[str, ...] = (),
         regions: tuple[SlideRegion, ...] = (),
         region: int | None = None,
+        cut_tiles: CutTiles | None = None,
     ) -> None:
         self.path = path
         self._impl: Backend | None = impl
@@ -62,6 +64,7 @@ class Slide:
         self.vendor: str | None = impl.vendor
         self.properties: Mapping[str, str] = MappingProxyType(dict(impl.properties))
         self._thumbnails: dict[int, tuple[np.ndarray, float]] = {}
+        self._cut_tiles = cut_tiles  # tiles whose data stops short decode as grey without an error: checked first
         self._reads = 0
         self._failed_reads = 0
         #: the damaged tiles reads have met, as (level, x, y, width, height) in pixels of that level (the whole
@@ -74,6 +77,8 @@ class Slide:
         if self._impl is not None:
             self._impl.close()
             self._impl = None
+        if self._cut_tiles is not None:
+            self._cut_tiles.close()
         self._thumbnails.clear()
 
     def __enter__(self) -> Slide:
@@ -156,6 +161,8 @@ class Slide:
             return out
         self._reads += 1
         try:
+            if self._cut_tiles is not None:
+                self._cut_tiles.check(level, x0, y0, x1 - x0, y1 - y0)
             box = impl.read_px(level, x0, y0, x1 - x0, y1 - y0)
         except DamagedTileError as err:
             raise self._damaged(err) from err

@@ -21,13 +21,18 @@ import numpy as np
 
 from histoscale.errors import DamagedTileError
 
-__all__ = ["MissingTiles", "TileReader"]
+__all__ = ["CutTiles", "MissingTiles", "TileReader"]
 
 logger = logging.getLogger(__name__)
 
 _PROBES = 3  # the fullest tiles tried, in turn, for the one that checks a level against the reader
 _RGB, _YCBCR = 2, 6  # TIFF photometric interpretations
 _JPEG = (6, 7, 33007)  # TIFF compressions whose YCbCr the JPEG codec itself converts (old JPEG, JPEG, Aperio)
+# Compressions whose tiles are codestreams ending with the marker FFD9 (JPEG EOI, JPEG 2000 EOC), which the coded
+# data cannot contain (JPEG stuffs a 0 after every FF; JPEG 2000 never lets FF precede a byte above 8F): JPEG,
+# Aperio JPEG, Aperio JPEG 2000 (YCbCr, RGB), JPEG 2000.
+_ENDS_WITH_FFD9 = (7, 33007, 33003, 33005, 34712)
+_TAIL = 16  # bytes searched for the end marker: some writers pad a codestream
 
 
 @dataclass(frozen=True)
@@ -206,3 +211,63 @@ class MissingTiles:
             out[y0 : (ty + 1) * th - y, x0 : (tx + 1) * tw - x] = 255
         return out
 
+
+
+class CutTiles:
+    """Tiles whose stored data stops before their codestream's end marker: a copy, or a writer, that lost the end
+    of a tile. libjpeg-turbo decodes such a tile as far as its data goes and fills the rest with grey, on every
+    backend and without an error; this check reads the last bytes of each tile a read touches (once per tile) and
+    reports a cut one as damaged, naming it.
+    """
+
+    def __init__(self, path: Path, grids: dict[int, tuple[int, int, int, np.ndarray, np.ndarray]]) -> None:
+        #: level -> (tile width, tile height, tiles per row, offsets, byte counts)
+        self._grids = grids
+        self._path = path
+        self._fd = os.open(path, os.O_RDONLY)
+        self._whole: set[tuple[int, int]] = set()  # (level, tile) found whole
+
+    @classmethod
+    def find(cls, path: Path, series: Any, level_dimensions: tuple[tuple[int, int], ...]) -> CutTiles | None:
+        """The check for the levels of a tifffile ``series`` that are the slide's levels (same sizes, in order)
+        and hold tiles of a compression ending with FFD9; None when there are none."""
+        grids: dict[int, tuple[int, int, int, np.ndarray, np.ndarray]] = {}
+        if len(series.levels) != len(level_dimensions):
+            return None
+        for i, (lvl, (width, height)) in enumerate(zip(series.levels, level_dimensions)):
+            page = lvl.keyframe
+            if (int(page.imagewidth), int(page.imagelength)) != (width, height) or not page.is_tiled:
+                continue
+            if page.compression not in _ENDS_WITH_FFD9:
+                continue
+            tw, th = int(page.tilewidth), int(page.tilelength)
+            counts = np.asarray(page.databytecounts, np.int64)
+            if counts.size != -(-height // th) * -(-width // tw):
+                continue
+            grids[i] = (tw, th, -(-width // tw), np.asarray(page.dataoffsets, np.int64), counts)
+        return cls(path, grids) if grids else None
+
+    def check(self, level: int, x: int, y: int, w: int, h: int) -> None:
+        """Raise :class:`DamagedTileError` for the first cut tile of ``level`` that the in-bounds box touches."""
+        if level not in self._grids:
+            return
+        tw, th, across, offsets, counts = self._grids[level]
+        for ty in range(y // th, (y + h - 1) // th + 1):
+            for tx in range(x // tw, (x + w - 1) // tw + 1):
+                index = ty * across + tx
+                count = int(counts[index])
+                if count == 0 or (level, index) in self._whole:  # a missing tile is glass, not damage
+                    continue
+                tail = min(count, _TAIL)
+                if b"\xff\xd9" not in os.pread(self._fd, tail, int(offsets[index]) + count - tail):
+                    raise DamagedTileError(
+                        f"slide {self._path} has damaged data at level {level} in tile {index} (column {tx}, row {ty}; "
+                        f"x={tx * tw} y={ty * th}, {tw}x{th} level px): its {count} bytes do not end with the codestream's "
+                        "end marker (cut short or overwritten)", level=level, box=(tx * tw, ty * th, tw, th),
+                    )
+                self._whole.add((level, index))
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
