@@ -49,9 +49,10 @@ def _image_xml(name: str | None, levels: tuple[tuple[int, int], ...], first_ifd:
     )
 
 
-def write_scn(path: Path, mpp_a: float, mpp_b: float) -> Path:
+def write_scn(path: Path, mpp_a: float, mpp_b: float, *, resolution_tags: bool = True) -> Path:
     """Two scanned regions ('A' at ``mpp_a``, 'B' at ``mpp_b`` um/px, 2 levels each) and a macro image of the
-    whole glass (IFD 0, unnamed, as the scanner writes it); XResolution tags in pixels per cm on every page."""
+    whole glass (IFD 0, unnamed, as the scanner writes it); XResolution tags in pixels per cm on every page unless
+    ``resolution_tags`` is False (the XML alone then says the pixel size)."""
     macro = (GLASS_NM[0] // int(MACRO_MPP * 1000), GLASS_NM[1] // int(MACRO_MPP * 1000))
     views = [(*GLASS_NM, 0, 0)]
     for (w, h), mpp, at in ((A_LEVELS[0], mpp_a, A_AT_NM), (B_LEVELS[0], mpp_b, B_AT_NM)):
@@ -67,9 +68,9 @@ def write_scn(path: Path, mpp_a: float, mpp_b: float) -> Path:
     pages += [(wh, mpp_b * 2**r, B_RGB) for r, wh in enumerate(B_LEVELS)]
     with tifffile.TiffWriter(path, bigtiff=True) as tw:
         for i, ((w, h), mpp, rgb) in enumerate(pages):
+            tags = {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"} if resolution_tags else {}
             tw.write(np.full((h, w, 3), rgb, np.uint8), tile=(64, 64), photometric="rgb", compression="jpeg",
-                     resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER",
-                     description=xml if i == 0 else None, metadata=None)
+                     description=xml if i == 0 else None, metadata=None, **tags)
     return path
 
 
@@ -134,12 +135,27 @@ def test_region_1_opens_the_second_region_at_its_own_mpp(scn: Path, caplog: pyte
     with caplog.at_level(logging.WARNING, logger="histoscale"), open_slide(scn, region=1) as slide:
         assert (slide.backend, slide.region, slide.dimensions, slide.level_count) == ("tifffile", 1, (256, 384), 2)
         assert slide.mpp == pytest.approx(1.0) and slide.resolution is not None
-        assert slide.resolution.source == "tiff-resolution-tag"
+        assert slide.resolution.source == "metadata:Leica SCN XML (region 1: view nm / pixels)"
+        assert [c.kind for c in slide.resolution_candidates] == ["vendor", "tiff"]  # the tags agree
         assert slide.level_downsamples == (1.0, 2.0)
         assert np.allclose(colour(slide, 1), B_RGB, atol=4)
         assert slide_info(slide)["region_read"] == "region 1 alone; not read: 0 (pick one with open_slide(..., " \
                                                    "region=k))"
     assert "scanned regions" not in caplog.text  # picked: nothing to warn about
+
+
+@pytest.mark.parametrize("region", [None, 0, 1])
+def test_regions_without_resolution_tags_take_their_um_px_from_the_xml(tmp_path: Path, region: int | None) -> None:
+    """A Leica SCN whose pages carry no resolution tags: the XML's view (nm) over each region's pixels is the
+    pixel size, for the region read alone, as it is for the regions listed by ``info``."""
+    path = write_scn(tmp_path / "no-tags.scn", 0.5, 1.0, resolution_tags=False)
+    with open_slide(path, region=region) as slide:
+        expected = {None: 0.5, 0: 0.5, 1: 1.0}[region]  # default: the largest region, A
+        assert slide.mpp == pytest.approx(expected)
+        assert slide.resolution is not None and "Leica SCN XML" in slide.resolution.source
+    one = write_scn(tmp_path / "no-tags-one.scn", 0.5, 0.5, resolution_tags=False)
+    with open_slide(one) as slide:  # regions of one resolution, placed on the glass by OpenSlide
+        assert slide.backend == "openslide" and slide.mpp == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("region", [2, -1])

@@ -262,7 +262,7 @@ def open_slide(
     impl = _pick_backend(p, kind, head, backend, layout, plane or 0)
     opened = _opened_region(p, layout, impl.name, region)
     _check_geometry(p, impl)
-    candidates = _candidates(p, kind, impl, layout)
+    candidates = _candidates(p, kind, impl, layout, opened)
     resolution, every = resolve(p, candidates)
     if mpp is not None:
         resolution = Resolution(float(mpp), float(mpp), "override", None, every)
@@ -416,15 +416,23 @@ def _pick_backend(
     ) from last_err
 
 
-def _candidates(p: Path, kind: str, impl: Backend, layout: TiffLayout | None) -> list[Candidate]:
-    """Every resolution candidate the file carries: reader properties (vendor keys, reader mpp), and for
-    TIFFs the OME-XML, ImageJ calibration and resolution tags of the slide's series; for JPEG/PNG the
-    JFIF density / pHYs."""
+def _candidates(
+    p: Path, kind: str, impl: Backend, layout: TiffLayout | None, region: int | None,
+) -> list[Candidate]:
+    """Every resolution candidate the file carries: reader properties (vendor keys, reader mpp), a Leica SCN's
+    XML (the ``region`` read, or the regions' one resolution when they are read together), and for TIFFs the
+    OME-XML, ImageJ calibration and resolution tags of the slide's series; for JPEG/PNG the JFIF density / pHYs."""
     props = impl.properties
     cands: list[Candidate] = []
     for prefix in ("openslide", "tiffslide"):
         cands += from_reader_mpp(props, prefix)
     cands += from_vendor_keys(props)
+    if layout is not None and layout.regions:
+        shown = [r for r in layout.regions if region is None or r.index == region]
+        if len({(round(r.mpp_x, 6), round(r.mpp_y, 6)) for r in shown}) == 1:  # one value for what is read
+            which = f"region {region}" if region is not None else "its regions"
+            cands.append(Candidate(shown[0].mpp_x, shown[0].mpp_y, f"Leica SCN XML ({which}: view nm / pixels)",
+                                   "vendor"))
     if kind == "tiff" and layout is not None:
         import tifffile
 
