@@ -13,7 +13,7 @@ import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -264,16 +264,7 @@ class PlainImage:
         return self._decode_pil()
 
     def _decode_pil(self) -> np.ndarray:
-        from PIL import Image
-
-        with _PIL_LOCK:  # MAX_IMAGE_PIXELS is a module global: lift it only around this open
-            saved = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = None
-            try:
-                im = Image.open(self.path)
-            finally:
-                Image.MAX_IMAGE_PIXELS = saved
-        with im:
+        with _open_unlimited(self.path) as im:
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                 rgba = np.asarray(im.convert("RGBA"))
                 alpha = rgba[..., 3:4].astype(np.uint16)
@@ -308,16 +299,7 @@ class PlainImage:
         """RGB image whose longer side is at most ``max_side``, without a full-resolution decode for
         JPEG: libjpeg's DCT scaling (Pillow ``draft``) decodes at 1/2, 1/4 or 1/8 directly (62 MB and
         0.09 s for 13500 x 13500 at 1/8), then Pillow resizes the rest of the way."""
-        from PIL import Image
-
-        with _PIL_LOCK:
-            saved = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = None
-            try:
-                im = Image.open(self.path)
-            finally:
-                Image.MAX_IMAGE_PIXELS = saved
-        with im:
+        with _open_unlimited(self.path) as im:
             if im.format == "JPEG":
                 im.draft("RGB", (max_side, max_side))
             rgb = im.convert("RGB")
@@ -350,16 +332,25 @@ def open_plain_image(path: PathLike, *, max_decode_bytes: int = MAX_DECODE_BYTES
         ph = png_size_and_density(p)
         channels = 1 if ph.color_type == 0 and ph.bit_depth <= 8 else 3
         return PlainImage(p, "PNG", ph.width, ph.height, channels, ph.candidates(), max_decode_bytes)
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
+
+    try:
+        with _open_unlimited(p) as im:
+            w, h, fmt = im.size[0], im.size[1], im.format or "unknown"
+    except (UnidentifiedImageError, OSError) as err:
+        raise LayoutError(f"{p} is not an image Pillow can read: {err}") from err
+    return PlainImage(p, fmt, w, h, 3, [], max_decode_bytes)
+
+
+def _open_unlimited(path: Path) -> Any:
+    """``PIL.Image.open(path)`` (lazy) with the decompression-bomb limit lifted for that call only: the size is
+    checked here, before any decode. MAX_IMAGE_PIXELS is a module global, hence the lock."""
+    from PIL import Image
 
     with _PIL_LOCK:
         saved = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = None
         try:
-            with Image.open(p) as im:
-                w, h, fmt = im.size[0], im.size[1], im.format or "unknown"
-        except (UnidentifiedImageError, OSError) as err:
-            raise LayoutError(f"{p} is not an image Pillow can read: {err}") from err
+            return Image.open(path)
         finally:
             Image.MAX_IMAGE_PIXELS = saved
-    return PlainImage(p, fmt, w, h, 3, [], max_decode_bytes)
