@@ -74,6 +74,33 @@ def test_brightfield_zstack_opens_at_first_plane_or_the_one_named(tmp_path: Path
         open_slide(path, plane=2)
 
 
+def test_plane_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                   caplog: pytest.LogCaptureFixture) -> None:
+    """``--plane k`` reads plane k (no warning about the stack); out of range, one line naming the flag."""
+    path = write_ome_zstack(tmp_path / "z.ome.tif", planes=2)
+    with caplog.at_level(logging.WARNING, logger="histoscale"):
+        code, out, err = run_cli(capsys, "info", path, "--plane", 1)
+    assert code == 0, err
+    assert "reading the first" not in caplog.text and "mpp: 0.5" in out
+    code, _out, err = run_cli(capsys, "info", path, "--plane", 5)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "--plane: plane=5 is out of range for" in err and "it holds 2 plane(s)" in err
+
+
+def test_classify_from_a_search_reads_the_plane_and_region_the_search_read() -> None:
+    from argparse import Namespace
+
+    from histoscale.cli.classify import _searched_choice
+
+    doc = {"arguments": {"plane": 1, "region": None}}
+    args = Namespace(from_search="s/result.json")
+    assert _searched_choice(args, doc, {}) == {"plane": 1}
+    assert _searched_choice(args, doc, {"plane": 1, "region": 0}) == {"plane": 1, "region": 0}
+    with pytest.raises(ConfigError, match=r"--plane 0 is not the plane the search s/result\.json read \(1\): drop "
+                       r"--plane, or search that plane first"):
+        _searched_choice(args, doc, {"plane": 0})
+
+
 def test_plane_of_a_single_image_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "flat.tif"
     tifffile.imwrite(path, np.full((256, 256, 3), 220, np.uint8), tile=(128, 128), photometric="rgb")

@@ -158,6 +158,15 @@ def test_regions_without_resolution_tags_take_their_um_px_from_the_xml(tmp_path:
         assert slide.backend == "openslide" and slide.mpp == pytest.approx(0.5)
 
 
+def test_region_on_the_command_line(scn: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", str(scn), "--region", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "region_read: region 1 alone" in out and "mpp: 1" in out
+    assert main(["info", str(scn), "--region", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "--region: region=4 is out of range for" in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("region", [2, -1])
 def test_out_of_range_region_names_the_file_and_the_choices(scn: Path, region: int) -> None:
     with pytest.raises(ConfigError, match=(

@@ -15,10 +15,11 @@ from histoscale.models import BUNDLED_MODELS, DEFAULT_MODEL, SplitModel, load_mo
 from histoscale.sampling import SAMPLING_MODES
 from histoscale.scoring import SCORERS
 from histoscale.search import DEFAULT_AGGREGATION, DEFAULT_SCORER, SearchConfig
+from histoscale.slide import Slide, open_slide
 
 __all__ = [
-    "add_model_options", "add_search_options", "add_slide_mpp_option", "model_from", "model_options_from",
-    "positive_float", "search_config_from", "size",
+    "add_model_options", "add_search_options", "add_slide_options", "model_from", "model_options_from",
+    "open_chosen", "positive_float", "search_config_from", "size", "slide_choice",
 ]
 
 
@@ -51,11 +52,46 @@ class _RemovedMpp(argparse.Action):
                      f"{values} (--mpp means the scale to apply a model at, in `histoscale classify`)")
 
 
-def add_slide_mpp_option(p: argparse.ArgumentParser) -> None:
-    """``--slide-mpp``: the slide's level-0 um/px, overriding its metadata; ``--mpp``, its old name, is an error
-    naming it."""
+def _index(text: str) -> int:
+    """A whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number from 0, got {text!r}")
+    return value
+
+
+def add_slide_options(p: argparse.ArgumentParser, *, old_mpp: bool = True) -> None:
+    """``--slide-mpp``: the slide's level-0 um/px, overriding its metadata (``--mpp``, its old name, is an error
+    naming it, unless ``old_mpp`` is False: ``classify`` gives ``--mpp`` its own meaning); ``--plane`` and
+    ``--region``: which image of a TIFF stack, which scanned region of a Leica SCN (:func:`histoscale.open_slide`'s
+    ``plane`` and ``region``)."""
     p.add_argument("--slide-mpp", type=positive_float, default=None, help="override the slide's um/px")
-    p.add_argument("--mpp", action=_RemovedMpp, help=argparse.SUPPRESS)
+    if old_mpp:
+        p.add_argument("--mpp", action=_RemovedMpp, help=argparse.SUPPRESS)
+    p.add_argument("--plane", type=_index, default=None,
+                   help="the image of a TIFF stack to read, from 0 (focal plane, time point; default: the first)")
+    p.add_argument("--region", type=_index, default=None,
+                   help="the scanned region of a Leica SCN to read alone, from 0 (default: every region on the "
+                        "glass, or the largest when they differ in resolution)")
+
+
+def slide_choice(args: argparse.Namespace) -> dict[str, int]:
+    """The ``plane`` / ``region`` keywords of :func:`histoscale.open_slide` the options name."""
+    return {k: v for k in ("plane", "region") if (v := getattr(args, k, None)) is not None}
+
+
+def open_chosen(path: str | Path, slide_mpp: float | None, choice: dict[str, int]) -> Slide:
+    """:func:`histoscale.open_slide` with ``choice`` (:func:`slide_choice`); an error about the plane or the
+    region names its flag."""
+    try:
+        return open_slide(path, slide_mpp=slide_mpp, **choice)
+    except ConfigError as err:
+        if err.keyword not in ("plane", "region"):
+            raise
+        raise ConfigError(f"--{err.keyword}: {err}") from None
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:

@@ -24,12 +24,18 @@ from pathlib import Path
 from typing import Any
 
 from histoscale.classify import classify_slide
-from histoscale.cli._common import add_model_options, model_from, positive_float
+from histoscale.cli._common import (
+    add_model_options,
+    add_slide_options,
+    model_from,
+    open_chosen,
+    positive_float,
+    slide_choice,
+)
 from histoscale.errors import ConfigError
 from histoscale.models import SplitModel
 from histoscale.models.registry import BUNDLED_MODELS, DEFAULT_MODEL
 from histoscale.reports.classify import read_search_scale, write_classify_report
-from histoscale.slide import open_slide
 from histoscale.slide.resolution import as_positive
 
 logger = logging.getLogger(__name__)
@@ -51,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --from-search: use the um/px the search implies for the slide instead of the declared "
                    "one (needed after a MISMATCH; said in the report and classify.json)")
     p.add_argument("--stride", type=int, default=None, help="window step in model px (default: half the patch)")
-    p.add_argument("--slide-mpp", type=positive_float, default=None, help="override the slide's um/px")
+    add_slide_options(p, old_mpp=False)
     p.add_argument("--all-windows", action="store_true", help="classify background too (no tissue mask)")
     p.add_argument("--batch", type=int, default=None, help="windows per model call (default: the model's batch size)")
     p.add_argument("--out", required=True, help="folder for classmap.png, probabilities.npz, classes.geojson, classify.json")
@@ -169,16 +175,34 @@ def _search_model(args: argparse.Namespace, doc: dict[str, Any]) -> SplitModel:
     return model
 
 
+def _searched_choice(args: argparse.Namespace, doc: dict[str, Any], given: dict[str, int]) -> dict[str, int]:
+    """The plane and region the search read, which the classification must read too; a different one given on the
+    command line is refused."""
+    searched = doc.get("arguments") if isinstance(doc.get("arguments"), dict) else {}
+    choice = dict(given)
+    for key in ("plane", "region"):
+        value = searched.get(key)
+        if value is None:
+            continue
+        if key in given and given[key] != value:
+            raise ConfigError(f"--{key} {given[key]} is not the {key} the search {args.from_search} read ({value}): "
+                              f"drop --{key}, or search that {key} first")
+        choice[key] = int(value)
+    return choice
+
+
 def run(args: argparse.Namespace) -> int:
     if args.trust_content and args.from_search is None:
         raise ConfigError("--trust-content needs --from-search RESULT_JSON (the search whose implied um/px to use)")
+    choice = slide_choice(args)
     if args.from_search is not None:
         plan, doc = _plan_from_search(args)
         model = _search_model(args, doc)
+        choice = _searched_choice(args, doc, choice)
     else:
         plan = _Plan(args.mpp, args.downsample, args.slide_mpp, "--slide-mpp" if args.slide_mpp else None, {})
         model = model_from(args)
-    with open_slide(args.slide, slide_mpp=plan.slide_mpp) as slide:
+    with open_chosen(args.slide, plan.slide_mpp, choice) as slide:
         cmap = classify_slide(
             slide, model, mpp=plan.mpp, downsample=plan.downsample, stride=args.stride, mask=not args.all_windows,
             batch=args.batch, slide_mpp_source=plan.slide_mpp_source, progress=sys.stderr.isatty(),

@@ -6,14 +6,14 @@ import argparse
 import json
 import math
 
-from histoscale.cli._common import add_slide_mpp_option
-from histoscale.slide import measure_mpp, open_slide, slide_info
+from histoscale.cli._common import add_slide_options, open_chosen, slide_choice
+from histoscale.slide import measure_mpp, slide_info
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="levels, um/px and its provenance, vendor")
     p.add_argument("slide")
-    add_slide_mpp_option(p)
+    add_slide_options(p)
     p.add_argument("--measure", action="store_true",
                    help="also measure the um/px from the size of the nuclei (no model, no metadata; ~2 s)")
     p.add_argument("--json", action="store_true")
@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with open_slide(args.slide, slide_mpp=args.slide_mpp) as slide:
+    with open_chosen(args.slide, args.slide_mpp, slide_choice(args)) as slide:
         info = slide_info(slide, tissue=True)
         ruler = measure_mpp(slide) if args.measure else None
     if ruler is not None:

@@ -10,19 +10,20 @@ from histoscale._files import check_writable
 from histoscale.cli._common import (
     add_model_options,
     add_search_options,
-    add_slide_mpp_option,
+    add_slide_options,
     model_from,
+    open_chosen,
     search_config_from,
+    slide_choice,
 )
 from histoscale.reports.search import write_search_report
 from histoscale.search import ScaleResult, find_scale
-from histoscale.slide import open_slide
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="find the scale at which the model should see the slide")
     p.add_argument("slide")
-    add_slide_mpp_option(p)
+    add_slide_options(p)
     p.add_argument("--out", default=None, help="folder for result.json, points.csv and figures")
     p.add_argument("--json", action="store_true")
     add_model_options(p)
@@ -36,7 +37,7 @@ def search_and_report(args: argparse.Namespace, slide_path: str | Path, slide_mp
     # cheap checks first: an unusable --out folder or slide fails before the model loads and the search runs
     if args.out:
         check_writable(args.out)
-    with open_slide(slide_path, slide_mpp=slide_mpp) as slide:
+    with open_chosen(slide_path, slide_mpp, slide_choice(args)) as slide:
         # a bar on a terminal; --json stays quiet (scripts read its stdout, often with stderr on the same screen)
         progress = sys.stderr.isatty() and not getattr(args, "json", False)
         result = find_scale(slide, model_from(args), config, progress=progress)

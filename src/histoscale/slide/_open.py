@@ -301,7 +301,7 @@ def _opened_region(path: Path, layout: TiffLayout | None, reader: str, region: i
             f"backend={reader!r} reads one")
         logger.warning(
             "%s holds %d scanned regions (%s): reading %s; not read: %s. Pick one with open_slide(..., region=k), "
-            "k in 0..%d", path, len(regions), why, regions[opened].describe(),
+            "k in 0..%d (command line: --region k)", path, len(regions), why, regions[opened].describe(),
             "; ".join(r.describe() for r in regions if r.index != opened), len(regions) - 1,
         )
     return opened
@@ -340,7 +340,7 @@ def _check_pixels(path: Path, layout: TiffLayout, plane: int | None) -> int | No
         plane = 0
         logger.warning(
             "%s holds a stack of %d images (%s): reading the first; pick another with open_slide(..., plane=k), "
-            "k in 0..%d", path, count, _describe_stack(stack), count - 1,
+            "k in 0..%d (command line: --plane k)", path, count, _describe_stack(stack), count - 1,
         )
     return plane
 
