@@ -248,6 +248,18 @@ def test_a_tile_cut_short_is_damaged_though_it_decodes(tmp_path: Path, backend: 
         assert slide.read_level(0, tile_xy(30), (256, 256)).mean() < 200  # the others read
 
 
+def test_a_writer_that_ends_no_tile_with_the_marker_is_not_called_damaged(tmp_path: Path) -> None:
+    """Were a writer to end its JPEG tiles without FFD9 (against the specification), every tile would look cut:
+    the check looks at the level's fullest tiles first and stays off for such a writer."""
+    path = write_damaged(tmp_path / "no-eoi.svs", "zeros", tiles=[])
+    with tifffile.TiffFile(path, mode="r+b") as tf:
+        page = level_page(tf, 0)
+        page.tags["TileByteCounts"].overwrite([c - 2 if c else 0 for c in page.databytecounts])
+    with open_slide(path, backend="tiffslide") as slide:  # (OpenSlide's own JPEG reads stall on such tiles)
+        assert slide.read_level(0, tile_xy(26), (256, 256)).mean() < 200
+        assert slide.damaged_tiles == []
+
+
 def test_slide_whose_reads_mostly_fail_is_called_damaged(tmp_path: Path) -> None:
     path = write_damaged(tmp_path / "ruined.svs", "zeros", tiles=list(range(13, 131)))
     with open_slide(path) as slide:

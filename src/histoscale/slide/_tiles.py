@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,6 +227,8 @@ class CutTiles:
         self._path = path
         self._fd = os.open(path, os.O_RDONLY)
         self._whole: set[tuple[int, int]] = set()  # (level, tile) found whole
+        self._probed: set[int] = set()  # levels whose writer was checked to end its tiles with the marker
+        self._lock = threading.Lock()
 
     @classmethod
     def find(cls, path: Path, series: Any, level_dimensions: tuple[tuple[int, int], ...]) -> CutTiles | None:
@@ -247,19 +250,39 @@ class CutTiles:
             grids[i] = (tw, th, -(-width // tw), np.asarray(page.dataoffsets, np.int64), counts)
         return cls(path, grids) if grids else None
 
+    def _ends(self, offset: int, count: int) -> bool:
+        tail = min(count, _TAIL)
+        return b"\xff\xd9" in os.pread(self._fd, tail, offset + count - tail)
+
+    def _writer_ends_tiles(self, grid: tuple[int, int, int, np.ndarray, np.ndarray]) -> bool:
+        """Whether the writer of a level ends its tiles with the marker, as the codecs' specifications ask: its
+        fullest tiles, the least likely to be damaged, tell (a writer that does not would have every tile flagged)."""
+        _, _, _, offsets, counts = grid
+        fullest = np.argsort(counts)[::-1][:_PROBES]
+        return any(self._ends(int(offsets[i]), int(counts[i])) for i in fullest if counts[i] > 0)
+
     def check(self, level: int, x: int, y: int, w: int, h: int) -> None:
         """Raise :class:`DamagedTileError` for the first cut tile of ``level`` that the in-bounds box touches."""
-        if level not in self._grids:
+        grid = self._grids.get(level)
+        if grid is None:
             return
-        tw, th, across, offsets, counts = self._grids[level]
+        with self._lock:  # reads come from several threads; the first of a level probes its writer
+            if level not in self._probed:
+                self._probed.add(level)
+                if not self._writer_ends_tiles(grid):
+                    logger.debug("cut-tile check off for level %d of %s: its fullest tiles end without FFD9", level,
+                                 self._path)
+                    del self._grids[level]
+            if level not in self._grids:
+                return
+        tw, th, across, offsets, counts = grid
         for ty in range(y // th, (y + h - 1) // th + 1):
             for tx in range(x // tw, (x + w - 1) // tw + 1):
                 index = ty * across + tx
                 count = int(counts[index])
                 if count == 0 or (level, index) in self._whole:  # a missing tile is glass, not damage
                     continue
-                tail = min(count, _TAIL)
-                if b"\xff\xd9" not in os.pread(self._fd, tail, int(offsets[index]) + count - tail):
+                if not self._ends(int(offsets[index]), count):
                     raise DamagedTileError(
                         f"slide {self._path} has damaged data at level {level} in tile {index} (column {tx}, row {ty}; "
                         f"x={tx * tw} y={ty * th}, {tw}x{th} level px): its {count} bytes do not end with the codestream's "
