@@ -5,7 +5,7 @@ Usage (from the repository root, after ``make install`` and the benchmark packag
 ``bench/real_models/README.md``; about 5 minutes on 2 cores):
 
     python scripts/train_reference_he.py                       # the shipped model (all real images)
-    python scripts/train_reference_he.py --holdout instanseg-he-example.tif --out /tmp/loo   # leave one image out
+    python scripts/train_reference_he.py --holdout instanseg-he-example.tif --out bench/.work/loo   # leave one image out
 
 Why the head is trained this way: a head trained only on tissue at 0.5 um/px has no reason to be LESS confident
 at other scales, and on real tissue it is not (BENCHMARKS.md, "Why it fails": flat margin curves, answers that

@@ -62,8 +62,6 @@ def resample(image: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-
-
 # Area averaging at a non-integer factor straddles pixel edges, which widens its kernel by 1/6 input px^2 on average
 # over the phases; at a whole factor (the slide's own pixels at 1, exact 2x2 binning at 2) it does not, and those
 # patches came out sharper than their neighbours and scored higher (BENCHMARKS, "Why it fails", item 1). Crops at a

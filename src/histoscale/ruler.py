@@ -235,8 +235,9 @@ def ruler_estimate(
     down to ~1 px (less exactly: coarse scans read up to ~0.35 octave fine, bench/ruler.py).
     The interval: a bootstrap over regions (the sampling error) combined with ``TISSUE_SCATTER_OCTAVES`` (how much
     the peak's physical size moves between tissues), 95% two-sided; a reading from the upsampled pass (nuclei below
-    ~1.5 px, which read fine by up to ~0.6 octave) has its coarse side widened by that bias, in quadrature. Returns an estimate without a number and with
-    the ``reason`` when there is not enough tissue, nuclear contrast, nuclei, or no peak.
+    ~1.5 px, which read fine by up to ~0.6 octave) has its coarse side widened by that bias, in quadrature.
+    Returns an estimate without a number and with the ``reason`` when there is not enough tissue, nuclear contrast,
+    nuclei, or no peak.
     """
     regions = [np.asarray(r) for r in regions]
     stain = nuclear_stain(regions)

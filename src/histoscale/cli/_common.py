@@ -91,7 +91,12 @@ def open_chosen(path: str | Path, slide_mpp: float | None, choice: dict[str, int
     except ConfigError as err:
         if err.keyword not in ("plane", "region"):
             raise
-        raise ConfigError(f"--{err.keyword}: {err}") from None
+        raise _under_flag(err) from None
+
+
+def _under_flag(err: ConfigError) -> ConfigError:
+    """``err``, about a Python keyword, reported under the command-line flag that sets it."""
+    return ConfigError(f"--{str(err.keyword).replace('_', '-')}: {err}")
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -160,7 +165,7 @@ def search_config_from(args: argparse.Namespace) -> SearchConfig:
     except ConfigError as err:
         if err.keyword is None:
             raise
-        raise ConfigError(f"--{err.keyword.replace('_', '-')}: {err}") from None
+        raise _under_flag(err) from None
 
 
 def model_options_from(args: argparse.Namespace) -> dict[str, Any]:

@@ -88,13 +88,13 @@ def resolve_precision(precision: str, device: torch.device) -> Literal["fp32", "
     return precision  # type: ignore[return-value]
 
 
-
 def _filter_alike(images: torch.Tensor) -> torch.Tensor:
     """:func:`histoscale.patches.filter_alike` on the device: (n, 3, h, w) float, the same taps, edges reflected."""
     taps = torch.tensor(WHOLE_FACTOR_TAPS, dtype=images.dtype, device=images.device)
     x = F.pad(images, (1, 1, 1, 1), mode="reflect")
     x = F.conv2d(x, taps.view(1, 1, 1, 3).expand(3, 1, 1, 3), groups=3)
     return F.conv2d(x, taps.view(1, 1, 3, 1).expand(3, 1, 3, 1), groups=3)
+
 
 class TorchSplitModel(SplitModel):
     """A torch module (or TorchScript module) with a feature function ``phi(x) -> (N, M)`` (or (N, G, M)) and the

@@ -262,8 +262,8 @@ def open_slide(
     impl = _pick_backend(p, kind, head, backend, layout, plane or 0)
     opened = _opened_region(p, layout, impl.name, region)
     _check_geometry(p, impl)
-    candidates = _candidates(p, kind, impl, layout, opened)
-    resolution, every = resolve(p, candidates)
+    tiff_candidates, cut = _tiff_metadata(p, layout, impl.level_dimensions) if layout is not None else ([], None)
+    resolution, every = resolve(p, _candidates(impl, layout, opened) + tiff_candidates)
     if mpp is not None:
         resolution = Resolution(float(mpp), float(mpp), "override", None, every)
     if impl.name == "openslide":
@@ -271,21 +271,32 @@ def open_slide(
     else:
         associated = tuple(layout.associated) if layout is not None else ()
     regions = layout.regions if layout is not None else ()
-    cut = _cut_tiles(p, layout, impl.level_dimensions) if layout is not None else None
     return Slide(p, impl, resolution, candidates=every, associated=associated, regions=regions, region=opened,
                  cut_tiles=cut)
 
 
-def _cut_tiles(path: Path, layout: TiffLayout, level_dimensions: tuple[tuple[int, int], ...]) -> CutTiles | None:
-    """The check for tiles cut short on the slide's TIFF series (every reader decodes them as grey, silently)."""
+def _tiff_metadata(
+    path: Path, layout: TiffLayout, level_dimensions: tuple[tuple[int, int], ...],
+) -> tuple[list[Candidate], CutTiles | None]:
+    """From one parse of the TIFF: the resolution candidates of the slide's series (OME-XML, ImageJ calibration,
+    resolution tags), and the check for tiles cut short (every reader decodes them as grey, silently)."""
     import tifffile
 
+    candidates: list[Candidate] = []
+    cut = None
     try:
         with tifffile.TiffFile(path) as tf:
-            return CutTiles.find(path, tf.series[layout.series_index], level_dimensions)
-    except Exception as err:  # noqa: BLE001 - the check is an extra: a file tifffile cannot index is read without it
-        logger.debug("cut-tile check off for %s: %s: %s", path, type(err).__name__, err)
-        return None
+            try:
+                candidates = candidates_from_tifffile(tf, layout.series_index)
+            except Exception as err:  # noqa: BLE001 - the metadata is optional; the pixels were readable
+                logger.debug("reading TIFF metadata of %s failed: %s", path, err)
+            try:
+                cut = CutTiles.find(path, tf.series[layout.series_index], level_dimensions)
+            except Exception as err:  # noqa: BLE001 - the check is an extra: the slide is read without it
+                logger.debug("cut-tile check off for %s: %s: %s", path, type(err).__name__, err)
+    except Exception as err:  # noqa: BLE001 - the reader chosen opened the file; these extras are optional
+        logger.debug("reading TIFF metadata of %s failed: %s", path, err)
+    return candidates, cut
 
 
 def _opened_region(path: Path, layout: TiffLayout | None, reader: str, region: int | None) -> int | None:
@@ -416,12 +427,10 @@ def _pick_backend(
     ) from last_err
 
 
-def _candidates(
-    p: Path, kind: str, impl: Backend, layout: TiffLayout | None, region: int | None,
-) -> list[Candidate]:
-    """Every resolution candidate the file carries: reader properties (vendor keys, reader mpp), a Leica SCN's
-    XML (the ``region`` read, or the regions' one resolution when they are read together), and for TIFFs the
-    OME-XML, ImageJ calibration and resolution tags of the slide's series; for JPEG/PNG the JFIF density / pHYs."""
+def _candidates(impl: Backend, layout: TiffLayout | None, region: int | None) -> list[Candidate]:
+    """The resolution candidates outside the TIFF's own metadata (:func:`_tiff_metadata`): reader properties
+    (vendor keys, reader mpp), a Leica SCN's XML (the ``region`` read, or the regions' one resolution when they
+    are read together); for JPEG/PNG the JFIF density / pHYs."""
     props = impl.properties
     cands: list[Candidate] = []
     for prefix in ("openslide", "tiffslide"):
@@ -433,15 +442,7 @@ def _candidates(
             which = f"region {region}" if region is not None else "its regions"
             cands.append(Candidate(shown[0].mpp_x, shown[0].mpp_y, f"Leica SCN XML ({which}: view nm / pixels)",
                                    "vendor"))
-    if kind == "tiff" and layout is not None:
-        import tifffile
-
-        try:
-            with tifffile.TiffFile(p) as tf:
-                cands += candidates_from_tifffile(tf, layout.series_index)
-        except Exception as err:  # the metadata is optional; the pixels were readable
-            logger.debug("reading TIFF metadata of %s failed: %s", p, err)
-    elif isinstance(impl, PlainImageBackend):
+    if isinstance(impl, PlainImageBackend):
         cands += impl._img.candidates
     return cands
 

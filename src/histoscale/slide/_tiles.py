@@ -36,6 +36,18 @@ _ENDS_WITH_FFD9 = (7, 33007, 33003, 33005, 34712)
 _TAIL = 16  # bytes searched for the end marker: some writers pad a codestream
 
 
+def _damaged_tile(
+    path: Path, level: int, index: int, across: int, tile_w: int, tile_h: int, what: str,
+) -> DamagedTileError:
+    """The error for tile ``index`` of ``level`` (``across`` tiles a row); ``what`` follows the tile's place and
+    says what is wrong with it."""
+    x, y = (index % across) * tile_w, (index // across) * tile_h
+    return DamagedTileError(
+        f"slide {path} has damaged data at level {level} in tile {index} (column {index % across}, row "
+        f"{index // across}; x={x} y={y}, {tile_w}x{tile_h} level px){what}", level=level, box=(x, y, tile_w, tile_h),
+    )
+
+
 @dataclass(frozen=True)
 class _Level:
     page: Any  # tifffile.TiffPage: its ``decode`` closure
@@ -137,12 +149,8 @@ class TileReader:
         try:
             tile = lv.page.decode(data, index, jpegtables=lv.page.jpegtables)[0]
         except Exception as err:  # imagecodecs raises its own error classes per codec
-            x, y = (index % lv.across) * lv.tile_w, (index // lv.across) * lv.tile_h
-            raise DamagedTileError(
-                f"slide {self.path} has damaged data at level {level} in tile {index} (column {index % lv.across}, "
-                f"row {index // lv.across}; x={x} y={y}, {lv.tile_w}x{lv.tile_h} level px), which does not decode: "
-                f"{type(err).__name__}: {err}", level=level, box=(x, y, lv.tile_w, lv.tile_h),
-            ) from err
+            raise _damaged_tile(self.path, level, index, lv.across, lv.tile_w, lv.tile_h,
+                                f", which does not decode: {type(err).__name__}: {err}") from err
         return tile.reshape(tile.shape[-3:])  # (1, 1, h, w, 3) or (h, w, 3) by tifffile version
 
     def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
@@ -225,7 +233,7 @@ class CutTiles:
         #: level -> (tile width, tile height, tiles per row, offsets, byte counts)
         self._grids = grids
         self._path = path
-        self._fd = os.open(path, os.O_RDONLY)
+        self._fd = -1  # opened at the first check: a slide that is never read holds no descriptor for it
         self._whole: set[tuple[int, int]] = set()  # (level, tile) found whole
         self._probed: set[int] = set()  # levels whose writer was checked to end its tiles with the marker
         self._lock = threading.Lock()
@@ -267,6 +275,8 @@ class CutTiles:
         if grid is None:
             return
         with self._lock:  # reads come from several threads; the first of a level probes its writer
+            if self._fd < 0:
+                self._fd = os.open(self._path, os.O_RDONLY)
             if level not in self._probed:
                 self._probed.add(level)
                 if not self._writer_ends_tiles(grid):
@@ -283,11 +293,8 @@ class CutTiles:
                 if count == 0 or (level, index) in self._whole:  # a missing tile is glass, not damage
                     continue
                 if not self._ends(int(offsets[index]), count):
-                    raise DamagedTileError(
-                        f"slide {self._path} has damaged data at level {level} in tile {index} (column {tx}, row {ty}; "
-                        f"x={tx * tw} y={ty * th}, {tw}x{th} level px): its {count} bytes do not end with the codestream's "
-                        "end marker (cut short or overwritten)", level=level, box=(tx * tw, ty * th, tw, th),
-                    )
+                    raise _damaged_tile(self._path, level, index, across, tw, th, f": its {count} bytes do not end "
+                                        "with the codestream's end marker (cut short or overwritten)")
                 self._whole.add((level, index))
 
     def close(self) -> None:
