@@ -5,6 +5,8 @@
 * On real tissue (the CMU-1 region ships with the package; the rest skips where ../shared/data is absent): within
   one grid step of the truth on the original and shrunk, re-encoded copies; wrong declarations fall outside its
   interval; the NCT ADI, BACK and MUC tiles cannot be measured.
+* Stain vectors: a slide whose haematoxylin is far from Ruifrok's (a magenta-shifted scan like the TCGA sample) is
+  measured with its own vectors (Macenko); an image without two stains keeps the reference vectors.
 * The rule: no MISMATCH on the model's word alone when the ruler holds the declared um/px (the phantom model on
   CMU-1, issue 26's quoted input), and the reverse; both rejecting the declaration is a MISMATCH.
 """
@@ -23,7 +25,7 @@ import tifffile
 
 import histoscale
 from histoscale.cli import main
-from histoscale.ruler import RulerEstimate, ruler_estimate
+from histoscale.ruler import RulerEstimate, nuclear_stain, ruler_estimate, stain_vectors
 from histoscale.search.result import metadata_check
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,6 +74,83 @@ def test_the_peak_follows_the_nuclear_size(radius: float) -> None:
     assert half.measured, half.reason
     assert abs(math.log2(half.mpp / est.mpp)) < 0.15  # the same um/px, read at twice the pixel size
     assert half.contains(est.mpp) and est.interval[0] < est.mpp < est.interval[1]
+
+
+# OD (log10) unit vectors of a magenta-shifted H&E, as estimated on the TCGA sample: 21 deg from Ruifrok's
+# haematoxylin, on which its nuclei show no haematoxylin contrast.
+MAGENTA_H = np.array([0.381, 0.766, 0.518])
+MAGENTA_E = np.array([0.147, 0.882, 0.448])
+
+
+def stained_image(radius_px: float, seed: int, h: np.ndarray = MAGENTA_H, e: np.ndarray = MAGENTA_E) -> np.ndarray:
+    """``nuclei_image``'s discs rendered by Beer-Lambert with stain OD vectors ``h`` and ``e`` (eosin varying
+    smoothly across the field, as stroma does)."""
+    base = nuclei_image(radius_px, seed=seed).astype(np.float64)
+    nuclear = np.clip((170 - base[..., 1]) / 120, 0, 1)[..., None]
+    yy, xx = np.mgrid[0 : base.shape[0], 0 : base.shape[1]]
+    eosin = (0.8 + 0.5 * np.sin(xx / 23.0) * np.cos(yy / 31.0))[..., None]
+    od = eosin * _unit(e) + 0.4 * nuclear * _unit(h)
+    rgb = 255 * 10.0**-od + np.random.default_rng(seed).normal(0, 3, base.shape)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+def _degrees(a: np.ndarray, b: np.ndarray) -> float:
+    return math.degrees(math.acos(float(np.clip(_unit(a) @ _unit(b), -1, 1))))
+
+
+@pytest.mark.parametrize("radius", [3.0, 5.0])
+def test_a_stain_far_from_the_reference_is_measured_with_its_own_vectors(radius: float) -> None:
+    from skimage.color import rgb2hed
+    from skimage.filters import threshold_otsu
+
+    regions = [stained_image(radius, seed=s) for s in range(4)]
+    # On Ruifrok's vectors the nuclei stand out from the stroma by less than the ruler's least contrast (0.01 OD,
+    # Otsu's split against the mean below it), as on the TCGA sample (0.008).
+    h_ref = np.concatenate([rgb2hed(r)[..., 0][r.mean(axis=2) < 220] for r in regions])
+    split = threshold_otsu(h_ref)
+    assert split - h_ref[h_ref <= split].mean() < 0.01
+    vectors, estimated = stain_vectors(regions)
+    assert estimated
+    assert _degrees(vectors[0], MAGENTA_H) < 10 and _degrees(vectors[1], MAGENTA_E) < 10  # Ruifrok's H: 21 deg
+    est = ruler_estimate(regions)
+    assert est.measured, est.reason
+    assert abs(math.log2(est.sigma_px / (radius / math.sqrt(2)))) < 0.25
+
+
+def test_an_image_without_two_stains_keeps_the_reference_vectors() -> None:
+    from skimage.color import rgb_from_hed
+
+    eosin_only = stained_image(4.0, seed=0, h=MAGENTA_E)  # the nuclei are only darker eosin: one stain
+    vectors, estimated = stain_vectors([eosin_only])
+    assert not estimated
+    np.testing.assert_allclose(vectors[:2], [_unit(v) for v in rgb_from_hed[:2]])
+    ruifrok = stained_image(4.0, seed=0, h=rgb_from_hed[0], e=rgb_from_hed[1])  # the reference stains: accepted
+    stain = nuclear_stain([ruifrok])
+    assert stain is not None and stain.estimated
+    h = np.array(stain.vectors[0])  # nuclei lie on eosin: the purest haematoxylin seen is tilted towards it
+    assert _degrees(h, rgb_from_hed[0]) < _degrees(h, rgb_from_hed[1])
+
+
+def test_tcga_sample_is_measured_alike_on_its_encodings(tmp_path: Path) -> None:
+    """The TCGA slide (no metadata) has magenta-shifted haematoxylin: no contrast on the reference vectors. With
+    its own it is measured, and its lossless and JPEG copies agree within half a grid step."""
+    path = data("tcga-cr-7395-01a-01-ts1.svs")
+    with histoscale.open_slide(path) as slide:
+        rgb = slide.read_level(0, (0, 0), slide.dimensions)
+        original = histoscale.measure_mpp(slide)
+    assert original.measured, original.reason
+    for quality in (None, 60):
+        copy = tmp_path / f"tcga_{quality}.tif"
+        comp = ("zlib", {}) if quality is None else ("jpeg", {"level": quality})
+        tifffile.imwrite(copy, rgb, tile=(256, 256), photometric="rgb", compression=comp[0], compressionargs=comp[1])
+        with histoscale.open_slide(copy) as slide:
+            est = histoscale.measure_mpp(slide)
+        assert est.measured, est.reason
+        assert abs(steps(est.mpp, original.mpp)) <= 1.0, (quality, est.mpp, original.mpp)
 
 
 def test_nuclei_below_a_pixel_and_a_half_widen_the_interval_on_the_coarse_side() -> None:

@@ -2,8 +2,12 @@
 
 A metadata check that rests on one model's margins trusts that model; nuclei carry their own scale. The method:
 
-1. Colour deconvolution (Ruifrok & Johnston 2001, :func:`skimage.color.rgb2hed`) gives the haematoxylin optical
-   density of each pixel.
+1. Colour deconvolution (Ruifrok & Johnston 2001, :func:`skimage.color.separate_stains`) gives the haematoxylin
+   optical density of each pixel, with the slide's own stain vectors (Macenko et al. 2009, "A method for normalizing
+   histology slides for quantitative analysis": the extreme angles of the tissue's optical densities in the plane
+   of their two principal directions), accepted where they lie near haematoxylin and eosin (scanners and stain
+   protocols move them: a magenta-shifted TCGA slide has no haematoxylin contrast on the reference vectors), else
+   Ruifrok's reference vectors (:data:`skimage.color.rgb_from_hed`).
 2. A soft nuclear map: 0 at the tissue's mean haematoxylin below its Otsu threshold, 1 at twice the distance to its Otsu threshold (the
    nuclei), clipped. Clipping flattens chromatin texture inside nuclei, which would otherwise put energy at
    finer scales the finer the scan resolves it; the thresholds come from the whole slide's tissue, so the map does
@@ -45,6 +49,7 @@ __all__ = [
     "nuclear_map",
     "nuclear_stain",
     "ruler_estimate",
+    "stain_vectors",
 ]
 
 #: The LoG-energy peak of mixed H&E tissue, in um: the geometric mean of the two real images' own values, measured
@@ -65,6 +70,13 @@ _MIN_PROMINENCE = 1.15  # the peak over the spectrum's lowest value between it a
 # faint bump of their packing further out (0.2% of the maximum on generated discs of 0.9 px sigma).
 _MIN_PEAK_SHARE = 0.5
 _BOOTSTRAP = 200
+# Stain vectors (Macenko et al. 2009): pixels with OD (log10) above this in every channel are stained; the angles'
+# 1st and 99th percentiles are the two stains. An estimate further than this from Ruifrok's haematoxylin or eosin,
+# or two stains closer than that, is not believed (measured: 15-21 deg on the real slides here, 15-45 deg apart).
+_STAINED_OD = 0.15
+_ANGLE_PERCENTILE = 1.0
+_MAX_STAIN_DEVIATION_DEG = 30.0
+_MIN_STAIN_SEPARATION_DEG = 8.0
 _FINE_SIGMA = 1.5  # px: below it the native spectrum's peak is remeasured on the map upsampled 2x
 # Below ~1.5 px touching nuclei merge and the peak reads fine: 0.35-0.6 octave on CMU-1 shrunk 2.4-2.8x, up to 0.35
 # on generated discs near 1 px (bench/ruler.py). A reading from the upsampled pass widens its interval's coarse side
@@ -74,12 +86,16 @@ _FINE_PASS_BIAS_OCTAVES = 0.6
 
 @dataclass(frozen=True)
 class NuclearStain:
-    """The haematoxylin levels of one slide's tissue (OD units of :func:`skimage.color.rgb2hed`): ``background``
-    is the mean of the tissue below its Otsu threshold, ``nuclei`` that threshold; ``tissue_px`` pixels were measured."""
+    """The haematoxylin levels of one slide's tissue (OD units of :func:`skimage.color.separate_stains`):
+    ``background`` is the mean of the tissue below its Otsu threshold, ``nuclei`` that threshold; ``tissue_px``
+    pixels were measured; ``vectors``: the unit OD vectors of haematoxylin, eosin and their cross product (rows, RGB
+    columns) the levels were measured with; ``estimated``: whether they are the slide's own (else Ruifrok's)."""
 
     background: float
     nuclei: float
     tissue_px: int
+    vectors: tuple[tuple[float, float, float], ...]
+    estimated: bool
 
     @property
     def contrast(self) -> float:
@@ -92,7 +108,8 @@ class RulerEstimate:
 
     ``mpp`` and its 95% ``interval`` (um/px; None when it cannot measure, ``reason`` says why); ``sigma_px``: the
     nuclear scale found (level-0 px, the LoG sigma); ``count``: nuclei measured (nuclear area over the area of one
-    nucleus at that scale); ``regions``: regions read that held tissue.
+    nucleus at that scale); ``regions``: regions read that held tissue; ``stain``: whose stain vectors separated the
+    haematoxylin, ``"slide"`` (estimated from its tissue) or ``"reference"`` (Ruifrok's; None: not reached).
     """
 
     mpp: float | None
@@ -101,6 +118,7 @@ class RulerEstimate:
     count: int
     regions: int
     reason: str | None = None
+    stain: str | None = None
 
     @property
     def measured(self) -> bool:
@@ -118,33 +136,76 @@ class RulerEstimate:
 
     def to_dict(self) -> dict[str, Any]:
         return {"mpp": self.mpp, "interval": list(self.interval) if self.interval else None,
-                "sigma_px": self.sigma_px, "count": self.count, "regions": self.regions, "reason": self.reason}
+                "sigma_px": self.sigma_px, "count": self.count, "regions": self.regions, "reason": self.reason,
+                "stain": self.stain}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RulerEstimate:
         interval = d.get("interval")
         return cls(d.get("mpp"), tuple(interval) if interval else None, d.get("sigma_px"), int(d.get("count", 0)),
-                   int(d.get("regions", 0)), d.get("reason"))
+                   int(d.get("regions", 0)), d.get("reason"), d.get("stain"))
 
 
-def _haematoxylin(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from skimage.color import rgb2hed
-
+def _check_rgb(rgb: np.ndarray) -> np.ndarray:
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"the ruler reads (H, W, 3) uint8 RGB, got {rgb.shape} {rgb.dtype}")
+    return rgb
+
+
+def _haematoxylin(rgb: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from skimage.color import separate_stains
+
+    rgb = _check_rgb(rgb)
     tissue = rgb.mean(axis=2) < _WHITE
-    return rgb2hed(rgb)[..., 0].astype(np.float32), tissue
+    return separate_stains(rgb, np.linalg.inv(vectors))[..., 0].astype(np.float32), tissue
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+def _angle_deg(a: np.ndarray, b: np.ndarray) -> float:
+    return math.degrees(math.acos(float(np.clip(np.dot(_unit(a), _unit(b)), -1.0, 1.0))))
+
+
+def stain_vectors(regions: Sequence[np.ndarray]) -> tuple[np.ndarray, bool]:
+    """The tissue's haematoxylin and eosin OD vectors (Macenko et al. 2009) from ``regions`` ((H, W, 3) uint8):
+    (3, 3) unit rows haematoxylin, eosin, their cross product; and whether they are the tissue's own. Ruifrok's
+    reference vectors are returned instead where too few pixels are stained, or the estimate lies far from
+    haematoxylin and eosin (another stain, or one dominant colour whose extremes are not two stains)."""
+    from skimage.color import rgb_from_hed
+
+    reference = np.array([_unit(v) for v in rgb_from_hed])
+    od = np.concatenate([-np.log10(np.maximum(_check_rgb(r)[::2, ::2].reshape(-1, 3), 1) / 255.0) for r in regions])
+    od = od[(od > _STAINED_OD).all(axis=1)]
+    if len(od) < _MIN_TISSUE_PX:
+        return reference, False
+    # The plane of the two principal directions of the (uncentred) ODs, and the extreme angles within it.
+    _, vecs = np.linalg.eigh(od.T @ od)
+    plane = vecs[:, [2, 1]] * np.sign(vecs[:, [2, 1]].sum(axis=0))
+    proj = od @ plane
+    angles = np.arctan2(proj[:, 1], proj[:, 0])
+    ends = [plane @ [math.cos(a), math.sin(a)] for a in np.percentile(angles, [_ANGLE_PERCENTILE,
+                                                                              100 - _ANGLE_PERCENTILE])]
+    # Haematoxylin absorbs more red than eosin does.
+    h, e = sorted((_unit(v) for v in ends), key=lambda v: -v[0])
+    if (_angle_deg(h, reference[0]) > _MAX_STAIN_DEVIATION_DEG or _angle_deg(e, reference[1]) > _MAX_STAIN_DEVIATION_DEG
+            or _angle_deg(h, e) < _MIN_STAIN_SEPARATION_DEG):
+        return reference, False
+    return np.array([h, e, _unit(np.cross(h, e))]), True
 
 
 def nuclear_stain(regions: Sequence[np.ndarray]) -> NuclearStain | None:
-    """The haematoxylin levels of the tissue in ``regions`` ((H, W, 3) uint8 each): Otsu's split of the tissue's
-    haematoxylin (its 0.5-99.5 percentiles) and the mean below it; None without enough tissue."""
+    """The haematoxylin levels of the tissue in ``regions`` ((H, W, 3) uint8 each), with the tissue's own stain
+    vectors (:func:`stain_vectors`): Otsu's split of the tissue's haematoxylin (its 0.5-99.5 percentiles) and the
+    mean below it; None without enough tissue."""
     from skimage.filters import threshold_otsu
 
+    vectors, estimated = stain_vectors(regions)
     values = []
     for rgb in regions:
-        h, tissue = _haematoxylin(rgb)
+        h, tissue = _haematoxylin(rgb, vectors)
         values.append(h[tissue])
     h_all = np.concatenate(values) if values else np.empty(0, np.float32)
     if len(h_all) < _MIN_TISSUE_PX:
@@ -153,12 +214,13 @@ def nuclear_stain(regions: Sequence[np.ndarray]) -> NuclearStain | None:
     h_all = np.clip(h_all, *np.percentile(h_all, [0.5, 99.5]))
     threshold = float(threshold_otsu(h_all))
     below = h_all[h_all <= threshold]
-    return NuclearStain(float(below.mean()) if len(below) else threshold, threshold, len(h_all))
+    return NuclearStain(float(below.mean()) if len(below) else threshold, threshold, len(h_all),
+                        tuple(tuple(float(x) for x in row) for row in vectors), estimated)
 
 
 def nuclear_map(rgb: np.ndarray, stain: NuclearStain) -> np.ndarray:
     """(H, W) float32 in [0, 1]: 0 at or below the tissue's background haematoxylin (and on glass), 1 at nuclei."""
-    h, tissue = _haematoxylin(rgb)
+    h, tissue = _haematoxylin(rgb, np.array(stain.vectors))
     span = 2.0 * max(stain.contrast, 1e-6)
     return np.where(tissue, np.clip((h - stain.background) / span, 0.0, 1.0), 0.0).astype(np.float32)
 
@@ -246,14 +308,15 @@ def ruler_estimate(
     if _not_brightfield(regions):
         return RulerEstimate(None, None, None, 0, 0, "not a brightfield image (dark background: fluorescence?); "
                              "the ruler measures haematoxylin-stained nuclei on white glass")
+    vectors = "slide" if stain.estimated else "reference"
     if stain.contrast < _MIN_CONTRAST_OD:
         return RulerEstimate(None, None, None, 0, 0, f"no haematoxylin contrast in the tissue (OD {stain.contrast:.3f}"
-                             f" < {_MIN_CONTRAST_OD}): no nuclei, or a stain other than H&E")
+                             f" < {_MIN_CONTRAST_OD}): no nuclei, or a stain other than H&E", vectors)
     used = [m for m in (nuclear_map(r, stain) for r in regions) if m.any()]
     nuclear_px = sum(float((m >= 0.5).sum()) for m in used)
     if nuclear_px < _MIN_NUCLEAR_FRACTION * stain.tissue_px:
         return RulerEstimate(None, None, None, 0, len(used), f"too few nuclei: {nuclear_px / stain.tissue_px:.1%} "
-                             "of the tissue is nuclear (fat, mucus, glass or debris?)")
+                             "of the tissue is nuclear (fat, mucus, glass or debris?)", vectors)
     spectra = np.array([log_energy_spectrum(m, sigmas) for m in used])
     sigma, why = _peak(np.sum(spectra, axis=0), sigmas)
     fine_pass = False
@@ -266,11 +329,11 @@ def ruler_estimate(
         elif sigma is None:
             why = fine_why
     if sigma is None:
-        return RulerEstimate(None, None, None, 0, len(used), why)
+        return RulerEstimate(None, None, None, 0, len(used), why, vectors)
     count = int(nuclear_px / (2 * math.pi * sigma**2))  # a disc of radius sqrt(2) sigma each
     if count < _MIN_NUCLEI:
         return RulerEstimate(None, None, sigma * downsample, count, len(used),
-                             f"only ~{count} nuclei found (at least {_MIN_NUCLEI} needed)")
+                             f"only ~{count} nuclei found (at least {_MIN_NUCLEI} needed)", vectors)
     rng = np.random.default_rng(seed)
     boot = []
     for _ in range(_BOOTSTRAP):
@@ -281,7 +344,8 @@ def ruler_estimate(
     half = 1.96 * math.hypot(sampling_sd, TISSUE_SCATTER_OCTAVES)
     coarse_half = math.hypot(half, _FINE_PASS_BIAS_OCTAVES) if fine_pass else half
     mpp = NUCLEAR_SIGMA_UM / (sigma * downsample)
-    return RulerEstimate(mpp, (mpp * 2**-half, mpp * 2**coarse_half), sigma * downsample, count, len(used))
+    return RulerEstimate(mpp, (mpp * 2**-half, mpp * 2**coarse_half), sigma * downsample, count, len(used), None,
+                         vectors)
 
 
 def _not_brightfield(regions: Sequence[np.ndarray]) -> bool:

@@ -54,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
             continue
         elif key == "ruler":
             assert ruler is not None
-            print(f"{'measured':>18}: {ruler.describe()} (the size of the nuclei; no model, no metadata)")
+            stain = {"slide": "; the slide's own stain vectors", "reference": "; reference stain vectors"}.get(
+                ruler.stain or "", "")
+            print(f"{'measured':>18}: {ruler.describe()} (the size of the nuclei; no model, no metadata{stain})")
             if ruler.mpp is not None and info.get("mpp"):
                 inside = "inside" if ruler.contains(float(info["mpp"])) else "OUTSIDE"
                 print(f"{'':>18}  the declared {float(info['mpp']):.4g} um/px ({info.get('mpp_source')}) lies {inside}"

@@ -14,6 +14,7 @@ from histoscale.aggregate import PointAnswers
 from histoscale.calibration import ScaleCalibration
 from histoscale.domain import DomainCheck
 from histoscale.ruler import RulerEstimate
+from histoscale.search._combine import Reading, combine
 from histoscale.units import Units, steps_between
 
 __all__ = [
@@ -28,23 +29,21 @@ WIDEST_DECIDING_INTERVAL = 1.5
 class MetadataCheck:
     """The content-based estimate against the slide's declared resolution.
 
-    ``implied_mpp`` is the slide's level-0 um/px implied by the continuous estimate and the model's training
-    um/px: the number the status, the summary, the report, the cohort table and ``classify --from-search`` use;
-    ``implied_interval`` is its 95% interval; ``implied_grid_mpp`` is the same from the grid scale alone;
-    ``disagreement_steps`` is log2(implied_mpp / declared) in grid steps; ``status`` is ``OK`` (within one
-    step), ``MISMATCH``, ``INCONCLUSIVE`` (the slide lies outside what the model was trained on, or the model and
-    the ruler contradict each other; ``reason`` says which and why: neither OK nor MISMATCH is asserted),
+    ``implied_mpp`` is the slide's level-0 um/px the content implies: the model's (its continuous estimate through
+    its training um/px: ``model_implied_mpp``) combined with the ruler's where both measured and are consistent
+    (``search._combine``), the model's alone otherwise. It is the number the status, the summary, the report, the
+    cohort table and ``classify --from-search`` use; ``implied_interval`` is its 95% interval;
+    ``implied_grid_mpp`` is the model's from the grid scale alone; ``disagreement_steps`` is
+    log2(implied_mpp / declared) in grid steps; ``status`` is ``OK`` (within one step), ``MISMATCH``,
+    ``INCONCLUSIVE`` (the slide lies outside what the model was trained on, the evidence is too vague, or the model
+    and the ruler contradict each other; ``reason`` says which and why: neither OK nor MISMATCH is asserted),
     ``MISSING-METADATA`` (no declared um/px: the implied one is the only one) or ``UNKNOWN-MODEL-MPP`` (the
     model's training um/px is unknown: only the ruler checks the declared um/px, ``reason`` says how).
 
     ``rivals_implied``: the slide's um/px that each rival peak of the scan would imply (see ``ScanSummary.rivals``).
     ``ruler`` is the model-free estimate from the size of the nuclei (:func:`histoscale.measure_mpp`; None when
-    not measured); ``ruler_agrees`` whether the model's implied um/px lies inside the ruler's interval (None when
-    either is missing). The rule: the model's OK or MISMATCH stands when the ruler agrees with it or cannot
-    measure; when the ruler contradicts it (the ruler accepts the declared um/px that the model rejects, or the
-    reverse), the check is INCONCLUSIVE, since a model's margins can peak far from its scale on tissue it does not
-    know and the ruler's constant varies between tissues (BENCHMARKS.md); when both reject the declared um/px
-    it is a MISMATCH even if their values differ.
+    not measured); ``ruler_agrees`` whether the model's and the ruler's readings are consistent (their difference
+    within 1.96 sd of its uncertainty; None when either is missing). The rule is :func:`metadata_check`'s.
     """
 
     status: str
@@ -59,6 +58,8 @@ class MetadataCheck:
     ruler: RulerEstimate | None = None
     ruler_agrees: bool | None = None
     rivals_implied: tuple[float, ...] = ()  # the slide um/px each rival peak of the scan would imply
+    model_implied_mpp: float | None = None  # the model's own implied um/px (implied_mpp without the ruler)
+    model_implied_interval: tuple[float, float] | None = None  # its 95% interval
 
 
 @dataclass(frozen=True)
@@ -226,7 +227,10 @@ class ScaleResult:
         )
         if c.implied_grid_mpp is not None:
             lo_mpp, hi_mpp = c.implied_interval or (math.nan, math.nan)
-            text += f"; slide um/px implied {c.implied_mpp:.3g} (95% CI {lo_mpp:.3g}-{hi_mpp:.3g})"
+            text += f"; slide um/px implied {c.implied_mpp:.3g} (95% CI {lo_mpp:.3g}-{hi_mpp:.3g}"
+            if c.ruler is not None and c.ruler.measured and c.ruler_agrees and c.model_implied_mpp is not None:
+                text += f": the model's {c.model_implied_mpp:.3g} and the nuclei's {c.ruler.mpp:.3g} combined"
+            text += ")"
             if c.declared_mpp is not None:
                 text += f" vs declared {c.declared_mpp:.3g} ({c.disagreement_steps:+.1f} steps)"
         if c.status == "MISMATCH" and c.declared_mpp and c.model_mpp:
@@ -323,17 +327,23 @@ def metadata_check(
     with the ``declared`` level-0 um/px (None: the slide declares none) through the model's training um/px, and
     with the ``ruler``'s model-free estimate.
 
-    The rule (measured: BENCHMARKS.md "The verdict"), the first that applies:
+    The slide's um/px is read twice, by the model (its implied um/px and 95% interval; a bound past the grid's
+    ``edge`` when the answer is the grid's end) and by the nuclei (the ruler). When both measured and they are
+    consistent (their difference within 1.96 sd of its uncertainty), the implied um/px is the two combined by their
+    uncertainties (``search._combine``: the inverse-variance weighted mean where both are normal); otherwise it is
+    the model's alone. The rule (measured: BENCHMARKS.md "The verdict"), the first that applies:
 
     1. INCONCLUSIVE when the slide lies outside the model's ``domain``.
     2. INCONCLUSIVE when the implied 95% interval is wider than ``WIDEST_DECIDING_INTERVAL`` octaves (without a
        declared um/px the status stays MISSING-METADATA and the reason says the content cannot tell it either).
-    3. OK when the implied um/px is within one grid step of the declared; otherwise MISMATCH only when the declared
-       um/px also lies outside the implied 95% interval, does not lie beyond the grid's ``edge`` ("fine"/"coarse":
-       the answer is the grid's end, the true scale may lie beyond it), and no scan peak among ``rivals`` (scales
-       in ``units``) would imply the declared um/px within one step; else INCONCLUSIVE.
-    4. The ruler: when it measured and contradicts the model (holds a declared um/px the model rejects, or excludes
-       one it accepts), INCONCLUSIVE; when it confirms a MISMATCH, the reason says so.
+    3. The model's reading holds the declared um/px when it lies within one grid step of it, inside its 95%
+       interval, beyond the grid's ``edge`` ("fine"/"coarse": the true scale may lie beyond it), or within one step
+       of a rival peak of the scan (``rivals``, scales in ``units``); else it rejects it. The ruler's reading holds
+       it when its interval does.
+    4. Without the ruler's reading: OK within one step, MISMATCH when the model rejects, else INCONCLUSIVE.
+    5. With it: OK when the implied um/px is within one step and the readings are consistent or the ruler holds the
+       declared value; MISMATCH only when both readings reject it (a false alarm needs both to fail at once); else
+       INCONCLUSIVE, and the reason says which reading holds it and which to believe.
 
     ``reason`` is stated for every status but a plain OK.
     """
@@ -351,12 +361,24 @@ def metadata_check(
         assert declared is not None  # um/px units exist only on slides that declare their um/px
         return model_mpp / (scale / declared)
 
-    # A coarser scale implies a finer slide: the interval's ends swap.
-    lo, hi = implied(interval[1]), implied(interval[0])
-    implied_mpp = implied(estimate)
+    # A coarser scale implies a finer slide: the interval's ends swap, and so does the side a grid's edge leaves open.
+    model_lo, model_hi = implied(interval[1]), implied(interval[0])
+    model_implied = implied(estimate)
     rivals_implied = tuple(implied(r) for r in rivals)
-    agrees = ruler.contains(implied_mpp) if ruler is not None and ruler.measured else None
     out_of_domain = domain.describe() if domain is not None and domain.out_of_domain else None
+    combined = None
+    if ruler is not None and ruler.measured:
+        assert ruler.mpp is not None and ruler.interval is not None
+        beyond = {"fine": "above", "coarse": "below"}.get(edge or "")
+        combined = combine(Reading.of_mpp(model_implied, (model_lo, model_hi), beyond),
+                           Reading.of_mpp(ruler.mpp, ruler.interval))
+    agrees = combined.consistent if combined is not None else None
+    # A model outside its domain gives no reading to combine: the check names it and the ruler, and decides nothing.
+    if combined is not None and combined.consistent and not out_of_domain:
+        implied_mpp, (lo, hi) = combined.mpp, combined.interval
+    else:
+        implied_mpp, lo, hi = model_implied, model_lo, model_hi
+    extra = {"model_implied_mpp": model_implied, "model_implied_interval": (model_lo, model_hi)}
     width = math.log2(hi / lo)
     too_wide = (
         f"the implied 95% interval {lo:.3g}-{hi:.3g} um/px spans {width:.1f} octaves (more than "
@@ -367,65 +389,76 @@ def metadata_check(
         reason = _join(out_of_domain, too_wide)
         if agrees is False:
             reason = _join(reason, f"the nuclei measure {ruler.describe()}, not the model's implied "  # type: ignore[union-attr]
-                           f"{implied_mpp:.3g} um/px: trust neither without a look")
+                           f"{model_implied:.3g} um/px: trust neither without a look")
         return MetadataCheck(
             "MISSING-METADATA", None, None, model_mpp, implied(chosen), implied_mpp, (lo, hi), None, reason,
-            ruler, agrees, rivals_implied,
+            ruler, agrees, rivals_implied, **extra,
         )
-    # The continuous estimate decides (the grid value can sit a step away from it): the check, the cohort table and
-    # the report then agree on one number.
+    # The implied value decides OK (the grid value can sit a step away from it): the check, the cohort table and the
+    # report then agree on one number.
     steps = steps_between(implied_mpp, declared)
-    status, reason = "OK" if abs(steps) <= 1.0 else "MISMATCH", None
+    model_steps = steps_between(model_implied, declared)
+    # Why the model's own reading does not reject the declared um/px (None: it does).
+    agreeing_rivals = [v for v in rivals_implied if abs(steps_between(v, declared)) <= 1.0]
+    if abs(model_steps) <= 1.0:
+        model_holds = f"the model implies {model_implied:.3g} um/px, within one step"
+    elif model_lo <= declared <= model_hi:
+        model_holds = (f"{model_steps:+.1f} steps off, but the declared {declared:.3g} um/px lies inside the implied "
+                       f"95% interval {model_lo:.3g}-{model_hi:.3g} (the model's): not rejected")
+    elif (edge == "fine" and model_steps < 0) or (edge == "coarse" and model_steps > 0):
+        # Beyond the fine edge the slide would be coarser than implied, beyond the coarse edge finer: only a
+        # declared value on the other side can be rejected.
+        model_holds = (f"the answer is the {edge}st scale the slide allows (the peak was not bracketed): the slide "
+                       f"may be {'coarser' if edge == 'fine' else 'finer'} than the implied {model_implied:.3g} um/px, "
+                       "as declared")
+    elif agreeing_rivals:
+        model_holds = (f"the scan also peaked where the slide would be {agreeing_rivals[0]:.3g} um/px, which agrees "
+                       "with the declared um/px: the model's margins are ambiguous on this slide")
+    else:
+        model_holds = None
+    measured = ruler is not None and ruler.measured
+    ruler_holds = measured and ruler.contains(declared)  # type: ignore[union-attr]
     if out_of_domain:
         status, reason = "INCONCLUSIVE", out_of_domain
+        if measured:
+            verdict = "holds" if ruler_holds else "EXCLUDES"
+            reason = _join(reason, f"the nuclei measure {ruler.describe()}, which {verdict} the declared "  # type: ignore[union-attr]
+                           f"{declared:.3g}")
     elif too_wide:
         status, reason = "INCONCLUSIVE", too_wide
-    elif status == "MISMATCH":
-        agreeing_rivals = [v for v in rivals_implied if abs(steps_between(v, declared)) <= 1.0]
-        if lo <= declared <= hi:
-            status, reason = "INCONCLUSIVE", (
-                f"{steps:+.1f} steps off, but the declared {declared:.3g} um/px lies inside the implied 95% interval "
-                f"{lo:.3g}-{hi:.3g}: not rejected")
-        elif (edge == "fine" and steps < 0) or (edge == "coarse" and steps > 0):
-            # Beyond the fine edge the slide would be coarser than implied, beyond the coarse edge finer: only a
-            # declared value on the other side can be rejected.
-            status, reason = "INCONCLUSIVE", (
-                f"the answer is the {edge}st scale the slide allows (the peak was not bracketed): the slide may be "
-                f"{'coarser' if edge == 'fine' else 'finer'} than the implied {implied_mpp:.3g} um/px, as declared")
-        elif agreeing_rivals:
-            status, reason = "INCONCLUSIVE", (
-                f"the scan also peaked where the slide would be {agreeing_rivals[0]:.3g} um/px, which agrees with "
-                "the declared um/px: the model's margins are ambiguous on this slide")
-        else:
-            reason = (f"the declared {declared:.3g} um/px lies outside the implied 95% interval {lo:.3g}-{hi:.3g}, "
-                      f"{steps:+.1f} steps away")
-    if ruler is not None and ruler.measured:
-        # The ruler is weighed against what the model says of the declared um/px (its own step rule), so that a
-        # contradiction is named whatever else made the check INCONCLUSIVE.
-        model_rejects, ruler_rejects = abs(steps) > 1.0, not ruler.contains(declared)
-        if model_rejects and not ruler_rejects:
-            note = (f"the model implies {implied_mpp:.3g} um/px but the nuclei measure {ruler.describe()}, "
-                    f"which holds the declared {declared:.3g}: a model's margins can peak far from its scale on "
-                    "tissue it does not know; believe the declared um/px unless the slide's content says otherwise")
-        elif not model_rejects and ruler_rejects:
-            note = (f"the model agrees with the declared {declared:.3g} um/px but the nuclei measure "
-                    f"{ruler.describe()}, which excludes it: the ruler's constant varies between tissues "
-                    "(stroma, muscle read fine; dense lymphoid tissue coarse); look at the slide")
-        elif model_rejects and agrees is False:
-            note = f"the nuclei ({ruler.describe()}) also reject it but differ from the model on the true um/px"
-        elif model_rejects:
-            note = f"confirmed without the model: the nuclei measure {ruler.describe()}"
-        else:
-            note = None
-        if model_rejects != ruler_rejects and status in ("OK", "MISMATCH"):
-            status, reason = "INCONCLUSIVE", note
-        else:
-            reason = _join(reason, note)
-    elif ruler is not None and status in ("OK", "MISMATCH"):
-        reason = _join(reason, f"no second opinion: the ruler {ruler.describe()}")
+    elif not measured:
+        status = "OK" if abs(model_steps) <= 1.0 else "INCONCLUSIVE" if model_holds else "MISMATCH"
+        reason = None if status == "OK" else model_holds or (
+            f"the declared {declared:.3g} um/px lies outside the implied 95% interval {lo:.3g}-{hi:.3g}, "
+            f"{steps:+.1f} steps away")
+        if ruler is not None and status != "INCONCLUSIVE":
+            reason = _join(reason, f"no second opinion: the ruler {ruler.describe()}")
+    elif abs(steps) <= 1.0 and (agrees or ruler_holds):
+        status, reason = "OK", None
+    elif model_holds is None and not ruler_holds:
+        # Two readings that share nothing both reject the declared value: only then is a MISMATCH asserted.
+        status = "MISMATCH"
+        reason = (f"the declared {declared:.3g} um/px lies outside the implied 95% interval {lo:.3g}-{hi:.3g}, "
+                  f"{steps:+.1f} steps away; the model ({model_implied:.3g} um/px) and the nuclei "
+                  f"({ruler.describe()}) both reject it"  # type: ignore[union-attr]
+                  + ("" if agrees else ", though they differ on the true value"))
+    elif model_holds is None:
+        status, reason = "INCONCLUSIVE", (
+            f"the model implies {model_implied:.3g} um/px but the nuclei measure {ruler.describe()}, which "  # type: ignore[union-attr]
+            f"holds the declared {declared:.3g}: a model's margins can peak far from its scale on tissue it does not "
+            "know; believe the declared um/px unless the slide's content says otherwise")
+    elif not ruler_holds:
+        status, reason = "INCONCLUSIVE", (
+            f"{model_holds}; but the nuclei measure {ruler.describe()}, which excludes the declared "  # type: ignore[union-attr]
+            f"{declared:.3g}: the ruler's constant varies between tissues (stroma, muscle read fine; dense lymphoid "
+            "tissue coarse); look at the slide")
+    else:
+        status, reason = "INCONCLUSIVE", (
+            f"{steps:+.1f} steps off, yet neither reading rejects the declared {declared:.3g} um/px: {model_holds}, and "
+            f"the nuclei measure {ruler.describe()}")  # type: ignore[union-attr]
     return MetadataCheck(
         status, declared, source, model_mpp, implied(chosen), implied_mpp, (lo, hi), steps, reason, ruler,
-        agrees, rivals_implied,
+        agrees, rivals_implied, **extra,
     )
 
 

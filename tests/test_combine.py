@@ -1,0 +1,98 @@
+"""The model's and the nuclei's readings of the slide's um/px, combined (histoscale.search._combine), and how the
+combination enters the metadata check.
+
+* Two normal readings combine into the inverse-variance weighted mean, with the 95% interval of its sd; their
+  tension is the difference over the quadrature sum of the sides that face each other.
+* A reading at the end of the scales searched is a bound: past it, it does not pull the combination or contradict
+  the other reading.
+* The check: OK when the two agree and combined lie within one step, though the model alone is further off; a
+  MISMATCH needs both readings to reject the declared um/px; the model's own reading and interval stay in the check.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from histoscale.ruler import RulerEstimate
+from histoscale.search._combine import Reading, combine, tension
+from histoscale.search.result import metadata_check
+
+Z95 = 1.959964
+
+
+def normal(value: float, sd: float, beyond: str | None = None) -> Reading:
+    return Reading(value, value - Z95 * sd, value + Z95 * sd, beyond)
+
+
+@pytest.mark.parametrize(("a", "sa", "b", "sb"), [(-1.0, 0.2, -0.6, 0.3), (0.5, 0.1, 1.5, 0.4), (0.0, 0.25, 0.0, 0.25)])
+def test_two_normal_readings_combine_into_the_weighted_mean(a: float, sa: float, b: float, sb: float) -> None:
+    got = combine(normal(a, sa), normal(b, sb))
+    wa, wb = 1 / sa**2, 1 / sb**2
+    mean, sd = (wa * a + wb * b) / (wa + wb), (wa + wb) ** -0.5
+    assert math.log2(got.mpp) == pytest.approx(mean, abs=0.005)
+    lo, hi = (math.log2(v) for v in got.interval)
+    assert lo == pytest.approx(mean - Z95 * sd, abs=0.01) and hi == pytest.approx(mean + Z95 * sd, abs=0.01)
+    assert got.z == pytest.approx(abs(a - b) / math.hypot(sa, sb))
+    assert got.consistent == (got.z <= Z95)
+
+
+def test_tension_uses_the_sides_that_face_each_other() -> None:
+    skewed = Reading(0.0, -0.2, 1.0)  # sd 0.1 below, 0.51 above
+    other = normal(1.0, 0.1)
+    assert tension(skewed, other) == pytest.approx(1.0 / math.hypot(1.0 / Z95, 0.1))
+    assert tension(other, skewed) == tension(skewed, other)
+
+
+def test_a_bound_does_not_pull_past_its_edge_nor_contradict() -> None:
+    # The model's answer is the finest scale searched: the slide is at least this coarse (0 in log2 um/px).
+    bound = normal(0.0, 0.1, beyond="above")
+    ruler = normal(0.6, 0.25)
+    got = combine(bound, ruler)
+    assert got.z == 0.0 and got.consistent
+    assert math.log2(got.mpp) == pytest.approx(0.6, abs=0.03)  # the ruler alone, past the bound
+    below = combine(bound, normal(-0.6, 0.25))  # on the bound's measured side it counts as usual
+    assert below.z == pytest.approx(0.6 / math.hypot(0.1, 0.25))
+
+
+def _ruler(mpp: float, half_octaves: float = 0.5) -> RulerEstimate:
+    return RulerEstimate(mpp, (mpp * 2**-half_octaves, mpp * 2**half_octaves), 3.0, 500, 24)
+
+
+def check(implied: float, ruler: RulerEstimate | None, *, declared: float = 0.5, half_octaves: float = 0.35,
+          edge: str | None = None):  # noqa: ANN201
+    # Units: downsample; the model at 0.5 um/px; implied = model_mpp / estimate.
+    estimate = 0.5 / implied
+    interval = (estimate * 2**-half_octaves, estimate * 2**half_octaves)
+    return metadata_check(declared, "metadata", "downsample", 0.5, estimate, estimate, interval, ruler=ruler,
+                          edge=edge)
+
+
+def test_two_agreeing_readings_within_a_step_are_ok_though_the_model_alone_is_not() -> None:
+    """The InstanSeg core's kind: the model reads 1.5 steps fine, the nuclei 0.5 step coarse."""
+    alone = check(0.5 * 2**-0.375, None)
+    assert alone.status == "MISMATCH"
+    both = check(0.5 * 2**-0.375, _ruler(0.5 * 2**0.125))
+    assert both.ruler_agrees and both.status == "OK"
+    assert abs(both.disagreement_steps) <= 1.0
+    assert both.model_implied_mpp == pytest.approx(0.5 * 2**-0.375)
+    lo, hi = both.implied_interval
+    mlo, mhi = both.model_implied_interval
+    assert math.log2(hi / lo) < math.log2(mhi / mlo)  # two readings are narrower than one
+
+
+def test_a_mismatch_needs_both_readings_to_reject() -> None:
+    wrong = check(0.25, _ruler(0.26))  # declared 0.5, both read ~0.25
+    assert wrong.status == "MISMATCH" and "both reject" in wrong.reason
+    held = check(0.25, _ruler(0.42))  # the ruler's interval holds 0.5
+    assert held.status == "INCONCLUSIVE" and "holds the declared" in held.reason
+
+
+def test_an_answer_at_the_grid_edge_rejects_nothing_beyond_it() -> None:
+    # The model's answer is the finest scale searched (implied 1.2 um/px, a bound): a slide declared 2.4 may be it.
+    edge = check(1.2, _ruler(1.1), declared=2.4, edge="fine")
+    assert edge.status == "INCONCLUSIVE" and "fine" in edge.reason
+    # The same declared on the other side is rejected by both.
+    other = check(1.2, _ruler(1.1), declared=0.3, edge="fine")
+    assert other.status == "MISMATCH"
