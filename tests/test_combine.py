@@ -96,3 +96,21 @@ def test_an_answer_at_the_grid_edge_rejects_nothing_beyond_it() -> None:
     # The same declared on the other side is rejected by both.
     other = check(1.2, _ruler(1.1), declared=0.3, edge="fine")
     assert other.status == "MISMATCH"
+
+
+def test_leave_one_out_false_alarms_are_not_asserted() -> None:
+    """The two kinds of false MISMATCH seen when neither reading knew CMU-1 (a model trained without it, a ruler
+    constant from the other image; bench/results/real_default_fused_loo_cmu1.md, before this rule)."""
+    # A model whose interval spans 2.5 octaves rejects nothing, however its point estimate lies.
+    wide = metadata_check(0.748, "metadata", "downsample", 0.5, 0.5 / 0.158, 0.5 / 0.158, (0.5 / 0.6, 0.5 / 0.06),
+                          ruler=RulerEstimate(0.52, (0.37, 0.73), 3.0, 500, 24))
+    assert wide.ruler_agrees and not wide.implied_interval[0] <= 0.748 <= wide.implied_interval[1]
+    assert wide.status == "INCONCLUSIVE" and "too wide to reject" in wide.reason
+    # Two readings 5 sd apart: each interval widens by that much, and the ruler's then holds the declared 1.2.
+    apart = metadata_check(1.198, "metadata", "downsample", 0.5, 0.5 / 0.204, 0.5 / 0.204, (0.5 / 0.254, 0.5 / 0.148),
+                           ruler=RulerEstimate(0.832, (0.59, 1.17), 2.0, 500, 24))
+    assert apart.ruler_agrees is False and apart.status == "INCONCLUSIVE"
+    # Declared x10 of the same slide: both still reject it.
+    far = metadata_check(11.98, "metadata", "downsample", 0.5, 0.5 / 0.204, 0.5 / 0.204, (0.5 / 0.254, 0.5 / 0.148),
+                         ruler=RulerEstimate(0.832, (0.59, 1.17), 2.0, 500, 24))
+    assert far.status == "MISMATCH" and "differ on the true value" in far.reason

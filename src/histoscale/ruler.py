@@ -3,11 +3,12 @@
 A metadata check that rests on one model's margins trusts that model; nuclei carry their own scale. The method:
 
 1. Colour deconvolution (Ruifrok & Johnston 2001, :func:`skimage.color.separate_stains`) gives the haematoxylin
-   optical density of each pixel, with the slide's own stain vectors (Macenko et al. 2009, "A method for normalizing
+   optical density of each pixel, on Ruifrok's reference vectors (:data:`skimage.color.rgb_from_hed`). Scanners and
+   stain protocols move the stains' colours: where the reference vectors show the nuclei no haematoxylin contrast
+   (a magenta-shifted TCGA slide), the slide's own are estimated (Macenko et al. 2009, "A method for normalizing
    histology slides for quantitative analysis": the extreme angles of the tissue's optical densities in the plane
-   of their two principal directions), accepted where they lie near haematoxylin and eosin (scanners and stain
-   protocols move them: a magenta-shifted TCGA slide has no haematoxylin contrast on the reference vectors), else
-   Ruifrok's reference vectors (:data:`skimage.color.rgb_from_hed`).
+   of their two principal directions) and used where they lie near haematoxylin and eosin. (Estimated on every
+   slide they read CMU-1 0.1 octave finer and cost 6 points of "within one step": bench/ruler.py, BENCHMARKS.md.)
 2. A soft nuclear map: 0 at the tissue's mean haematoxylin below its Otsu threshold, 1 at twice the distance to its Otsu threshold (the
    nuclei), clipped. Clipping flattens chromatin texture inside nuclei, which would otherwise put energy at
    finer scales the finer the scan resolves it; the thresholds come from the whole slide's tissue, so the map does
@@ -197,12 +198,21 @@ def stain_vectors(regions: Sequence[np.ndarray]) -> tuple[np.ndarray, bool]:
 
 
 def nuclear_stain(regions: Sequence[np.ndarray]) -> NuclearStain | None:
-    """The haematoxylin levels of the tissue in ``regions`` ((H, W, 3) uint8 each), with the tissue's own stain
-    vectors (:func:`stain_vectors`): Otsu's split of the tissue's haematoxylin (its 0.5-99.5 percentiles) and the
-    mean below it; None without enough tissue."""
+    """The haematoxylin levels of the tissue in ``regions`` ((H, W, 3) uint8 each): Otsu's split of the tissue's
+    haematoxylin (its 0.5-99.5 percentiles) and the mean below it; None without enough tissue. Ruifrok's reference
+    vectors first; where they show the nuclei no haematoxylin contrast, the tissue's own (:func:`stain_vectors`)."""
+    from skimage.color import rgb_from_hed
+
+    stain = _levels(regions, np.array([_unit(v) for v in rgb_from_hed]), estimated=False)
+    if stain is None or stain.contrast >= _MIN_CONTRAST_OD:
+        return stain
+    vectors, estimated = stain_vectors(regions)
+    return _levels(regions, vectors, estimated=True) if estimated else stain
+
+
+def _levels(regions: Sequence[np.ndarray], vectors: np.ndarray, *, estimated: bool) -> NuclearStain | None:
     from skimage.filters import threshold_otsu
 
-    vectors, estimated = stain_vectors(regions)
     values = []
     for rgb in regions:
         h, tissue = _haematoxylin(rgb, vectors)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_Z95 = 1.959964
+Z95 = 1.959964  # the standard normal's two-sided 95% quantile
 _MIN_SD = 0.02  # octaves: an interval narrower than this is not believed narrower
 _GRID_STEP = 0.002  # octaves
 _GRID_MARGIN = 6.0  # sds beyond the readings' outermost ends
@@ -39,10 +39,10 @@ class Reading:
         return cls(math.log2(mpp), math.log2(interval[0]), math.log2(interval[1]), beyond)
 
     def sd_below(self) -> float:
-        return max((self.value - self.low) / _Z95, _MIN_SD)
+        return max((self.value - self.low) / Z95, _MIN_SD)
 
     def sd_above(self) -> float:
-        return max((self.high - self.value) / _Z95, _MIN_SD)
+        return max((self.high - self.value) / Z95, _MIN_SD)
 
     def log_likelihood(self, x: np.ndarray) -> np.ndarray:
         below = x < self.value
@@ -65,7 +65,7 @@ class Combined:
 
     @property
     def consistent(self) -> bool:
-        return self.z <= _Z95
+        return self.z <= Z95
 
 
 def tension(a: Reading, b: Reading) -> float:

@@ -14,6 +14,7 @@ from histoscale.aggregate import PointAnswers
 from histoscale.calibration import ScaleCalibration
 from histoscale.domain import DomainCheck
 from histoscale.ruler import RulerEstimate
+from histoscale.search._combine import Z95 as _Z95
 from histoscale.search._combine import Reading, combine
 from histoscale.units import Units, steps_between
 
@@ -343,7 +344,9 @@ def metadata_check(
     4. Without the ruler's reading: OK within one step, MISMATCH when the model rejects, else INCONCLUSIVE.
     5. With it: OK when the implied um/px is within one step and the readings are consistent or the ruler holds the
        declared value; MISMATCH only when both readings reject it (a false alarm needs both to fail at once); else
-       INCONCLUSIVE, and the reason says which reading holds it and which to believe.
+       INCONCLUSIVE, and the reason says which reading holds it and which to believe. Inconsistent readings have
+       each interval widened by the Birge ratio (their distance in sd over 1.96) before either may reject, and a
+       model whose own interval is wider than ``WIDEST_DECIDING_INTERVAL`` rejects nothing.
 
     ``reason`` is stated for every status but a plain OK.
     """
@@ -398,13 +401,24 @@ def metadata_check(
     # report then agree on one number.
     steps = steps_between(implied_mpp, declared)
     model_steps = steps_between(model_implied, declared)
+    # Two readings that contradict each other understate their uncertainties: each interval is widened by how far
+    # apart they lie (the Birge ratio, as particle-data compilations scale inconsistent measurements) before
+    # either may reject the declared value.
+    birge = max(1.0, combined.z / _Z95) if combined is not None else 1.0
+    model_range = _widened(model_implied, (model_lo, model_hi), birge)
     # Why the model's own reading does not reject the declared um/px (None: it does).
     agreeing_rivals = [v for v in rivals_implied if abs(steps_between(v, declared)) <= 1.0]
+    model_width = math.log2(model_hi / model_lo)
     if abs(model_steps) <= 1.0:
         model_holds = f"the model implies {model_implied:.3g} um/px, within one step"
-    elif model_lo <= declared <= model_hi:
+    elif model_width > WIDEST_DECIDING_INTERVAL:
+        model_holds = (f"the model's implied 95% interval {model_lo:.3g}-{model_hi:.3g} um/px spans "
+                       f"{model_width:.1f} octaves: too wide to reject anything")
+    elif model_range[0] <= declared <= model_range[1]:
         model_holds = (f"{model_steps:+.1f} steps off, but the declared {declared:.3g} um/px lies inside the implied "
-                       f"95% interval {model_lo:.3g}-{model_hi:.3g} (the model's): not rejected")
+                       f"95% interval {model_range[0]:.3g}-{model_range[1]:.3g} (the model's"
+                       f"{', widened x' + format(birge, '.2g') + ' as the readings disagree' if birge > 1 else ''}): "
+                       "not rejected")
     elif (edge == "fine" and model_steps < 0) or (edge == "coarse" and model_steps > 0):
         # Beyond the fine edge the slide would be coarser than implied, beyond the coarse edge finer: only a
         # declared value on the other side can be rejected.
@@ -417,7 +431,7 @@ def metadata_check(
     else:
         model_holds = None
     measured = ruler is not None and ruler.measured
-    ruler_holds = measured and ruler.contains(declared)  # type: ignore[union-attr]
+    ruler_holds = measured and _inside(declared, _widened(ruler.mpp, ruler.interval, birge))  # type: ignore[union-attr,arg-type]
     if out_of_domain:
         status, reason = "INCONCLUSIVE", out_of_domain
         if measured:
@@ -460,6 +474,15 @@ def metadata_check(
         status, declared, source, model_mpp, implied(chosen), implied_mpp, (lo, hi), steps, reason, ruler,
         agrees, rivals_implied, **extra,
     )
+
+
+def _widened(value: float, interval: tuple[float, float], factor: float) -> tuple[float, float]:
+    """``interval`` around ``value`` (um/px) with each side ``factor`` times as long in log."""
+    return value * (interval[0] / value) ** factor, value * (interval[1] / value) ** factor
+
+
+def _inside(value: float, interval: tuple[float, float]) -> bool:
+    return interval[0] <= value <= interval[1]
 
 
 def _join(*parts: str | None) -> str | None:
