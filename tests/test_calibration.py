@@ -171,7 +171,7 @@ def test_search_applies_the_calibration_exactly(phantoms: dict[float, Path]) -> 
     assert fixed.to_dict()["margin_peak_scale"] == pytest.approx(plain.chosen_scale)
     lo, hi = fixed.interval
     assert lo < plain.interval[0] * factor and hi > plain.interval[1] * factor  # the scatter widens it
-    assert fixed.check.implied_mpp == pytest.approx(plain.check.implied_mpp / factor)
+    assert fixed.check.model_implied_mpp == pytest.approx(plain.check.model_implied_mpp / factor)  # the model's reading
     assert "calibrated: this model's margins peak at 0.6 um/px" in fixed.summary()
     # a slope acts on the level-0 downsample (the slide declares its um/px, so the scales are um/px)
     level0 = math.log2(0.45)

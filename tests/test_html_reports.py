@@ -76,6 +76,9 @@ def test_index_is_written_with_the_table(cohort: Path) -> None:
     page = (cohort / "index.html").read_text()
     for row in rows:
         assert f'data-id="{row["id"]}"' in page
+    # Beside the implied um/px, its two readings: the model's alone and the nuclei's.
+    assert "model um/px" in page and "ruler um/px" in page
+    assert any(row["model_implied_mpp"] is not None for row in rows)
     assert "http://" not in page and "https://" not in page  # nothing to fetch
     assert not list(cohort.glob(".*.tmp"))  # atomic writes leave no temporaries
 

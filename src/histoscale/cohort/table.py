@@ -22,14 +22,14 @@ from histoscale.search import ScaleResult
 __all__ = ["COLUMNS", "FINAL_FLAGS", "FLAGS", "ResultsTable", "read_results"]
 
 COLUMNS = (
-    "id", "slide", "declared_mpp", "mpp_source", "implied_mpp", "ci_low", "ci_high", "confidence", "ruler_mpp",
-    "chosen_scale", "level0_downsample", "units",
+    "id", "slide", "declared_mpp", "mpp_source", "implied_mpp", "ci_low", "ci_high", "confidence",
+    "model_implied_mpp", "ruler_mpp", "chosen_scale", "level0_downsample", "units",
     "disagreement_steps", "flag", "message", "points_used", "seconds", "finished_at",
 )
 FLAGS = ("OK", "MISMATCH", "INCONCLUSIVE", "MISSING-METADATA", "UNKNOWN-MODEL-MPP", "ERROR")
 FINAL_FLAGS = frozenset(FLAGS) - {"ERROR"}
 _FLOAT_COLUMNS = (
-    "declared_mpp", "implied_mpp", "ci_low", "ci_high", "confidence", "ruler_mpp", "chosen_scale",
+    "declared_mpp", "implied_mpp", "ci_low", "ci_high", "confidence", "model_implied_mpp", "ruler_mpp", "chosen_scale",
     "level0_downsample", "disagreement_steps", "seconds",
 )
 _INT_COLUMNS = ("points_used",)
@@ -93,6 +93,7 @@ def _result_row(job: CohortJob, result: ScaleResult, seconds: float) -> dict[str
         "ci_low": interval[0],
         "ci_high": interval[1],
         "confidence": result.confidence,
+        "model_implied_mpp": check.model_implied_mpp,
         "ruler_mpp": check.ruler.mpp if check.ruler is not None else None,
         "chosen_scale": result.chosen_scale,
         "level0_downsample": result.level0_downsample,

@@ -381,7 +381,6 @@ def metadata_check(
         implied_mpp, (lo, hi) = combined.mpp, combined.interval
     else:
         implied_mpp, lo, hi = model_implied, model_lo, model_hi
-    extra = {"model_implied_mpp": model_implied, "model_implied_interval": (model_lo, model_hi)}
     width = math.log2(hi / lo)
     too_wide = (
         f"the implied 95% interval {lo:.3g}-{hi:.3g} um/px spans {width:.1f} octaves (more than "
@@ -395,7 +394,8 @@ def metadata_check(
                            f"{model_implied:.3g} um/px: trust neither without a look")
         return MetadataCheck(
             "MISSING-METADATA", None, None, model_mpp, implied(chosen), implied_mpp, (lo, hi), None, reason,
-            ruler, agrees, rivals_implied, **extra,
+            ruler, agrees, rivals_implied, model_implied_mpp=model_implied,
+            model_implied_interval=(model_lo, model_hi),
         )
     # The implied value decides OK (the grid value can sit a step away from it): the check, the cohort table and the
     # report then agree on one number.
@@ -472,7 +472,8 @@ def metadata_check(
             f"the nuclei measure {ruler.describe()}")  # type: ignore[union-attr]
     return MetadataCheck(
         status, declared, source, model_mpp, implied(chosen), implied_mpp, (lo, hi), steps, reason, ruler,
-        agrees, rivals_implied, **extra,
+        agrees, rivals_implied, model_implied_mpp=model_implied,
+        model_implied_interval=(model_lo, model_hi),
     )
 
 
