@@ -4,7 +4,7 @@ combination enters the metadata check.
 * Two normal readings combine into the inverse-variance weighted mean, with the 95% interval of its sd; their
   tension is the difference over the quadrature sum of the sides that face each other.
 * A reading at the end of the scales searched is a bound: past it, it does not pull the combination or contradict
-  the other reading.
+  the other reading, and the ruler alone may reject a declared value there.
 * The check: OK when the two agree and combined lie within one step, though the model alone is further off; a
   MISMATCH needs both readings to reject the declared um/px; the model's own reading and interval stay in the check.
 """
@@ -89,10 +89,16 @@ def test_a_mismatch_needs_both_readings_to_reject() -> None:
     assert held.status == "INCONCLUSIVE" and "holds the declared" in held.reason
 
 
-def test_an_answer_at_the_grid_edge_rejects_nothing_beyond_it() -> None:
-    # The model's answer is the finest scale searched (implied 1.2 um/px, a bound): a slide declared 2.4 may be it.
-    edge = check(1.2, _ruler(1.1), declared=2.4, edge="fine")
-    assert edge.status == "INCONCLUSIVE" and "fine" in edge.reason
+def test_an_answer_at_the_grid_edge_leaves_the_ruler_to_reject_beyond_it() -> None:
+    """A slide of 1.0-1.2 um/px: the model's answer is the finest scale it searches (a bound: the slide is at least
+    this coarse). Declared coarser still, only the nuclei can reject it; the model, which does not contradict them,
+    cannot hold it."""
+    alone = check(1.2, None, declared=2.4, edge="fine")
+    assert alone.status == "INCONCLUSIVE" and "fine" in alone.reason  # the bound alone rejects nothing past it
+    ruled = check(1.2, _ruler(1.1), declared=2.4, edge="fine")
+    assert ruled.ruler_agrees and ruled.status == "MISMATCH" and "does not reach it" in ruled.reason
+    held = check(1.2, _ruler(1.9), declared=2.4, edge="fine")  # the nuclei hold 2.4: no verdict
+    assert held.status == "INCONCLUSIVE"
     # The same declared on the other side is rejected by both.
     other = check(1.2, _ruler(1.1), declared=0.3, edge="fine")
     assert other.status == "MISMATCH"

@@ -343,8 +343,10 @@ def metadata_check(
        it when its interval does.
     4. Without the ruler's reading: OK within one step, MISMATCH when the model rejects, else INCONCLUSIVE.
     5. With it: OK when the implied um/px is within one step and the readings are consistent or the ruler holds the
-       declared value; MISMATCH only when both readings reject it (a false alarm needs both to fail at once); else
-       INCONCLUSIVE, and the reason says which reading holds it and which to believe. Inconsistent readings have
+       declared value; MISMATCH when both readings reject it (a false alarm needs both to fail at once), or when
+       the ruler rejects it and the model's only hold on it is a bound it does not contradict the ruler with (its
+       answer is the grid's end, the declared value beyond: a coarse slide declared coarser still) and the combined
+       interval excludes it; else INCONCLUSIVE, and the reason says which reading holds it and which to believe. Inconsistent readings have
        each interval widened by the Birge ratio (their distance in sd over 1.96) before either may reject, and a
        model whose own interval is wider than ``WIDEST_DECIDING_INTERVAL`` rejects nothing.
 
@@ -409,6 +411,9 @@ def metadata_check(
     # Why the model's own reading does not reject the declared um/px (None: it does).
     agreeing_rivals = [v for v in rivals_implied if abs(steps_between(v, declared)) <= 1.0]
     model_width = math.log2(model_hi / model_lo)
+    # The answer is the grid's end and the declared value lies past it: the model's reading is a bound there.
+    bound = (edge == "fine" and model_steps < 0) or (edge == "coarse" and model_steps > 0)
+    only_bound = False  # the model holds the declared value only because it is a bound
     if abs(model_steps) <= 1.0:
         model_holds = f"the model implies {model_implied:.3g} um/px, within one step"
     elif model_width > WIDEST_DECIDING_INTERVAL:
@@ -419,9 +424,10 @@ def metadata_check(
                        f"95% interval {model_range[0]:.3g}-{model_range[1]:.3g} (the model's"
                        f"{', widened x' + format(birge, '.2g') + ' as the readings disagree' if birge > 1 else ''}): "
                        "not rejected")
-    elif (edge == "fine" and model_steps < 0) or (edge == "coarse" and model_steps > 0):
+    elif bound:
         # Beyond the fine edge the slide would be coarser than implied, beyond the coarse edge finer: only a
         # declared value on the other side can be rejected.
+        only_bound = not agreeing_rivals
         model_holds = (f"the answer is the {edge}st scale the slide allows (the peak was not bracketed): the slide "
                        f"may be {'coarser' if edge == 'fine' else 'finer'} than the implied {model_implied:.3g} um/px, "
                        "as declared")
@@ -456,6 +462,13 @@ def metadata_check(
                   f"{steps:+.1f} steps away; the model ({model_implied:.3g} um/px) and the nuclei "
                   f"({ruler.describe()}) both reject it"  # type: ignore[union-attr]
                   + ("" if agrees else ", though they differ on the true value"))
+    elif only_bound and agrees and not ruler_holds and not lo <= declared <= hi:
+        # The model cannot reach the declared value but does not contradict the nuclei, which exclude it, and so
+        # does the two readings' combination: a coarse slide (~1 um/px and up) declared coarser still.
+        status = "MISMATCH"
+        reason = (f"the declared {declared:.3g} um/px lies outside the implied 95% interval {lo:.3g}-{hi:.3g}, "
+                  f"{steps:+.1f} steps away: the nuclei ({ruler.describe()}) exclude it, and the model's answer, "  # type: ignore[union-attr]
+                  f"the {edge}st scale searched ({model_implied:.3g} um/px), agrees with them and does not reach it")
     elif model_holds is None:
         status, reason = "INCONCLUSIVE", (
             f"the model implies {model_implied:.3g} um/px but the nuclei measure {ruler.describe()}, which "  # type: ignore[union-attr]
