@@ -346,9 +346,9 @@ def metadata_check(
        declared value; MISMATCH when both readings reject it (a false alarm needs both to fail at once), or when
        the ruler rejects it and the model's only hold on it is a bound it does not contradict the ruler with (its
        answer is the grid's end, the declared value beyond: a coarse slide declared coarser still) and the combined
-       interval excludes it; else INCONCLUSIVE, and the reason says which reading holds it and which to believe. Inconsistent readings have
-       each interval widened by the Birge ratio (their distance in sd over 1.96) before either may reject, and a
-       model whose own interval is wider than ``WIDEST_DECIDING_INTERVAL`` rejects nothing.
+       interval excludes it; else INCONCLUSIVE, and the reason says which reading holds it and which to believe.
+       Inconsistent readings have each interval widened by the Birge ratio (their distance in sd over 1.96) before
+       either may reject, and a model whose own interval is wider than ``WIDEST_DECIDING_INTERVAL`` rejects nothing.
 
     ``reason`` is stated for every status but a plain OK.
     """
@@ -407,35 +407,7 @@ def metadata_check(
     # apart they lie (the Birge ratio, as particle-data compilations scale inconsistent measurements) before
     # either may reject the declared value.
     birge = max(1.0, combined.z / _Z95) if combined is not None else 1.0
-    model_range = _widened(model_implied, (model_lo, model_hi), birge)
-    # Why the model's own reading does not reject the declared um/px (None: it does).
-    agreeing_rivals = [v for v in rivals_implied if abs(steps_between(v, declared)) <= 1.0]
-    model_width = math.log2(model_hi / model_lo)
-    # The answer is the grid's end and the declared value lies past it: the model's reading is a bound there.
-    bound = (edge == "fine" and model_steps < 0) or (edge == "coarse" and model_steps > 0)
-    only_bound = False  # the model holds the declared value only because it is a bound
-    if abs(model_steps) <= 1.0:
-        model_holds = f"the model implies {model_implied:.3g} um/px, within one step"
-    elif model_width > WIDEST_DECIDING_INTERVAL:
-        model_holds = (f"the model's implied 95% interval {model_lo:.3g}-{model_hi:.3g} um/px spans "
-                       f"{model_width:.1f} octaves: too wide to reject anything")
-    elif model_range[0] <= declared <= model_range[1]:
-        model_holds = (f"{model_steps:+.1f} steps off, but the declared {declared:.3g} um/px lies inside the implied "
-                       f"95% interval {model_range[0]:.3g}-{model_range[1]:.3g} (the model's"
-                       f"{', widened x' + format(birge, '.2g') + ' as the readings disagree' if birge > 1 else ''}): "
-                       "not rejected")
-    elif bound:
-        # Beyond the fine edge the slide would be coarser than implied, beyond the coarse edge finer: only a
-        # declared value on the other side can be rejected.
-        only_bound = not agreeing_rivals
-        model_holds = (f"the answer is the {edge}st scale the slide allows (the peak was not bracketed): the slide "
-                       f"may be {'coarser' if edge == 'fine' else 'finer'} than the implied {model_implied:.3g} um/px, "
-                       "as declared")
-    elif agreeing_rivals:
-        model_holds = (f"the scan also peaked where the slide would be {agreeing_rivals[0]:.3g} um/px, which agrees "
-                       "with the declared um/px: the model's margins are ambiguous on this slide")
-    else:
-        model_holds = None
+    model_holds, only_bound = _model_hold(declared, model_implied, (model_lo, model_hi), birge, edge, rivals_implied)
     measured = ruler is not None and ruler.measured
     ruler_holds = measured and _inside(declared, _widened(ruler.mpp, ruler.interval, birge))  # type: ignore[union-attr,arg-type]
     if out_of_domain:
@@ -488,6 +460,38 @@ def metadata_check(
         agrees, rivals_implied, model_implied_mpp=model_implied,
         model_implied_interval=(model_lo, model_hi),
     )
+
+
+def _model_hold(
+    declared: float, implied: float, interval: tuple[float, float], birge: float, edge: str | None,
+    rivals_implied: tuple[float, ...],
+) -> tuple[str | None, bool]:
+    """Why the model's reading (``implied`` um/px and its 95% ``interval``, widened by ``birge``) does not reject
+    the ``declared`` um/px, or None when it does; and whether it holds it only as a bound (its answer is the grid's
+    ``edge`` and the declared value lies past it, no rival peak agreeing)."""
+    steps = steps_between(implied, declared)
+    lo, hi = _widened(implied, interval, birge)
+    width = math.log2(interval[1] / interval[0])
+    agreeing_rivals = [v for v in rivals_implied if abs(steps_between(v, declared)) <= 1.0]
+    if abs(steps) <= 1.0:
+        return f"the model implies {implied:.3g} um/px, within one step", False
+    if width > WIDEST_DECIDING_INTERVAL:
+        return (f"the model's implied 95% interval {interval[0]:.3g}-{interval[1]:.3g} um/px spans {width:.1f} octaves: "
+                "too wide to reject anything"), False
+    if lo <= declared <= hi:
+        widened = f", widened x{birge:.2g} as the readings disagree" if birge > 1 else ""
+        return (f"{steps:+.1f} steps off, but the declared {declared:.3g} um/px lies inside the implied 95% interval "
+                f"{lo:.3g}-{hi:.3g} (the model's{widened}): not rejected"), False
+    if (edge == "fine" and steps < 0) or (edge == "coarse" and steps > 0):
+        # Beyond the fine edge the slide would be coarser than implied, beyond the coarse edge finer: only a
+        # declared value on the other side can be rejected.
+        return (f"the answer is the {edge}st scale the slide allows (the peak was not bracketed): the slide may be "
+                f"{'coarser' if edge == 'fine' else 'finer'} than the implied {implied:.3g} um/px, as declared",
+                not agreeing_rivals)
+    if agreeing_rivals:
+        return (f"the scan also peaked where the slide would be {agreeing_rivals[0]:.3g} um/px, which agrees with "
+                "the declared um/px: the model's margins are ambiguous on this slide"), False
+    return None, False
 
 
 def _widened(value: float, interval: tuple[float, float], factor: float) -> tuple[float, float]:
