@@ -431,15 +431,15 @@ def metadata_check(
         # Two readings that share nothing both reject the declared value: only then is a MISMATCH asserted.
         status = "MISMATCH"
         reason = (f"the declared {declared:.3g} um/px lies outside the implied 95% interval {lo:.3g}-{hi:.3g}, "
-                  f"{steps:+.1f} steps away; the model ({model_implied:.3g} um/px) and the nuclei "
-                  f"({ruler.describe()}) both reject it"  # type: ignore[union-attr]
+                  f"{steps:+.1f} steps away; the model's {model_implied:.3g} um/px and the nuclei's "
+                  f"{ruler.describe()} both reject it"  # type: ignore[union-attr]
                   + ("" if agrees else ", though they differ on the true value"))
     elif only_bound and agrees and not ruler_holds and not lo <= declared <= hi:
         # The model cannot reach the declared value but does not contradict the nuclei, which exclude it, and so
         # does the two readings' combination: a coarse slide (~1 um/px and up) declared coarser still.
         status = "MISMATCH"
         reason = (f"the declared {declared:.3g} um/px lies outside the implied 95% interval {lo:.3g}-{hi:.3g}, "
-                  f"{steps:+.1f} steps away: the nuclei ({ruler.describe()}) exclude it, and the model's answer, "  # type: ignore[union-attr]
+                  f"{steps:+.1f} steps away: the nuclei's {ruler.describe()} exclude it, and the model's answer, "  # type: ignore[union-attr]
                   f"the {edge}st scale searched ({model_implied:.3g} um/px), agrees with them and does not reach it")
     elif model_holds is None:
         status, reason = "INCONCLUSIVE", (
