@@ -160,10 +160,10 @@ def test_the_bundled_model_is_calibrated_in_both_formats() -> None:
 def test_search_applies_the_calibration_exactly(phantoms: dict[float, Path]) -> None:
     slide = phantoms[0.45]
     cal = ScaleCalibration(margin_peak_mpp=0.6, sd_log2=0.15, slides=20)
-    plain = find_scale(slide, load_model("phantom"), calibrated=False, early_stop=False)
+    plain = find_scale(slide, load_model("phantom"), calibrated=False, early_stop=False, ruler=False)
     assert plain.calibration is None
     model = load_model("phantom", calibration=cal.to_dict())
-    fixed = find_scale(slide, model, early_stop=False)  # the same points: the early stop depends on the calibration
+    fixed = find_scale(slide, model, early_stop=False, ruler=False)  # the same points; the model's reading alone
     factor = 0.5 / 0.6
     assert fixed.calibration == cal
     assert fixed.estimate == pytest.approx(plain.estimate * factor)
@@ -171,11 +171,12 @@ def test_search_applies_the_calibration_exactly(phantoms: dict[float, Path]) -> 
     assert fixed.to_dict()["margin_peak_scale"] == pytest.approx(plain.chosen_scale)
     lo, hi = fixed.interval
     assert lo < plain.interval[0] * factor and hi > plain.interval[1] * factor  # the scatter widens it
-    assert fixed.check.model_implied_mpp == pytest.approx(plain.check.model_implied_mpp / factor)  # the model's reading
+    assert fixed.check.implied_mpp == pytest.approx(plain.check.implied_mpp / factor)
     assert "calibrated: this model's margins peak at 0.6 um/px" in fixed.summary()
     # a slope acts on the level-0 downsample (the slide declares its um/px, so the scales are um/px)
     level0 = math.log2(0.45)
-    pulled = find_scale(slide, load_model("phantom", calibration=dataclasses.replace(cal, slope=0.9)), early_stop=False)
+    pulled = find_scale(slide, load_model("phantom", calibration=dataclasses.replace(cal, slope=0.9)), early_stop=False,
+                        ruler=False)
     expected = level0 + (math.log2(plain.estimate) - level0) / 0.9 + math.log2(factor)
     assert math.log2(pulled.estimate) == pytest.approx(expected)
     assert "following the scale with slope 0.90" in pulled.summary()
@@ -197,12 +198,12 @@ def test_a_calibration_holds_for_the_scorer_and_aggregation_it_was_measured_with
 
 def test_sampling_stops_once_the_scatter_between_slides_dominates(phantoms: dict[float, Path]) -> None:
     loose = load_model("phantom", calibration={"margin_peak_mpp": 0.56, "sd_log2": 0.5, "slides": 20})
-    result = find_scale(phantoms[0.45], loose, points=100)
+    result = find_scale(phantoms[0.45], loose, points=100, ruler=False)  # the model's reading and its scatter alone
     assert result.stopped_early and result.points_used == 32  # the minimum: 4 blocks of 8 points
     assert "(stopped early: settled at 32 of 100)" in result.summary()
     lo, hi = np.log2(result.interval)
     assert hi - lo > 2 * 1.96 * 0.5  # the interval still carries the whole scatter
-    assert find_scale(phantoms[0.45], loose, points=100, calibrated=False).points_used > 32
+    assert find_scale(phantoms[0.45], loose, points=100, calibrated=False, ruler=False).points_used > 32
 
 
 def test_a_calibration_gives_a_model_of_unknown_mpp_an_effective_one(phantoms: dict[float, Path]) -> None:

@@ -589,6 +589,14 @@ class _Run:
             check_mpp, chosen, estimate, interval, domain=domain, ruler=ruler,
             edge=grid_edge(result_vote.winner, len(grid)), rivals=rivals,
         )
+        if check.implied_mpp != check.model_implied_mpp and check.implied_interval is not None:
+            # The slide's um/px was read twice and the readings combined: the scale at which the model sees its
+            # reference um/px follows the combination (scale = reference um/px / slide um/px, in level-0 px or in
+            # declared um/px).
+            per = 1.0 if units == "downsample" else float(res.mpp)  # type: ignore[union-attr]
+            lo_mpp, hi_mpp = check.implied_interval
+            estimate = check.model_mpp * per / check.implied_mpp  # type: ignore[operator]
+            interval = (check.model_mpp * per / hi_mpp, check.model_mpp * per / lo_mpp)  # type: ignore[operator]
         return ScaleResult(
             slide=str(self.slide.path),
             model=str(getattr(self.model, "name", type(self.model).__name__)),

@@ -93,7 +93,10 @@ class ScaleResult:
     ``chosen_scale``, ``estimate`` and ``interval`` say where to apply the model. Without ``calibration`` that is
     where its margins peak (``scales[chosen_index]``, the paper's answer); with it, that scale moved by
     ``calibration.apply`` (to where the model sees its training um/px), the interval widened by the calibration's
-    slide-to-slide scatter.
+    slide-to-slide scatter. Where the check combined the model's reading of the slide's um/px with the nuclei's
+    (``check.implied_mpp`` differs from ``check.model_implied_mpp``), ``estimate`` and ``interval`` follow the
+    combination: the scale at which the model sees its reference um/px on a slide of ``check.implied_mpp``;
+    ``chosen_scale`` stays the model's grid answer.
     """
 
     slide: str
