@@ -170,14 +170,18 @@ def _angle_deg(a: np.ndarray, b: np.ndarray) -> float:
     return math.degrees(math.acos(float(np.clip(np.dot(_unit(a), _unit(b)), -1.0, 1.0))))
 
 
+def _reference_vectors() -> np.ndarray:
+    from skimage.color import rgb_from_hed
+
+    return np.array([_unit(v) for v in rgb_from_hed])
+
+
 def stain_vectors(regions: Sequence[np.ndarray]) -> tuple[np.ndarray, bool]:
     """The tissue's haematoxylin and eosin OD vectors (Macenko et al. 2009) from ``regions`` ((H, W, 3) uint8):
     (3, 3) unit rows haematoxylin, eosin, their cross product; and whether they are the tissue's own. Ruifrok's
     reference vectors are returned instead where too few pixels are stained, or the estimate lies far from
     haematoxylin and eosin (another stain, or one dominant colour whose extremes are not two stains)."""
-    from skimage.color import rgb_from_hed
-
-    reference = np.array([_unit(v) for v in rgb_from_hed])
+    reference = _reference_vectors()
     od = np.concatenate([-np.log10(np.maximum(_check_rgb(r)[::2, ::2].reshape(-1, 3), 1) / 255.0) for r in regions])
     od = od[(od > _STAINED_OD).all(axis=1)]
     if len(od) < _MIN_TISSUE_PX:
@@ -201,9 +205,7 @@ def nuclear_stain(regions: Sequence[np.ndarray]) -> NuclearStain | None:
     """The haematoxylin levels of the tissue in ``regions`` ((H, W, 3) uint8 each): Otsu's split of the tissue's
     haematoxylin (its 0.5-99.5 percentiles) and the mean below it; None without enough tissue. Ruifrok's reference
     vectors first; where they show the nuclei no haematoxylin contrast, the tissue's own (:func:`stain_vectors`)."""
-    from skimage.color import rgb_from_hed
-
-    stain = _levels(regions, np.array([_unit(v) for v in rgb_from_hed]), estimated=False)
+    stain = _levels(regions, _reference_vectors(), estimated=False)
     if stain is None or stain.contrast >= _MIN_CONTRAST_OD:
         return stain
     vectors, estimated = stain_vectors(regions)

@@ -48,7 +48,7 @@ from histoscale.scoring import PER_SCALE_SCORERS, BatchNormStatistics, CurveScor
 from histoscale.search._range import FINE_INNER, fine_grid, focus_window, plausible_range, scan_grid
 from histoscale.search._widen import edge_direction, widen_grid
 from histoscale.search.config import SearchConfig
-from histoscale.search.result import ScaleResult, ScanSummary, grid_edge, metadata_check
+from histoscale.search.result import ScaleResult, ScanSummary, grid_edge, metadata_check, through_model
 from histoscale.slide import Slide, measure_mpp, open_slide, tissue_mask
 from histoscale.units import STEPS_PER_OCTAVE, Units, check_upsampling, parse_scales, to_downsamples
 
@@ -591,12 +591,12 @@ class _Run:
         )
         if check.implied_mpp != check.model_implied_mpp and check.implied_interval is not None:
             # The slide's um/px was read twice and the readings combined: the scale at which the model sees its
-            # reference um/px follows the combination (scale = reference um/px / slide um/px, in level-0 px or in
-            # declared um/px).
-            per = 1.0 if units == "downsample" else float(res.mpp)  # type: ignore[union-attr]
+            # reference um/px follows the combination (the check's own map from scale to slide um/px, inverted).
+            def scale(mpp: float) -> float:
+                return through_model(mpp, units, check_mpp, check.declared_mpp)  # type: ignore[arg-type]
+
             lo_mpp, hi_mpp = check.implied_interval
-            estimate = check.model_mpp * per / check.implied_mpp  # type: ignore[operator]
-            interval = (check.model_mpp * per / hi_mpp, check.model_mpp * per / lo_mpp)  # type: ignore[operator]
+            estimate, interval = scale(check.implied_mpp), (scale(hi_mpp), scale(lo_mpp))  # type: ignore[arg-type]
         return ScaleResult(
             slide=str(self.slide.path),
             model=str(getattr(self.model, "name", type(self.model).__name__)),

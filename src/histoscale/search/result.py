@@ -20,6 +20,7 @@ from histoscale.units import Units, steps_between
 
 __all__ = [
     "WIDEST_DECIDING_INTERVAL", "MetadataCheck", "ScaleResult", "ScanSummary", "grid_edge", "metadata_check",
+    "through_model",
 ]
 
 #: An answer whose 95% interval is wider than this (octaves) cannot tell a correct declaration from one off by 2x.
@@ -363,11 +364,7 @@ def metadata_check(
         return MetadataCheck("UNKNOWN-MODEL-MPP", declared, source, None, None, None, None, None, reason, ruler)
 
     def implied(scale: float) -> float:
-        # The model saw one of its px where the search applied it: `scale` um/px, or `scale` level-0 px.
-        if units == "downsample":
-            return model_mpp / scale
-        assert declared is not None  # um/px units exist only on slides that declare their um/px
-        return model_mpp / (scale / declared)
+        return through_model(scale, units, model_mpp, declared)
 
     # A coarser scale implies a finer slide: the interval's ends swap, and so does the side a grid's edge leaves open.
     model_lo, model_hi = implied(interval[1]), implied(interval[0])
@@ -375,8 +372,9 @@ def metadata_check(
     rivals_implied = tuple(implied(r) for r in rivals)
     out_of_domain = domain.describe() if domain is not None and domain.out_of_domain else None
     combined = None
-    if ruler is not None and ruler.measured:
-        assert ruler.mpp is not None and ruler.interval is not None
+    measured = ruler is not None and ruler.measured
+    if measured:
+        assert ruler is not None and ruler.mpp is not None and ruler.interval is not None
         beyond = {"fine": "above", "coarse": "below"}.get(edge or "")
         combined = combine(Reading.of_mpp(model_implied, (model_lo, model_hi), beyond),
                            Reading.of_mpp(ruler.mpp, ruler.interval))
@@ -411,7 +409,6 @@ def metadata_check(
     # either may reject the declared value.
     birge = max(1.0, combined.z / _Z95) if combined is not None else 1.0
     model_holds, only_bound = _model_hold(declared, model_implied, (model_lo, model_hi), birge, edge, rivals_implied)
-    measured = ruler is not None and ruler.measured
     ruler_holds = measured and _inside(declared, _widened(ruler.mpp, ruler.interval, birge))  # type: ignore[union-attr,arg-type]
     if out_of_domain:
         status, reason = "INCONCLUSIVE", out_of_domain
@@ -463,6 +460,16 @@ def metadata_check(
         agrees, rivals_implied, model_implied_mpp=model_implied,
         model_implied_interval=(model_lo, model_hi),
     )
+
+
+def through_model(value: float, units: Units, model_mpp: float, declared: float | None) -> float:
+    """A scale in ``units`` -> the slide's level-0 um/px it implies through the model's ``model_mpp``, and back (the
+    map is its own inverse): the model saw one of its px where the search applied it, ``scale`` level-0 px or
+    ``scale`` um/px of the ``declared`` kind, so slide um/px = ``model_mpp`` x (1 or ``declared``) / scale."""
+    if units == "downsample":
+        return model_mpp / value
+    assert declared is not None  # um/px units exist only on slides that declare their um/px
+    return model_mpp * declared / value
 
 
 def _model_hold(
