@@ -97,7 +97,10 @@ class ScaleResult:
     slide-to-slide scatter. Where the check combined the model's reading of the slide's um/px with the nuclei's
     (``check.implied_mpp`` differs from ``check.model_implied_mpp``), ``estimate`` and ``interval`` follow the
     combination: the scale at which the model sees its reference um/px on a slide of ``check.implied_mpp``;
-    ``chosen_scale`` stays the model's grid answer.
+    ``chosen_scale`` stays the model's grid answer. ``confidence`` is the share of bootstrap resamples of the
+    informative points whose vote picks ``chosen_scale``: it measures the model's points only, not the nuclei's
+    reading, and not the seed-to-seed spread of an adaptive search (CMU-1, seeds 0-7: 67-97% beside two grid
+    answers a step apart; BENCHMARKS.md).
     """
 
     slide: str
@@ -227,8 +230,8 @@ class ScaleResult:
         # An early stop is a decision the user should see: fewer points than asked, because the answer had settled.
         stop = f" (stopped early: settled at {self.points_used} of {self.points_requested})" if self.stopped_early else ""
         text = (
-            f"{head}; {self.points_informative}/{self.points_used} informative points{stop}, confidence "
-            f"{self.confidence:.0%}"
+            f"{head}; {self.points_informative}/{self.points_used} informative points{stop}, the model's grid scale "
+            f"in {self.confidence:.0%} of their resamples"
         )
         if c.implied_grid_mpp is not None:
             lo_mpp, hi_mpp = c.implied_interval or (math.nan, math.nan)
