@@ -42,11 +42,13 @@ import tifffile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "real_models"))
 import common  # noqa: E402
-from real_default import ENCODINGS, STEP, TRUSTED, write_copy  # noqa: E402
+from real_default import STEP, TRUSTED, write_copy  # noqa: E402
 
 import histoscale  # noqa: E402
 from histoscale.phantom import write_phantom  # noqa: E402
 from histoscale.ruler import NUCLEAR_SIGMA_UM, ruler_estimate  # noqa: E402
+
+ENCODINGS = ("lossless", "jpeg90", "jpeg60")
 
 RESULTS = common.REPO / "bench" / "results"
 DECLARED = (2.0, 0.5, 10.0)
@@ -85,7 +87,7 @@ def real_cases(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
         for f in args.factors:
             truth = truth0 * f
             small = rgb if f == 1 else histoscale.resample(rgb, (round(w / f), round(h / f)))
-            copies = {enc: write_copy(small, work / f"{src.stem}_f{f}_{enc}.tif", truth, ENCODINGS[enc])
+            copies = {enc: write_copy(small, work / f"{src.stem}_f{f}_{enc}.tif", truth, enc)
                       for enc in ENCODINGS}
             if f == 1:
                 copies["original"] = src
