@@ -120,3 +120,32 @@ def test_leave_one_out_false_alarms_are_not_asserted() -> None:
     far = metadata_check(11.98, "metadata", "downsample", 0.5, 0.5 / 0.204, 0.5 / 0.204, (0.5 / 0.254, 0.5 / 0.148),
                          ruler=RulerEstimate(0.832, (0.59, 1.17), 2.0, 500, 24))
     assert far.status == "MISMATCH" and "differ on the true value" in far.reason
+
+
+@pytest.mark.parametrize(
+    ("implied", "ruler", "status"),
+    [
+        (0.25, _ruler(0.48), "INCONCLUSIVE"),  # model alone rejects: the tissue holds the declared value
+        (0.5, _ruler(1.0), "INCONCLUSIVE"),  # model alone accepts: the tissue excludes it
+        (0.25, _ruler(0.24), "MISMATCH"),  # both reject, and agree
+        (0.25, _ruler(0.12), "MISMATCH"),  # both reject, disagree on the value (each interval widened by it)
+        (0.25, _ruler(1.1), "INCONCLUSIVE"),  # they contradict each other by 8 sd: widened, the ruler's holds 0.5
+        (0.5, _ruler(0.52), "OK"),
+        (0.25, RulerEstimate(None, None, None, 0, 24, "too few nuclei"), "MISMATCH"),  # no second opinion
+    ],
+)
+def test_the_rule(implied: float, ruler: RulerEstimate, status: str) -> None:
+    half = math.log2(1.1)
+    result = check(implied, ruler, half_octaves=half)
+    assert result.status == status
+    assert result.ruler == ruler
+    if status != "OK":
+        assert result.reason
+    if ruler.measured:
+        assert result.ruler_agrees == (abs(math.log2(implied / ruler.mpp)) < 1.96 * math.hypot(half / 1.96, 0.5 / 1.96))
+
+
+def test_unknown_model_mpp_still_gets_the_rulers_check() -> None:
+    result = metadata_check(0.5, "metadata", "downsample", None, 1.0, 1.0, (0.9, 1.1), ruler=_ruler(1.0))
+    assert result.status == "UNKNOWN-MODEL-MPP"
+    assert "OUTSIDE" in result.reason

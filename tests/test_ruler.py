@@ -27,7 +27,6 @@ import tifffile
 import histoscale
 from histoscale.cli import main
 from histoscale.ruler import RulerEstimate, nuclear_stain, ruler_estimate, stain_vectors
-from histoscale.search.result import metadata_check
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("HISTOSCALE_DATA", REPO.parent / "shared" / "data"))
@@ -231,41 +230,6 @@ def test_nct_tiles_without_nuclei_cannot_be_measured(prefix: str) -> None:
     (tile,) = sorted(folder.glob(f"{prefix}-*.tif"))
     est = ruler_estimate([tifffile.imread(tile)[..., :3]])
     assert est.mpp is None and est.reason
-
-
-def _ruler(mpp: float, half_octaves: float = 0.5) -> RulerEstimate:
-    return RulerEstimate(mpp, (mpp * 2**-half_octaves, mpp * 2**half_octaves), 3.0, 500, 24)
-
-
-@pytest.mark.parametrize(
-    ("implied", "ruler", "status"),
-    [
-        (0.25, _ruler(0.48), "INCONCLUSIVE"),  # model alone rejects: the tissue holds the declared value
-        (0.5, _ruler(1.0), "INCONCLUSIVE"),  # model alone accepts: the tissue excludes it
-        (0.25, _ruler(0.24), "MISMATCH"),  # both reject, and agree
-        (0.25, _ruler(0.12), "MISMATCH"),  # both reject, disagree on the value (each interval widened by it)
-        (0.25, _ruler(1.1), "INCONCLUSIVE"),  # they contradict each other by 8 sd: widened, the ruler's holds 0.5
-        (0.5, _ruler(0.52), "OK"),
-        (0.25, RulerEstimate(None, None, None, 0, 24, "too few nuclei"), "MISMATCH"),  # no second opinion
-    ],
-)
-def test_the_rule(implied: float, ruler: RulerEstimate, status: str) -> None:
-    # Units: downsample; model at 0.5 um/px; implied = model_mpp / estimate.
-    estimate = 0.5 / implied
-    check = metadata_check(0.5, "metadata", "downsample", 0.5, estimate, estimate, (estimate / 1.1, estimate * 1.1),
-                           ruler=ruler)
-    assert check.status == status
-    assert check.ruler == ruler
-    if status != "OK":
-        assert check.reason
-    if ruler.measured:
-        assert check.ruler_agrees == (abs(math.log2(implied / ruler.mpp)) < 1.96 * math.hypot(0.1375 / 1.96, 0.5 / 1.96))
-
-
-def test_unknown_model_mpp_still_gets_the_rulers_check() -> None:
-    check = metadata_check(0.5, "metadata", "downsample", None, 1.0, 1.0, (0.9, 1.1), ruler=_ruler(1.0))
-    assert check.status == "UNKNOWN-MODEL-MPP"
-    assert "OUTSIDE" in check.reason
 
 
 def test_phantom_model_on_cmu1_is_no_confident_mismatch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
