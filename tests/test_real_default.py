@@ -51,7 +51,7 @@ def cmu1_pixels() -> np.ndarray:
 @pytest.fixture(scope="module")
 def cmu1_copies(cmu1_pixels: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The same pixels as the original SVS, a lossless tiled TIFF and a JPEG tiled TIFF (tifffile's default
-    quality), each declaring 0.499 um/px in its resolution tags."""
+    quality, 95), each declaring 0.499 um/px in its resolution tags."""
     d = tmp_path_factory.mktemp("cmu1")
     res = {"resolution": (1e4 / CMU1_MPP, 1e4 / CMU1_MPP), "resolutionunit": "CENTIMETER"}
     lossless, jpeg = d / "cmu1_zlib.tif", d / "cmu1_jpeg.tif"
