@@ -192,8 +192,9 @@ class ScaleResult:
         cohort message all show them."""
         out = []
         if self.edge is not None:
-            out.append(f"the answer is the {self.edge}st scale tried: the peak was not bracketed, the true scale may "
-                       "lie beyond what this slide or the scales allow")
+            peak = self._scale_text(float(self.scales[self.chosen_index]))
+            out.append(f"the model's {self.criterion} peaks at the {self.edge}st scale tried ({peak}): the peak was "
+                       "not bracketed, the true scale may lie beyond what this slide or the scales allow")
         if self.widenings:
             out.append(f"grid widened past its ends: {'; '.join(self.widenings)}")
         if self.scan is not None and self.scan.rivals:
@@ -214,24 +215,36 @@ class ScaleResult:
             out.append(f"model's {' and '.join(missing)} unknown: defaults assumed, the answer rests on them")
         return out
 
+    def _scale_text(self, *scales: float, named: bool = True) -> str:
+        """One scale or a range (``lo``, ``hi``) as the summary shows it: in um/px, or as a level-0 downsample where
+        the scales are downsamples or the declared um/px is wrong (a scale in its units would only be a name);
+        ``named=False`` leaves the unit out."""
+        c = self.check
+        as_downsample = self.units != "um/px" or (c.status == "MISMATCH" and bool(c.declared_mpp))
+        per = c.declared_mpp if self.units == "um/px" and as_downsample and c.declared_mpp else 1.0
+        values = "-".join(f"{v / per:.3g}" for v in scales)
+        if not named:
+            return values
+        return f"level-0 downsample {values}" if as_downsample else f"{values} um/px"
+
     def summary(self) -> str:
-        unit = "um/px" if self.units == "um/px" else "x downsample"
         lo, hi = self.interval
         c = self.check
         if not self.decided:
-            head = (f"cannot tell where to apply: the 95% CI {lo:.3g}-{hi:.3g} {unit} spans "
-                    f"{math.log2(hi / lo):.1f} octaves (best guess {self.estimate:.3g})")
-        elif c.status == "MISMATCH" and self.units == "um/px" and c.declared_mpp:
-            # The declared um/px is wrong, so a scale in its units is only a name: the downsample is what to read.
-            head = (f"apply at level-0 downsample {self.level0_downsample:.3g} (95% CI {lo / c.declared_mpp:.3g}-"
-                    f"{hi / c.declared_mpp:.3g})")
+            head = (f"cannot tell where to apply: the 95% CI ({self._scale_text(lo, hi)}) spans "
+                    f"{math.log2(hi / lo):.1f} octaves (best guess {self._scale_text(self.estimate)})")
+        elif self.units == "um/px" and c.status != "MISMATCH":
+            # The scale is in the metadata's um/px; the downsample is what to read, whatever that um/px is worth.
+            head = (f"apply at {self.estimate:.3g} um/px by the slide's metadata (level-0 downsample "
+                    f"{self.level0_downsample:.3g}; 95% CI {lo:.3g}-{hi:.3g} um/px)")
         else:
-            head = f"apply at {self.estimate:.3g} {unit} (95% CI {lo:.3g}-{hi:.3g}; grid scale {self.chosen_scale:.3g})"
+            head = f"apply at {self._scale_text(self.estimate)} (95% CI {self._scale_text(lo, hi, named=False)})"
         # An early stop is a decision the user should see: fewer points than asked, because the answer had settled.
         stop = f" (stopped early: settled at {self.points_used} of {self.points_requested})" if self.stopped_early else ""
+        peak = self._scale_text(float(self.scales[self.chosen_index]))
         text = (
-            f"{head}; {self.points_informative}/{self.points_used} informative points{stop}, the model's grid scale "
-            f"in {self.confidence:.0%} of their resamples"
+            f"{head}; {self.points_informative}/{self.points_used} informative points{stop}; the model's "
+            f"{self.criterion} peaks at {peak} in {self.confidence:.0%} of bootstrap resamples of the points"
         )
         if c.implied_grid_mpp is not None:
             lo_mpp, hi_mpp = c.implied_interval or (math.nan, math.nan)
@@ -240,7 +253,8 @@ class ScaleResult:
                 text += f": the model's {c.model_implied_mpp:.3g} and the nuclei's {c.ruler.mpp:.3g} combined"
             text += ")"
             if c.declared_mpp is not None:
-                text += f" vs declared {c.declared_mpp:.3g} ({c.disagreement_steps:+.1f} steps)"
+                given = "the given" if c.declared_source == "override" else "declared"
+                text += f" vs {given} {c.declared_mpp:.3g} ({c.disagreement_steps:+.1f} steps)"
         if c.status == "MISMATCH" and c.declared_mpp and c.model_mpp:
             text += f"; the declared um/px is off: that downsample gives the model its {c.model_mpp:.3g} um/px"
         if self.calibration is not None:
