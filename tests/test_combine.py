@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from histoscale.ruler import RulerEstimate
@@ -29,13 +30,31 @@ def normal(value: float, sd: float, beyond: str | None = None) -> Reading:
 @pytest.mark.parametrize(("a", "sa", "b", "sb"), [(-1.0, 0.2, -0.6, 0.3), (0.5, 0.1, 1.5, 0.4), (0.0, 0.25, 0.0, 0.25)])
 def test_two_normal_readings_combine_into_the_weighted_mean(a: float, sa: float, b: float, sb: float) -> None:
     got = combine(normal(a, sa), normal(b, sb))
+    z = abs(a - b) / math.hypot(sa, sb)
     wa, wb = 1 / sa**2, 1 / sb**2
-    mean, sd = (wa * a + wb * b) / (wa + wb), (wa + wb) ** -0.5
+    # Inconsistent readings (the second case: 2.4 sd apart) have their sds scaled by the Birge ratio z / 1.96.
+    mean, sd = (wa * a + wb * b) / (wa + wb), (wa + wb) ** -0.5 * max(1.0, z / Z95)
     assert math.log2(got.mpp) == pytest.approx(mean, abs=0.005)
     lo, hi = (math.log2(v) for v in got.interval)
     assert lo == pytest.approx(mean - Z95 * sd, abs=0.01) and hi == pytest.approx(mean + Z95 * sd, abs=0.01)
-    assert got.z == pytest.approx(abs(a - b) / math.hypot(sa, sb))
-    assert got.consistent == (got.z <= Z95)
+    assert got.z == pytest.approx(z)
+    assert got.consistent == (got.z <= Z95) and got.birge == pytest.approx(max(1.0, z / Z95))
+
+
+def test_contradicting_readings_move_the_answer_continuously_and_its_interval_reaches_both() -> None:
+    """The kind of issue 25's encodings: two stable readings on either side of the consistency threshold gave the
+    model's value on one side and the combination on the other (lite0-head on the InstanSeg core: model 0.42-0.43,
+    nuclei 0.53-0.54 um/px over five encodings, implied 0.43-0.53)."""
+    sd = 0.1
+    values = []
+    for d in np.linspace(1.9, 3.2, 27) * math.hypot(sd, sd):  # across z = 1.96
+        got = combine(normal(0.0, sd), normal(d, sd))
+        values.append(math.log2(got.mpp))
+        assert math.log2(got.mpp) == pytest.approx(d / 2, abs=0.005)  # equal weights: the middle, either side
+        lo, hi = (math.log2(v) for v in got.interval)
+        if not got.consistent:
+            assert lo == pytest.approx(0.0, abs=0.01) and hi == pytest.approx(d, abs=0.01)
+    assert np.all(np.diff(values) > 0) and np.max(np.diff(values)) < 0.02
 
 
 def test_tension_uses_the_sides_that_face_each_other() -> None:

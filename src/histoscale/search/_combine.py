@@ -9,6 +9,11 @@ weighted mean of metrology (GUM, JCGM 100:2008, and its consistency test below).
 
 The two readings are consistent when their difference lies within 1.96 sd of its own uncertainty (the sds of the
 sides that face each other, in quadrature); a reading that is flat towards the other is always consistent with it.
+Readings that are not have both uncertainties scaled by the Birge ratio (their distance in sd over 1.96: the scale
+factor particle-data compilations apply to inconsistent measurements) before they are combined: the combined value
+stays where the weights put it, so that it moves continuously as either reading moves (a switch to one reading at
+the threshold made two stable readings jump up to 1.25 steps between encodings of one slide), and its interval
+widens until it reaches both readings.
 """
 
 from __future__ import annotations
@@ -44,6 +49,11 @@ class Reading:
     def sd_above(self) -> float:
         return max((self.high - self.value) / Z95, _MIN_SD)
 
+    def widened(self, factor: float) -> Reading:
+        """The same reading with both sides of its interval ``factor`` times as long."""
+        return Reading(self.value, self.value - factor * (self.value - self.low),
+                       self.value + factor * (self.high - self.value), self.beyond)
+
     def log_likelihood(self, x: np.ndarray) -> np.ndarray:
         below = x < self.value
         z = np.where(below, (x - self.value) / self.sd_below(), (x - self.value) / self.sd_above())
@@ -57,7 +67,8 @@ class Reading:
 @dataclass(frozen=True)
 class Combined:
     """``mpp`` (um/px) and its 95% ``interval`` from both readings; ``z``: their difference in sds of its
-    uncertainty (0 when one is flat towards the other); ``consistent``: ``z`` <= 1.96."""
+    uncertainty (0 when one is flat towards the other); ``consistent``: ``z`` <= 1.96; ``birge``: the factor both
+    readings' uncertainties were scaled by before they were combined (1 when consistent)."""
 
     mpp: float
     interval: tuple[float, float]
@@ -66,6 +77,10 @@ class Combined:
     @property
     def consistent(self) -> bool:
         return self.z <= Z95
+
+    @property
+    def birge(self) -> float:
+        return max(1.0, self.z / Z95)
 
 
 def tension(a: Reading, b: Reading) -> float:
@@ -77,7 +92,11 @@ def tension(a: Reading, b: Reading) -> float:
 
 
 def combine(a: Reading, b: Reading) -> Combined:
-    """The product of the two readings' likelihoods: its median and central 95% (see the module's docstring)."""
+    """The product of the two readings' likelihoods, each widened by the Birge ratio where they contradict each
+    other: its median and central 95% (see the module's docstring)."""
+    z = tension(a, b)
+    if z > Z95:
+        a, b = a.widened(z / Z95), b.widened(z / Z95)
     sds = [a.sd_below(), a.sd_above(), b.sd_below(), b.sd_above()]
     span = _GRID_MARGIN * max(sds)
     x = np.arange(min(a.value, b.value) - span, max(a.value, b.value) + span, _GRID_STEP)
@@ -85,4 +104,4 @@ def combine(a: Reading, b: Reading) -> Combined:
     p = np.exp(log_p - log_p.max())
     cdf = np.cumsum(p) / p.sum()
     lo, median, hi = np.interp([0.025, 0.5, 0.975], cdf, x)
-    return Combined(2.0 ** float(median), (2.0 ** float(lo), 2.0 ** float(hi)), tension(a, b))
+    return Combined(2.0 ** float(median), (2.0 ** float(lo), 2.0 ** float(hi)), z)

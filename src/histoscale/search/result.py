@@ -14,7 +14,6 @@ from histoscale.aggregate import PointAnswers
 from histoscale.calibration import ScaleCalibration
 from histoscale.domain import DomainCheck
 from histoscale.ruler import RulerEstimate
-from histoscale.search._combine import Z95 as _Z95
 from histoscale.search._combine import Reading, combine
 from histoscale.units import Units, steps_between
 
@@ -249,8 +248,11 @@ class ScaleResult:
         if c.implied_grid_mpp is not None:
             lo_mpp, hi_mpp = c.implied_interval or (math.nan, math.nan)
             text += f"; slide um/px implied {c.implied_mpp:.3g} (95% CI {lo_mpp:.3g}-{hi_mpp:.3g}"
-            if c.ruler is not None and c.ruler.measured and c.ruler_agrees and c.model_implied_mpp is not None:
+            if c.ruler is not None and c.ruler.measured and c.model_implied_mpp is not None and (
+                    c.implied_mpp != c.model_implied_mpp):
                 text += f": the model's {c.model_implied_mpp:.3g} and the nuclei's {c.ruler.mpp:.3g} combined"
+                if c.ruler_agrees is False:
+                    text += ", their uncertainties widened as they disagree"
             text += ")"
             if c.declared_mpp is not None:
                 given = "the given" if c.declared_source == "override" else "declared"
@@ -350,14 +352,18 @@ def metadata_check(
     with the ``ruler``'s model-free estimate.
 
     The slide's um/px is read twice, by the model (its implied um/px and 95% interval; a bound past the grid's
-    ``edge`` when the answer is the grid's end) and by the nuclei (the ruler). When both measured and they are
-    consistent (their difference within 1.96 sd of its uncertainty), the implied um/px is the two combined by their
-    uncertainties (``search._combine``: the inverse-variance weighted mean where both are normal); otherwise it is
-    the model's alone. The rule (measured: BENCHMARKS.md "The verdict"), the first that applies:
+    ``edge`` when the answer is the grid's end) and by the nuclei (the ruler). When both measured, the implied
+    um/px is the two combined by their uncertainties (``search._combine``: the inverse-variance weighted mean where
+    both are normal); readings that are not consistent (their difference beyond 1.96 sd of its uncertainty) are
+    combined with their uncertainties scaled by the Birge ratio, so the implied interval reaches both. Outside the
+    model's ``domain`` it is the model's alone. The rule (measured: BENCHMARKS.md "The verdict"), the first that
+    applies:
 
     1. INCONCLUSIVE when the slide lies outside the model's ``domain``.
-    2. INCONCLUSIVE when the implied 95% interval is wider than ``WIDEST_DECIDING_INTERVAL`` octaves (without a
-       declared um/px the status stays MISSING-METADATA and the reason says the content cannot tell it either).
+    2. INCONCLUSIVE when the implied 95% interval (the model's own where the readings contradict each other: there
+       the combined one is wide because they disagree, which the rule below weighs) is wider than
+       ``WIDEST_DECIDING_INTERVAL`` octaves (without a declared um/px the status stays MISSING-METADATA and the
+       reason says the content cannot tell it either).
     3. The model's reading holds the declared um/px when it lies within one grid step of it, inside its 95%
        interval, beyond the grid's ``edge`` ("fine"/"coarse": the true scale may lie beyond it), or within one step
        of a rival peak of the scan (``rivals``, scales in ``units``); else it rejects it. The ruler's reading holds
@@ -397,13 +403,14 @@ def metadata_check(
                            Reading.of_mpp(ruler.mpp, ruler.interval))
     agrees = combined.consistent if combined is not None else None
     # A model outside its domain gives no reading to combine: the check names it and the ruler, and decides nothing.
-    if combined is not None and combined.consistent and not out_of_domain:
+    if combined is not None and not out_of_domain:
         implied_mpp, (lo, hi) = combined.mpp, combined.interval
     else:
         implied_mpp, lo, hi = model_implied, model_lo, model_hi
-    width = math.log2(hi / lo)
+    scatter_lo, scatter_hi = (lo, hi) if agrees is not False else (model_lo, model_hi)
+    width = math.log2(scatter_hi / scatter_lo)
     too_wide = (
-        f"the implied 95% interval {lo:.3g}-{hi:.3g} um/px spans {width:.1f} octaves (more than "
+        f"the implied 95% interval {scatter_lo:.3g}-{scatter_hi:.3g} um/px spans {width:.1f} octaves (more than "
         f"{WIDEST_DECIDING_INTERVAL}): the points disagree too much to tell the slide's um/px; more points "
         "(--points) or a model that knows this tissue"
     ) if width > WIDEST_DECIDING_INTERVAL else None
@@ -424,7 +431,7 @@ def metadata_check(
     # Two readings that contradict each other understate their uncertainties: each interval is widened by how far
     # apart they lie (the Birge ratio, as particle-data compilations scale inconsistent measurements) before
     # either may reject the declared value.
-    birge = max(1.0, combined.z / _Z95) if combined is not None else 1.0
+    birge = combined.birge if combined is not None else 1.0
     model_holds, only_bound = _model_hold(declared, model_implied, (model_lo, model_hi), birge, edge, rivals_implied)
     ruler_holds = measured and _inside(declared, _widened(ruler.mpp, ruler.interval, birge))  # type: ignore[union-attr,arg-type]
     if out_of_domain:
