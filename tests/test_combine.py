@@ -168,3 +168,22 @@ def test_unknown_model_mpp_still_gets_the_rulers_check() -> None:
     result = metadata_check(0.5, "metadata", "downsample", None, 1.0, 1.0, (0.9, 1.1), ruler=_ruler(1.0))
     assert result.status == "UNKNOWN-MODEL-MPP"
     assert "OUTSIDE" in result.reason
+
+
+def test_a_compromise_between_contradicting_readings_does_not_make_a_wrong_declaration_ok() -> None:
+    """Held-out CMU-1 shrunk 2x (truth 0.998) declared x1/2: the model read 0.189, the nuclei 0.728; combined they
+    land on 0.52, within a step of the wrong 0.499, which the model's reading rejects."""
+    wrong = metadata_check(0.499, "metadata", "downsample", 0.5, 0.5 / 0.189, 0.5 / 0.189, (0.5 / 0.344, 0.5 / 0.147),
+                           ruler=RulerEstimate(0.728, (0.516, 1.028), 1.96, 500, 24), rivals=(0.5 / 1.152,))
+    assert wrong.ruler_agrees is False and abs(wrong.disagreement_steps) <= 1.0  # the compromise: 0.52
+    assert wrong.status == "INCONCLUSIVE" and wrong.reason
+    # Two readings that contradict each other but each hold the declared value: OK.
+    right = metadata_check(0.5, "metadata", "downsample", 0.5, 0.5 / 0.45, 0.5 / 0.45, (0.5 / 0.52, 0.5 / 0.40),
+                           ruler=RulerEstimate(0.56, (0.49, 0.64), 2.0, 500, 24))
+    assert right.ruler_agrees is False and right.status == "OK"
+    # In sample, CMU-1 2x as JPEG 90 (truth 0.998): the model's answer is its finest scale (1.21, 95% CI 1.005-1.45),
+    # the nuclei read 0.82; combined 1.11, but the model's own interval excludes the truth: INCONCLUSIVE, the nuclei
+    # named as the reading that holds it.
+    bound = metadata_check(0.998, "metadata", "downsample", 0.5, 0.5 / 1.209, 0.5 / 1.209, (0.5 / 1.454, 0.5 / 1.005),
+                           ruler=RulerEstimate(0.817, (0.580, 1.150), 2.0, 500, 24), edge="fine")
+    assert bound.ruler_agrees is False and bound.status == "INCONCLUSIVE" and "nuclei" in bound.reason

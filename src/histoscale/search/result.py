@@ -369,8 +369,8 @@ def metadata_check(
        of a rival peak of the scan (``rivals``, scales in ``units``); else it rejects it. The ruler's reading holds
        it when its interval does.
     4. Without the ruler's reading: OK within one step, MISMATCH when the model rejects, else INCONCLUSIVE.
-    5. With it: OK when the implied um/px is within one step and the readings are consistent or the ruler holds the
-       declared value; MISMATCH when both readings reject it (a false alarm needs both to fail at once), or when
+    5. With it: OK when the implied um/px is within one step and the readings are consistent or each, at its own
+       (unwidened) uncertainty, holds the declared value; MISMATCH when both readings reject it (a false alarm needs both to fail at once), or when
        the ruler rejects it and the model's only hold on it is a bound it does not contradict the ruler with (its
        answer is the grid's end, the declared value beyond: a coarse slide declared coarser still) and the combined
        interval excludes it; else INCONCLUSIVE, and the reason says which reading holds it and which to believe.
@@ -449,7 +449,10 @@ def metadata_check(
             f"{steps:+.1f} steps away")
         if ruler is not None and status != "INCONCLUSIVE":
             reason = _join(reason, f"no second opinion: the ruler {ruler.describe()}")
-    elif abs(steps) <= 1.0 and (agrees or ruler_holds):
+    elif abs(steps) <= 1.0 and (agrees or (ruler.contains(declared) and _model_hold(  # type: ignore[union-attr]
+            declared, model_implied, (model_lo, model_hi), 1.0, edge, rivals_implied)[0] is not None)):
+        # Readings that contradict each other combine into a compromise, which may land on a wrong declared value
+        # between them (widened, each then holds it): OK needs each, at its own uncertainty, to hold it.
         status, reason = "OK", None
     elif model_holds is None and not ruler_holds:
         # Two readings that share nothing both reject the declared value: only then is a MISMATCH asserted.
