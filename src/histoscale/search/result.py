@@ -97,9 +97,9 @@ class ScaleResult:
     (``check.implied_mpp`` differs from ``check.model_implied_mpp``), ``estimate`` and ``interval`` follow the
     combination: the scale at which the model sees its reference um/px on a slide of ``check.implied_mpp``;
     ``chosen_scale`` stays the model's grid answer. ``confidence`` is the share of bootstrap resamples of the
-    informative points whose vote picks ``chosen_scale``: it measures the model's points only, not the nuclei's
-    reading, and not the seed-to-seed spread of an adaptive search (CMU-1, seeds 0-7: 67-97% beside two grid
-    answers a step apart; BENCHMARKS.md).
+    informative points that pick the same grid scale, ``scales[chosen_index]``: it measures the model's points
+    only, not the nuclei's reading, and not the seed-to-seed spread of an adaptive search (CMU-1, seeds 0-7: 67-97%
+    beside two grid answers a step apart; BENCHMARKS.md).
     """
 
     slide: str
@@ -370,8 +370,8 @@ def metadata_check(
        it when its interval does.
     4. Without the ruler's reading: OK within one step, MISMATCH when the model rejects, else INCONCLUSIVE.
     5. With it: OK when the implied um/px is within one step and the readings are consistent or each, at its own
-       (unwidened) uncertainty, holds the declared value; MISMATCH when both readings reject it (a false alarm needs both to fail at once), or when
-       the ruler rejects it and the model's only hold on it is a bound it does not contradict the ruler with (its
+       (unwidened) uncertainty, holds the declared value; MISMATCH when both readings reject it (a false alarm
+       needs both to fail at once), or when the ruler rejects it and the model's only hold on it is a bound it does not contradict the ruler with (its
        answer is the grid's end, the declared value beyond: a coarse slide declared coarser still) and the combined
        interval excludes it; else INCONCLUSIVE, and the reason says which reading holds it and which to believe.
        Inconsistent readings have each interval widened by the Birge ratio (their distance in sd over 1.96) before
