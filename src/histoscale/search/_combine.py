@@ -11,9 +11,10 @@ The two readings are consistent when their difference lies within 1.96 sd of its
 sides that face each other, in quadrature); a reading that is flat towards the other is always consistent with it.
 Readings that are not have both uncertainties scaled by the Birge ratio (their distance in sd over 1.96: the scale
 factor particle-data compilations apply to inconsistent measurements) before they are combined: the combined value
-stays where the weights put it, so that it moves continuously as either reading moves (a switch to one reading at
-the threshold made two stable readings jump up to 1.25 steps between encodings of one slide), and its interval
-widens until it reaches both readings.
+stays where the weights put it, so that it moves continuously as either reading moves (a switch to the model's
+reading alone at the threshold made CMU-1 at 2x read 1.21 um/px as JPEG 90 beside 1.08 and 0.94 for its other
+encodings, and the TCGA slide's four encodings 15.9 steps apart; 9.6 with the scaling), and its interval widens
+until it reaches both readings.
 """
 
 from __future__ import annotations
