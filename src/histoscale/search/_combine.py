@@ -81,7 +81,12 @@ class Combined:
 
     @property
     def birge(self) -> float:
-        return max(1.0, self.z / Z95)
+        return _birge(self.z)
+
+
+def _birge(z: float) -> float:
+    """The Birge ratio of two readings ``z`` sds apart: how much both understate their uncertainty (1 if not)."""
+    return max(1.0, z / Z95)
 
 
 def tension(a: Reading, b: Reading) -> float:
@@ -96,8 +101,8 @@ def combine(a: Reading, b: Reading) -> Combined:
     """The product of the two readings' likelihoods, each widened by the Birge ratio where they contradict each
     other: its median and central 95% (see the module's docstring)."""
     z = tension(a, b)
-    if z > Z95:
-        a, b = a.widened(z / Z95), b.widened(z / Z95)
+    if (birge := _birge(z)) > 1.0:
+        a, b = a.widened(birge), b.widened(birge)
     sds = [a.sd_below(), a.sd_above(), b.sd_below(), b.sd_above()]
     span = _GRID_MARGIN * max(sds)
     x = np.arange(min(a.value, b.value) - span, max(a.value, b.value) + span, _GRID_STEP)

@@ -371,9 +371,9 @@ def metadata_check(
     4. Without the ruler's reading: OK within one step, MISMATCH when the model rejects, else INCONCLUSIVE.
     5. With it: OK when the implied um/px is within one step and the readings are consistent or each, at its own
        (unwidened) uncertainty, holds the declared value; MISMATCH when both readings reject it (a false alarm
-       needs both to fail at once), or when the ruler rejects it and the model's only hold on it is a bound it does not contradict the ruler with (its
-       answer is the grid's end, the declared value beyond: a coarse slide declared coarser still) and the combined
-       interval excludes it; else INCONCLUSIVE, and the reason says which reading holds it and which to believe.
+       needs both to fail at once), or when the ruler rejects it and the model's only hold on it is a bound it
+       does not contradict the ruler with (its answer is the grid's end, the declared value beyond: a coarse slide
+       declared coarser still) and the combined interval excludes it; else INCONCLUSIVE, and the reason says which reading holds it and which to believe.
        Inconsistent readings have each interval widened by the Birge ratio (their distance in sd over 1.96) before
        either may reject, and a model whose own interval is wider than ``WIDEST_DECIDING_INTERVAL`` rejects nothing.
 
@@ -434,6 +434,10 @@ def metadata_check(
     birge = combined.birge if combined is not None else 1.0
     model_holds, only_bound = _model_hold(declared, model_implied, (model_lo, model_hi), birge, edge, rivals_implied)
     ruler_holds = measured and _inside(declared, _widened(ruler.mpp, ruler.interval, birge))  # type: ignore[union-attr,arg-type]
+    # Readings that contradict each other combine into a compromise, which may land on a wrong declared value between
+    # them (widened, each then holds it): OK then needs each, at its own uncertainty, to hold it.
+    both_hold_unwidened = measured and ruler.contains(declared) and _model_hold(  # type: ignore[union-attr]
+        declared, model_implied, (model_lo, model_hi), 1.0, edge, rivals_implied)[0] is not None
     if out_of_domain:
         status, reason = "INCONCLUSIVE", out_of_domain
         if measured:
@@ -449,10 +453,7 @@ def metadata_check(
             f"{steps:+.1f} steps away")
         if ruler is not None and status != "INCONCLUSIVE":
             reason = _join(reason, f"no second opinion: the ruler {ruler.describe()}")
-    elif abs(steps) <= 1.0 and (agrees or (ruler.contains(declared) and _model_hold(  # type: ignore[union-attr]
-            declared, model_implied, (model_lo, model_hi), 1.0, edge, rivals_implied)[0] is not None)):
-        # Readings that contradict each other combine into a compromise, which may land on a wrong declared value
-        # between them (widened, each then holds it): OK needs each, at its own uncertainty, to hold it.
+    elif abs(steps) <= 1.0 and (agrees or both_hold_unwidened):
         status, reason = "OK", None
     elif model_holds is None and not ruler_holds:
         # Two readings that share nothing both reject the declared value: only then is a MISMATCH asserted.
