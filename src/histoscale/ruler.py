@@ -54,8 +54,8 @@ __all__ = [
 ]
 
 #: The LoG-energy peak of mixed H&E tissue, in um: the geometric mean of the two real images' own values, measured
-#: on their unshrunk copies (original, lossless, JPEG 90 and 60, two seeds; CMU-1 1.69, InstanSeg 1.43).
-NUCLEAR_SIGMA_UM = 1.55
+#: on their unshrunk copies (original, lossless, JPEG 90 and 60, two seeds; CMU-1 1.73, InstanSeg 1.44).
+NUCLEAR_SIGMA_UM = 1.58
 #: Slide-to-slide scatter of the peak's physical size (sd, octaves): half the two images' distance, rounded up.
 TISSUE_SCATTER_OCTAVES = 0.25
 #: Scales of the spectrum, px of the regions read: 0.5 to 16 on a 1/8-octave grid.
