@@ -85,8 +85,11 @@ def sample_points(
     ys = (np.arange(grid.shape[0]) + 0.5) * mask.downsample
     inside = grid & _inside(ys, h, margin_px)[:, None] & _inside(xs, w, margin_px)[None, :]
     candidates = np.flatnonzero(inside if inside.any() else grid)
-    # Key order is a uniform random permutation: any prefix is a uniform sample without replacement.
-    drawn = np.resize(candidates[np.argsort(keys.ravel()[candidates], kind="stable")], n)
+    # Key order is a uniform random permutation: any prefix is a uniform sample without replacement. Only the n
+    # smallest keys are sorted (a whole-slide mask holds up to a million candidates).
+    ck = keys.ravel()[candidates]
+    first = np.argpartition(ck, n - 1)[:n] if n < len(ck) else np.arange(len(ck))
+    drawn = np.resize(candidates[first[np.argsort(ck[first], kind="stable")]], n)
     offsets = jitter.reshape(-1, 2)[drawn]
     if n > len(candidates):  # fewer tissue pixels than points: the repeats get fresh jitter, not the same point
         offsets[len(candidates):] = rng.random((n - len(candidates), 2))
