@@ -11,14 +11,20 @@ combination enters the metadata check.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from importlib.resources import files
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import histoscale
 from histoscale.ruler import RulerEstimate
 from histoscale.search._combine import Reading, combine, tension
 from histoscale.search.result import metadata_check
+
+CMU1 = Path(str(files("histoscale") / "assets" / "demo" / "cmu-1-small-region.svs"))
 
 Z95 = 1.959964
 
@@ -187,3 +193,18 @@ def test_a_compromise_between_contradicting_readings_does_not_make_a_wrong_decla
     bound = metadata_check(0.998, "metadata", "downsample", 0.5, 0.5 / 1.209, 0.5 / 1.209, (0.5 / 1.454, 0.5 / 1.005),
                            ruler=RulerEstimate(0.817, (0.580, 1.150), 2.0, 500, 24), edge="fine")
     assert bound.ruler_agrees is False and bound.status == "INCONCLUSIVE" and "nuclei" in bound.reason
+
+
+def test_a_lopsided_reading_carries_the_combination_past_both_and_the_summary_says_why() -> None:
+    """A fresh user's case (CMU-1 as JPEG, seed 3): the model's 0.471 (95% CI 0.379-0.902) and the nuclei's 0.459
+    (0.328-0.649) combined to 0.482, above both, which read as an arithmetic error. The product's median follows the
+    model's long coarse side; the summary now shows that side."""
+    both = combine(Reading.of_mpp(0.471, (0.379, 0.902)), Reading.of_mpp(0.459, (0.328, 0.649)))
+    assert both.consistent and both.mpp > 0.471
+    estimate = 0.5 / 0.471  # level-0 downsample; the model at 0.5 um/px
+    checked = metadata_check(0.499, "metadata", "downsample", 0.5, estimate, estimate, (0.5 / 0.902, 0.5 / 0.379),
+                             ruler=RulerEstimate(0.459, (0.328, 0.649), 3.0, 500, 24))
+    assert checked.implied_mpp > 0.471
+    result = histoscale.find_scale(CMU1, points=8, early_stop=False)
+    text = dataclasses.replace(result, check=checked).summary()
+    assert "the model's 0.471 (95% CI 0.379-0.902, whose long side moves the combination past both)" in text

@@ -195,7 +195,7 @@ def model_from(args: argparse.Namespace) -> SplitModel:
     calibration = f"; calibration from {args.calibration}" if args.calibration is not None else ""
     # A bundled model is asked for by its short name: say it, since the card calls the model otherwise.
     asked = DEFAULT_MODEL if args.model is None else args.model
-    bundled = f"bundled {asked!r}, " if asked in BUNDLED_MODELS else ""
-    print(f"histoscale: model {bundled}{model.name!r}: {model.card or 'no model card'}{calibration}{unknown}",
+    bundled = f" (bundled as {asked!r})" if asked in BUNDLED_MODELS else ""
+    print(f"histoscale: model {model.name!r}{bundled}: {model.card or 'no model card'}{calibration}{unknown}",
           file=sys.stderr)
     return model

@@ -250,7 +250,13 @@ class ScaleResult:
             text += f"; slide um/px implied {c.implied_mpp:.3g} (95% CI {lo_mpp:.3g}-{hi_mpp:.3g}"
             if c.ruler is not None and c.ruler.measured and c.model_implied_mpp is not None and (
                     c.implied_mpp != c.model_implied_mpp):
-                text += f": the model's {c.model_implied_mpp:.3g} and the nuclei's {c.ruler.mpp:.3g} combined"
+                model = f"the model's {c.model_implied_mpp:.3g}"
+                low, high = sorted((c.model_implied_mpp, c.ruler.mpp))
+                if c.model_implied_interval and not low <= c.implied_mpp <= high:
+                    # A lopsided interval: its long side carries the combination past both values; show it.
+                    m_lo, m_hi = c.model_implied_interval
+                    model += f" (95% CI {m_lo:.3g}-{m_hi:.3g}, whose long side moves the combination past both)"
+                text += f": {model} and the nuclei's {c.ruler.mpp:.3g} combined"
                 if c.ruler_agrees is False:
                     text += ", their uncertainties widened as they disagree"
             text += ")"
