@@ -96,6 +96,9 @@ def test_wrong_declaration_is_mismatch_with_the_right_implied_value(model, cmu1_
     r = histoscale.find_scale(cmu1_copies["lossless"], model, slide_mpp=CMU1_MPP * factor)
     assert r.check.status == "MISMATCH", r.summary()
     assert abs(steps(r.check.implied_mpp, CMU1_MPP)) <= 1.0, r.summary()
+    # The value came from slide_mpp=, not from the file (which declares the right 0.499): it is called given.
+    assert f"the given {CMU1_MPP * factor:.3g} um/px lies outside" in r.check.reason
+    assert "the given um/px is off" in r.summary() and "declared" not in r.summary()
 
 
 def test_phantom_model_on_real_tissue_is_not_a_confident_mismatch(cmu1_copies) -> None:

@@ -245,10 +245,11 @@ class ScaleResult:
             f"{head}; {self.points_informative}/{self.points_used} informative points{stop}; the model's "
             f"{self.criterion} peaks at {peak} in {self.confidence:.0%} of bootstrap resamples of the points"
         )
-        if c.implied_grid_mpp is not None:
+        named = "given" if c.declared_source == "override" else "declared"  # --slide-mpp is not the file's
+        if c.implied_grid_mpp is not None and c.implied_mpp is not None:
             lo_mpp, hi_mpp = c.implied_interval or (math.nan, math.nan)
             text += f"; slide um/px implied {c.implied_mpp:.3g} (95% CI {lo_mpp:.3g}-{hi_mpp:.3g}"
-            if c.ruler is not None and c.ruler.measured and c.model_implied_mpp is not None and (
+            if c.ruler is not None and c.ruler.mpp is not None and c.model_implied_mpp is not None and (
                     c.implied_mpp != c.model_implied_mpp):
                 model = f"the model's {c.model_implied_mpp:.3g}"
                 low, high = sorted((c.model_implied_mpp, c.ruler.mpp))
@@ -261,10 +262,9 @@ class ScaleResult:
                     text += ", their uncertainties widened as they disagree"
             text += ")"
             if c.declared_mpp is not None:
-                given = "the given" if c.declared_source == "override" else "declared"
-                text += f" vs {given} {c.declared_mpp:.3g} ({c.disagreement_steps:+.1f} steps)"
+                text += f" vs the {named} {c.declared_mpp:.3g} ({c.disagreement_steps:+.1f} steps)"
         if c.status == "MISMATCH" and c.declared_mpp and c.model_mpp:
-            text += f"; the declared um/px is off: that downsample gives the model its {c.model_mpp:.3g} um/px"
+            text += f"; the {named} um/px is off: that downsample gives the model its {c.model_mpp:.3g} um/px"
         if self.calibration is not None:
             cal = self.calibration
             pull = "" if cal.slope == 1.0 else f", following the scale with slope {cal.slope:.2f}"
@@ -385,11 +385,13 @@ def metadata_check(
 
     ``reason`` is stated for every status but a plain OK.
     """
+    # A value given by the user (--slide-mpp, slide_mpp=) is not what the file declares: say which it is.
+    named = "given" if source == "override" else "declared"
     if model_mpp is None:
         reason = None
         if declared is not None and ruler is not None and ruler.measured:
             verdict = "lies inside" if ruler.contains(declared) else "lies OUTSIDE"
-            reason = f"the declared {declared:.3g} um/px {verdict} the ruler's interval (nuclei: {ruler.describe()})"
+            reason = f"the {named} {declared:.3g} um/px {verdict} the ruler's interval (nuclei: {ruler.describe()})"
         return MetadataCheck("UNKNOWN-MODEL-MPP", declared, source, None, None, None, None, None, reason, ruler)
 
     def implied(scale: float) -> float:
@@ -438,24 +440,25 @@ def metadata_check(
     # apart they lie (the Birge ratio, as particle-data compilations scale inconsistent measurements) before
     # either may reject the declared value.
     birge = combined.birge if combined is not None else 1.0
-    model_holds, only_bound = _model_hold(declared, model_implied, (model_lo, model_hi), birge, edge, rivals_implied)
+    model_holds, only_bound = _model_hold(declared, model_implied, (model_lo, model_hi), birge, edge, rivals_implied,
+                                          named)
     ruler_holds = measured and _inside(declared, _widened(ruler.mpp, ruler.interval, birge))  # type: ignore[union-attr,arg-type]
     # Readings that contradict each other combine into a compromise, which may land on a wrong declared value between
     # them (widened, each then holds it): OK then needs each, at its own uncertainty, to hold it.
     both_hold_unwidened = measured and ruler.contains(declared) and _model_hold(  # type: ignore[union-attr]
-        declared, model_implied, (model_lo, model_hi), 1.0, edge, rivals_implied)[0] is not None
+        declared, model_implied, (model_lo, model_hi), 1.0, edge, rivals_implied, named)[0] is not None
     if out_of_domain:
         status, reason = "INCONCLUSIVE", out_of_domain
         if measured:
             verdict = "holds" if ruler_holds else "EXCLUDES"
-            reason = _join(reason, f"the nuclei measure {ruler.describe()}, which {verdict} the declared "  # type: ignore[union-attr]
+            reason = _join(reason, f"the nuclei measure {ruler.describe()}, which {verdict} the {named} "  # type: ignore[union-attr]
                            f"{declared:.3g}")
     elif too_wide:
         status, reason = "INCONCLUSIVE", too_wide
     elif not measured:
         status = "OK" if abs(model_steps) <= 1.0 else "INCONCLUSIVE" if model_holds else "MISMATCH"
         reason = None if status == "OK" else model_holds or (
-            f"the declared {declared:.3g} um/px lies outside the implied 95% interval {lo:.3g}-{hi:.3g}, "
+            f"the {named} {declared:.3g} um/px lies outside the implied 95% interval {lo:.3g}-{hi:.3g}, "
             f"{steps:+.1f} steps away")
         if ruler is not None and status != "INCONCLUSIVE":
             reason = _join(reason, f"no second opinion: the ruler {ruler.describe()}")
@@ -464,7 +467,7 @@ def metadata_check(
     elif model_holds is None and not ruler_holds:
         # Two readings that share nothing both reject the declared value: only then is a MISMATCH asserted.
         status = "MISMATCH"
-        reason = (f"the declared {declared:.3g} um/px lies outside the implied 95% interval {lo:.3g}-{hi:.3g}, "
+        reason = (f"the {named} {declared:.3g} um/px lies outside the implied 95% interval {lo:.3g}-{hi:.3g}, "
                   f"{steps:+.1f} steps away; the model's {model_implied:.3g} um/px and the nuclei's "
                   f"{ruler.describe()} both reject it"  # type: ignore[union-attr]
                   + ("" if agrees else ", though they differ on the true value"))
@@ -472,22 +475,22 @@ def metadata_check(
         # The model cannot reach the declared value but does not contradict the nuclei, which exclude it, and so
         # does the two readings' combination: a coarse slide (~1 um/px and up) declared coarser still.
         status = "MISMATCH"
-        reason = (f"the declared {declared:.3g} um/px lies outside the implied 95% interval {lo:.3g}-{hi:.3g}, "
+        reason = (f"the {named} {declared:.3g} um/px lies outside the implied 95% interval {lo:.3g}-{hi:.3g}, "
                   f"{steps:+.1f} steps away: the nuclei's {ruler.describe()} exclude it, and the model's answer, "  # type: ignore[union-attr]
                   f"the {edge}st scale searched ({model_implied:.3g} um/px), agrees with them and does not reach it")
     elif model_holds is None:
         status, reason = "INCONCLUSIVE", (
             f"the model implies {model_implied:.3g} um/px but the nuclei measure {ruler.describe()}, which "  # type: ignore[union-attr]
-            f"holds the declared {declared:.3g}: a model's margins can peak far from its scale on tissue it does not "
-            "know; believe the declared um/px unless the slide's content says otherwise")
+            f"holds the {named} {declared:.3g}: a model's margins can peak far from its scale on tissue it does not "
+            f"know; believe the {named} um/px unless the slide's content says otherwise")
     elif not ruler_holds:
         status, reason = "INCONCLUSIVE", (
-            f"{model_holds}; but the nuclei measure {ruler.describe()}, which excludes the declared "  # type: ignore[union-attr]
+            f"{model_holds}; but the nuclei measure {ruler.describe()}, which excludes the {named} "  # type: ignore[union-attr]
             f"{declared:.3g}: the ruler's constant varies between tissues (stroma, muscle read fine; dense lymphoid "
             "tissue coarse); look at the slide")
     else:
         status, reason = "INCONCLUSIVE", (
-            f"{steps:+.1f} steps off, yet neither reading rejects the declared {declared:.3g} um/px: {model_holds}, and "
+            f"{steps:+.1f} steps off, yet neither reading rejects the {named} {declared:.3g} um/px: {model_holds}, and "
             f"the nuclei measure {ruler.describe()}")  # type: ignore[union-attr]
     return MetadataCheck(
         status, declared, source, model_mpp, implied(chosen), implied_mpp, (lo, hi), steps, reason, ruler,
@@ -508,11 +511,12 @@ def through_model(value: float, units: Units, model_mpp: float, declared: float 
 
 def _model_hold(
     declared: float, implied: float, interval: tuple[float, float], birge: float, edge: str | None,
-    rivals_implied: tuple[float, ...],
+    rivals_implied: tuple[float, ...], named: str,
 ) -> tuple[str | None, bool]:
     """Why the model's reading (``implied`` um/px and its 95% ``interval``, widened by ``birge``) does not reject
-    the ``declared`` um/px, or None when it does; and whether it holds it only as a bound (its answer is the grid's
-    ``edge`` and the declared value lies past it, no rival peak agreeing)."""
+    the ``declared`` um/px (``named`` so: "declared", or "given" by the user), or None when it does; and whether it
+    holds it only as a bound (its answer is the grid's ``edge`` and the declared value lies past it, no rival peak
+    agreeing)."""
     steps = steps_between(implied, declared)
     lo, hi = _widened(implied, interval, birge)
     width = math.log2(interval[1] / interval[0])
@@ -524,17 +528,17 @@ def _model_hold(
                 "too wide to reject anything"), False
     if lo <= declared <= hi:
         widened = f", widened x{birge:.2g} as the readings disagree" if birge > 1 else ""
-        return (f"{steps:+.1f} steps off, but the declared {declared:.3g} um/px lies inside the implied 95% interval "
+        return (f"{steps:+.1f} steps off, but the {named} {declared:.3g} um/px lies inside the implied 95% interval "
                 f"{lo:.3g}-{hi:.3g} (the model's{widened}): not rejected"), False
     if (edge == "fine" and steps < 0) or (edge == "coarse" and steps > 0):
         # Beyond the fine edge the slide would be coarser than implied, beyond the coarse edge finer: only a
         # declared value on the other side can be rejected.
         return (f"the answer is the {edge}st scale the slide allows (the peak was not bracketed): the slide may be "
-                f"{'coarser' if edge == 'fine' else 'finer'} than the implied {implied:.3g} um/px, as declared",
+                f"{'coarser' if edge == 'fine' else 'finer'} than the implied {implied:.3g} um/px, as {named}",
                 not agreeing_rivals)
     if agreeing_rivals:
         return (f"the scan also peaked where the slide would be {agreeing_rivals[0]:.3g} um/px, which agrees with "
-                "the declared um/px: the model's margins are ambiguous on this slide"), False
+                f"the {named} um/px: the model's margins are ambiguous on this slide"), False
     return None, False
 
 
