@@ -245,7 +245,7 @@ class ScaleResult:
             f"{head}; {self.points_informative}/{self.points_used} informative points{stop}; the model's "
             f"{self.criterion} peaks at {peak} in {self.confidence:.0%} of bootstrap resamples of the points"
         )
-        named = "given" if c.declared_source == "override" else "declared"  # --slide-mpp is not the file's
+        named = _declared_as(c.declared_source)
         if c.implied_grid_mpp is not None and c.implied_mpp is not None:
             lo_mpp, hi_mpp = c.implied_interval or (math.nan, math.nan)
             text += f"; slide um/px implied {c.implied_mpp:.3g} (95% CI {lo_mpp:.3g}-{hi_mpp:.3g}"
@@ -385,8 +385,7 @@ def metadata_check(
 
     ``reason`` is stated for every status but a plain OK.
     """
-    # A value given by the user (--slide-mpp, slide_mpp=) is not what the file declares: say which it is.
-    named = "given" if source == "override" else "declared"
+    named = _declared_as(source)
     if model_mpp is None:
         reason = None
         if declared is not None and ruler is not None and ruler.measured:
@@ -507,6 +506,12 @@ def through_model(value: float, units: Units, model_mpp: float, declared: float 
         return model_mpp / value
     assert declared is not None  # um/px units exist only on slides that declare their um/px
     return model_mpp * declared / value
+
+
+def _declared_as(source: str | None) -> str:
+    """What the compared um/px is called: "given" when the user gave it (--slide-mpp, ``slide_mpp=``; source
+    "override"), which need not be what the file declares; else "declared"."""
+    return "given" if source == "override" else "declared"
 
 
 def _model_hold(
